@@ -1,0 +1,4 @@
+#ifndef DIFFUSE_COPENBLAS_SHIM_H
+#define DIFFUSE_COPENBLAS_SHIM_H
+#include <cblas.h>
+#endif

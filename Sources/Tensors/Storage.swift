@@ -1,0 +1,135 @@
+import Foundation
+
+/// The element type a tensor's memory holds.
+///
+/// All arithmetic happens in `float32`. `float16` and `bfloat16` are storage
+/// types: a half-precision tensor converts to `float32` when an op reads it,
+/// which is how checkpoints are loaded and how mixed precision keeps saved
+/// activations small.
+public enum DataType: String, Sendable, CaseIterable {
+    case float32
+    case float16
+    case bfloat16
+
+    /// Bytes per element.
+    public var byteSize: Int {
+        switch self {
+        case .float32: return 4
+        case .float16, .bfloat16: return 2
+        }
+    }
+}
+
+/// A reference-counted, 64-byte aligned block of memory. Freed when the last
+/// tensor that views it goes away.
+public final class Storage: @unchecked Sendable {
+    /// Raw bytes.
+    public let bytes: UnsafeMutableRawPointer
+    /// Number of elements of `dataType`.
+    public let count: Int
+    public let dataType: DataType
+
+    /// Allocates uninitialised memory for `count` elements.
+    public init(count: Int, dataType: DataType = .float32) {
+        precondition(count >= 0, "Storage: negative element count \(count)")
+        self.count = count
+        self.dataType = dataType
+        let byteCount = Swift.max(count * dataType.byteSize, 1)
+        bytes = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
+        Storage.liveBytes.add(byteCount)
+    }
+
+    /// Allocates memory filled with zeros.
+    public convenience init(zeros count: Int, dataType: DataType = .float32) {
+        self.init(count: count, dataType: dataType)
+        memset(bytes, 0, Swift.max(count * dataType.byteSize, 1))
+    }
+
+    deinit {
+        Storage.liveBytes.add(-Swift.max(count * dataType.byteSize, 1))
+        bytes.deallocate()
+    }
+
+    /// The memory as `Float` elements. Only valid for `float32` storage.
+    @inline(__always)
+    public var floats: UnsafeMutablePointer<Float> {
+        bytes.assumingMemoryBound(to: Float.self)
+    }
+
+    /// The memory as 16-bit words. Only valid for half-precision storage.
+    @inline(__always)
+    public var halfWords: UnsafeMutablePointer<UInt16> {
+        bytes.assumingMemoryBound(to: UInt16.self)
+    }
+
+    /// Bytes currently held by all storages of the process (for memory tests
+    /// and the training log).
+    public static var allocatedBytes: Int { liveBytes.value }
+    static let liveBytes = AtomicCounter()
+}
+
+/// A small lock-protected counter.
+final class AtomicCounter: @unchecked Sendable {
+    private var storedValue = 0
+    private let lock = NSLock()
+    func add(_ delta: Int) {
+        lock.lock(); storedValue += delta; lock.unlock()
+    }
+    var value: Int {
+        lock.lock(); defer { lock.unlock() }
+        return storedValue
+    }
+}
+
+/// Conversions between `Float` and the 16-bit storage formats.
+public enum HalfPrecision {
+    /// IEEE 754 binary16, round to nearest even (hardware conversion).
+    @inline(__always)
+    public static func float16Bits(_ value: Float) -> UInt16 {
+        Float16(value).bitPattern
+    }
+
+    @inline(__always)
+    public static func float(fromFloat16 bits: UInt16) -> Float {
+        Float(Float16(bitPattern: bits))
+    }
+
+    /// bfloat16: the top 16 bits of a Float, rounded to nearest even;
+    /// NaN stays NaN.
+    @inline(__always)
+    public static func bfloat16Bits(_ value: Float) -> UInt16 {
+        let bits = value.bitPattern
+        if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
+        let roundingBias: UInt32 = 0x7FFF + ((bits >> 16) & 1)
+        return UInt16(truncatingIfNeeded: (bits &+ roundingBias) >> 16)
+    }
+
+    @inline(__always)
+    public static func float(fromBFloat16 bits: UInt16) -> Float {
+        Float(bitPattern: UInt32(bits) << 16)
+    }
+
+    /// Converts `count` floats into 16-bit words of the given type.
+    public static func encode(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int, as dataType: DataType) {
+        switch dataType {
+        case .float16:
+            for index in 0..<count { destination[index] = float16Bits(source[index]) }
+        case .bfloat16:
+            for index in 0..<count { destination[index] = bfloat16Bits(source[index]) }
+        case .float32:
+            fatalError("HalfPrecision.encode: float32 is not a 16-bit type")
+        }
+    }
+
+    /// Converts `count` 16-bit words of the given type into floats.
+    public static func decode(_ source: UnsafePointer<UInt16>, into destination: UnsafeMutablePointer<Float>, count: Int, as dataType: DataType) {
+        switch dataType {
+        case .float16:
+            for index in 0..<count { destination[index] = float(fromFloat16: source[index]) }
+        case .bfloat16:
+            for index in 0..<count { destination[index] = float(fromBFloat16: source[index]) }
+        case .float32:
+            fatalError("HalfPrecision.decode: float32 is not a 16-bit type")
+        }
+    }
+}

@@ -1,0 +1,29 @@
+import ArgumentParser
+import Foundation
+import Tensors
+
+@main
+struct Diffuse: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "diffuse",
+        abstract: "Train, fine-tune, guide and sample diffusion models, natively in Swift.",
+        version: DiffuseVersion.string,
+        subcommands: [Info.self]
+    )
+}
+
+enum DiffuseVersion {
+    static let string = "0.1.0"
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the compute backend: BLAS library, threads and SIMD features.")
+
+    func run() throws {
+        print("diffuse \(DiffuseVersion.string)")
+        print("device:  \(Backend.device.rawValue)")
+        print("blas:    \(Backend.blas) (serial inside each worker)")
+        print("threads: \(Parallel.threadCount) (set DIFFUSE_NUM_THREADS to change)")
+        print("simd:    \(Backend.simdFeatures)")
+    }
+}
