@@ -64,8 +64,8 @@ extension Tensor {
         return result
     }
 
-    /// Copies `source`'s elements into `destination` (same shape, any strides;
-    /// `destination` float32 and dense).
+    /// Copies `source`'s elements into `destination` (same shape, any strides,
+    /// `destination` float32 and not overlapping itself).
     static func copyElements(from source: Tensor, into destination: Tensor) {
         precondition(source.shape == destination.shape)
         if source.dataType == .float32 && source.isDense && source.strides == destination.strides {
@@ -75,16 +75,17 @@ extension Tensor {
         let loop = StridedLoop(shape: source.shape, operandStrides: [destination.strides, source.strides])
         let output = destination.floatPointer
         let sourceStride = loop.innerStrides[1]
+        let targetStride = loop.innerStrides[0]
         switch source.dataType {
         case .float32:
             let input = UnsafePointer(source.floatPointer)
             loop.forEachRunInParallel { offsets, count in
                 let out = output + offsets[0]
                 let inp = input + offsets[1]
-                if sourceStride == 1 {
+                if sourceStride == 1 && targetStride == 1 {
                     out.update(from: inp, count: count)
                 } else {
-                    for index in 0..<count { out[index] = inp[index * sourceStride] }
+                    for index in 0..<count { out[index * targetStride] = inp[index * sourceStride] }
                 }
             }
         case .float16, .bfloat16:
@@ -95,7 +96,7 @@ extension Tensor {
                 let inp = words + offsets[1]
                 for index in 0..<count {
                     let bits = inp[index * sourceStride]
-                    out[index] = isBFloat ? HalfPrecision.float(fromBFloat16: bits) : HalfPrecision.float(fromFloat16: bits)
+                    out[index * targetStride] = isBFloat ? HalfPrecision.float(fromBFloat16: bits) : HalfPrecision.float(fromFloat16: bits)
                 }
             }
         }

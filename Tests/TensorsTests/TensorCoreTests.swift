@@ -1,0 +1,172 @@
+import Tensors
+import TestSupport
+import XCTest
+
+final class TensorCoreTests: XCTestCase {
+    func testRandomGeneratorIsReproducibleAndDocumented() {
+        var first = RandomGenerator(seed: 42)
+        var second = RandomGenerator(seed: 42)
+        let a = Tensor.randn([1000], generator: &first)
+        let b = Tensor.randn([1000], generator: &second)
+        XCTAssertEqual(a.toArray(), b.toArray())
+        // Fixed values pin the algorithm (xoshiro256** seeded by SplitMix64):
+        // any change to it breaks every saved seed, so it must fail here.
+        var pinned = RandomGenerator(seed: 0)
+        XCTAssertEqual(pinned.next(), 11091344671253066420)
+        var uniform = RandomGenerator(seed: 1)
+        let values = (0..<3).map { _ in uniform.uniform() }
+        // Values checked against an independent Python implementation of the same algorithm.
+        XCTAssertEqual(values, [0.7029218, 0.5204366, 0.5741057])
+        // Moments of the normal and uniform draws.
+        let normals = a.toArray()
+        let mean = normals.reduce(0, +) / Float(normals.count)
+        let variance = normals.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(normals.count)
+        XCTAssertEqual(mean, 0, accuracy: 0.1)
+        XCTAssertEqual(variance, 1, accuracy: 0.1)
+        var integers = RandomGenerator(seed: 3)
+        let draws = Tensor.randint(2, 5, [500], generator: &integers).toArray()
+        XCTAssertEqual(Set(draws), [2, 3, 4])
+    }
+
+    func testGeneratorStateRoundTrip() {
+        var generator = RandomGenerator(seed: 9)
+        _ = generator.normal()
+        let saved = generator.state
+        let expected = (0..<5).map { _ in generator.normal() }
+        var restored = RandomGenerator(seed: 0)
+        restored.state = saved
+        XCTAssertEqual((0..<5).map { _ in restored.normal() }, expected)
+    }
+
+    func testHalfPrecisionStorage() {
+        let values: [Float] = [0, 1, -2.5, 65504, 1e-4, 3.14159, -1e-8]
+        let x = Tensor(values, shape: [7])
+        let half = x.converted(to: .float16)
+        XCTAssertEqual(half.dataType, .float16)
+        XCTAssertEqual(half.converted(to: .float32).toArray(), values.map { Float(Float16($0)) })
+        let brain = x.converted(to: .bfloat16)
+        let back = brain.converted(to: .float32).toArray()
+        XCTAssertEqual(back[1], 1)
+        XCTAssertEqual(back[2], -2.5)
+        XCTAssertEqual(back[5], 3.140625) // 8 bits of mantissa, round to nearest even
+        // Ops read half tensors as float32.
+        XCTAssertEqual((half + Tensor([1, 1, 1, 1, 1, 1, 1])).toArray()[1], 2)
+        XCTAssertEqual(HalfPrecision.bfloat16Bits(1.00390625), 0x3F80) // a tie rounds to even
+        XCTAssertEqual(HalfPrecision.bfloat16Bits(1.01171875), 0x3F82)
+    }
+
+    func testViewsShareMemoryAndLayouts() {
+        let x = Tensor((0..<24).map(Float.init), shape: [2, 3, 4])
+        let transposed = x.transposed(0, 2)
+        XCTAssertEqual(transposed.shape, [4, 3, 2])
+        XCTAssertFalse(transposed.isContiguous)
+        XCTAssertTrue(transposed.isDense)
+        XCTAssertTrue(transposed.storage === x.storage)
+        XCTAssertEqual(transposed[3, 2, 1], x[1, 2, 3])
+        XCTAssertEqual(x.sliced(axis: 2, start: 1, end: 4, step: 2).toArray(), [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23])
+        XCTAssertEqual(x.sliced(axis: 1, start: -1).toArray(), [8, 9, 10, 11, 20, 21, 22, 23])
+        let image = Tensor((0..<24).map(Float.init), shape: [1, 2, 3, 4])
+        let channelsLast = image.withLayout(.channelsLast)
+        XCTAssertEqual(channelsLast.layout, .channelsLast)
+        XCTAssertEqual(channelsLast.toArray(), image.toArray())
+        XCTAssertEqual(channelsLast.contiguous().layout, .contiguous)
+        // Elementwise ops keep channels-last.
+        XCTAssertEqual((channelsLast + 1).layout, .channelsLast)
+        XCTAssertEqual((channelsLast * Tensor([1, 2]).reshaped([1, 2, 1, 1])).layout, .channelsLast)
+        XCTAssertEqual((channelsLast * Tensor([1, 2]).reshaped([1, 2, 1, 1])).toArray(), (image * Tensor([1, 2]).reshaped([1, 2, 1, 1])).toArray())
+    }
+
+    func testJoinSplitPadExpand() {
+        let a = Tensor([1, 2, 3, 4], shape: [2, 2])
+        let b = Tensor([5, 6], shape: [2, 1])
+        XCTAssertEqual(Tensor.concatenate([a, b], axis: 1).toArray(), [1, 2, 5, 3, 4, 6])
+        XCTAssertEqual(Tensor.stack([a, a], axis: 0).shape, [2, 2, 2])
+        let pieces = Tensor((0..<10).map(Float.init)).chunked(3, axis: 0)
+        XCTAssertEqual(pieces.map(\.shape), [[4], [4], [2]])
+        XCTAssertEqual(pieces[2].toArray(), [8, 9])
+        XCTAssertEqual(a.padded([(1, 0)]).toArray(), [0, 1, 2, 0, 3, 4])
+        XCTAssertEqual(b.expanded([2, 3]).toArray(), [5, 5, 5, 6, 6, 6])
+        XCTAssertEqual(a.indexSelect(axis: 0, indices: [1, 1, 0]).toArray(), [3, 4, 3, 4, 1, 2])
+        XCTAssertEqual(a.gather(axis: 1, index: Tensor([1, 0], shape: [2, 1])).toArray(), [2, 3])
+    }
+
+    func testReductionValues() {
+        let x = Tensor([1, 5, 3, 4, 2, 6], shape: [2, 3])
+        XCTAssertEqual(x.sum(axis: 0).toArray(), [5, 7, 9])
+        XCTAssertEqual(x.sum(axis: 1, keepDims: true).shape, [2, 1])
+        XCTAssertEqual(x.mean().item, 3.5)
+        XCTAssertEqual(x.max(axis: 1).toArray(), [5, 6])
+        XCTAssertEqual(x.min(axis: 0).toArray(), [1, 2, 3])
+        XCTAssertEqual(x.argmax(axis: 1).toArray(), [1, 2])
+        XCTAssertEqual(x.argmax().item, 5)
+        XCTAssertEqual(x.variance(axes: [1]).toArray(), [4, 4])
+        XCTAssertEqual(x.variance(axes: [1], correction: 0).toArray()[0], 8.0 / 3.0, accuracy: 1e-6)
+    }
+
+    func testVectorExpMatchesReference() {
+        var generator = RandomGenerator(seed: 5)
+        let x = Tensor.rand([4099], low: -80, high: 80, generator: &generator)
+        let fast = x.exp().toArray()
+        let inputs = x.toArray()
+        for index in inputs.indices {
+            let expected = Foundation.exp(inputs[index])
+            XCTAssertEqual(fast[index], expected, accuracy: expected * 3e-7, "exp(\(inputs[index]))")
+        }
+        XCTAssertEqual(Tensor([100, -100, 0]).exp().toArray(), [.infinity, 0, 1])
+        for function in PointwiseFunction.allCases {
+            let y = Tensor.rand([1000], low: 0.1, high: 4, generator: &generator)
+            let values = y.apply(function).toArray()
+            for (index, value) in y.toArray().enumerated() {
+                let expected = referenceValue(function, value)
+                XCTAssertEqual(values[index], expected, accuracy: 2e-6 * Swift.max(1, Swift.abs(expected)), "\(function)(\(value))")
+            }
+        }
+    }
+
+    private func referenceValue(_ function: PointwiseFunction, _ x: Float) -> Float {
+        let value = Double(x)
+        switch function {
+        case .exp: return Float(Foundation.exp(value))
+        case .log: return Float(Foundation.log(value))
+        case .sqrt: return Float(value.squareRoot())
+        case .rsqrt: return Float(1 / value.squareRoot())
+        case .abs: return Swift.abs(x)
+        case .sin: return Float(Foundation.sin(value))
+        case .cos: return Float(Foundation.cos(value))
+        case .tanh: return Float(Foundation.tanh(value))
+        case .sigmoid: return Float(1 / (1 + Foundation.exp(-value)))
+        case .relu: return Swift.max(x, 0)
+        case .silu: return Float(value / (1 + Foundation.exp(-value)))
+        case .geluExact: return Float(0.5 * value * (1 + Foundation.erf(value / 2.0.squareRoot())))
+        case .geluTanh: return Float(0.5 * value * (1 + Foundation.tanh((2 / Double.pi).squareRoot() * (value + 0.044715 * value * value * value))))
+        case .quickGelu: return Float(value / (1 + Foundation.exp(-1.702 * value)))
+        }
+    }
+
+    func testFastGemmMatchesReference() {
+        var generator = RandomGenerator(seed: 11)
+        for (m, n, k) in [(1, 1, 1), (17, 33, 9), (130, 70, 64), (64, 300, 5)] {
+            for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = Tensor.randn([m * k], generator: &generator)
+                let b = Tensor.randn([k * n], generator: &generator)
+                let fast = Tensor.zeros([m * n]), reference = Tensor.zeros([m * n])
+                for (output, runner) in [(fast, Gemm.parallel), (reference, Gemm.reference)] as [(Tensor, (GemmArguments) -> Void)] {
+                    runner(GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
+                                         a: a.floatPointer, lda: transposeA ? m : k, b: b.floatPointer, ldb: transposeB ? k : n,
+                                         c: output.floatPointer, ldc: n))
+                }
+                assertClose(fast, reference, relative: 1e-4, absolute: 1e-4, "gemm \(m)x\(n)x\(k) \(transposeA) \(transposeB)")
+            }
+        }
+    }
+
+    func testStorageIsFreed() {
+        let before = Storage.allocatedBytes
+        do {
+            let x = Tensor.ones([1024, 1024])
+            XCTAssertGreaterThanOrEqual(Storage.allocatedBytes - before, 4 * 1024 * 1024)
+            _ = x
+        }
+        XCTAssertLessThan(Storage.allocatedBytes - before, 4 * 1024 * 1024)
+    }
+}
