@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""`make bench`: runs each workload in Diffuse and in PyTorch on this machine,
+in the same run, interleaved repetition by repetition, and prints one row per
+workload: `NAME diffuse_ms=... pytorch_ms=... ratio=...` (ratio = Diffuse time /
+PyTorch time, medians of the repetitions). Both sides use 2 threads.
+
+Usage: run-bench.py DIFFUSE_BENCH_BINARY [--only PREFIX] [--repeats N] [--results FILE]
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Worker:
+    def __init__(self, command, environment):
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, bufsize=1, env=environment)
+
+    def ask(self, line):
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if not answer or answer.startswith("error"):
+            raise RuntimeError(f"{line!r}: {answer or 'worker exited'}")
+        return answer
+
+    def close(self):
+        try:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.process.wait(timeout=30)
+
+
+def machine_description():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("binary")
+    parser.add_argument("--only", default="")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--results", default="")
+    arguments = parser.parse_args()
+
+    environment = dict(os.environ, DIFFUSE_NUM_THREADS="2", OMP_NUM_THREADS="2")
+    names = subprocess.run([arguments.binary, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    selected = [name for name in names if name.startswith(arguments.only)]
+    if not selected:
+        sys.exit(f"no workload starts with {arguments.only!r}; workloads: {', '.join(names)}")
+
+    diffuse = Worker([arguments.binary], environment)
+    pytorch = Worker([sys.executable, os.path.join(HERE, "torch_bench.py")], environment)
+    rows = []
+    try:
+        for name in selected:
+            timings = {"diffuse": [], "pytorch": []}
+            for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
+                worker.ask(f"setup {name}")
+                worker.ask(f"run {name}")  # warm-up
+            for _ in range(arguments.repeats):
+                for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
+                    time.sleep(0.05)  # let the other side's threads go idle
+                    timings[side].append(float(worker.ask(f"run {name}")))
+            diffuse_ms = statistics.median(timings["diffuse"])
+            pytorch_ms = statistics.median(timings["pytorch"])
+            row = f"{name} diffuse_ms={diffuse_ms:.2f} pytorch_ms={pytorch_ms:.2f} ratio={diffuse_ms / pytorch_ms:.2f}"
+            print(row, flush=True)
+            rows.append(row)
+    finally:
+        diffuse.close()
+        pytorch.close()
+
+    if arguments.results:
+        write_results(arguments.results, rows, arguments.repeats)
+
+
+def write_results(path, rows, repeats):
+    """Keeps the newest row per workload in the results table."""
+    existing = {}
+    if os.path.exists(path):
+        with open(path) as results:
+            for line in results:
+                if line.startswith("    ") and " diffuse_ms=" in line:
+                    existing[line.split()[0]] = line.strip()
+    for row in rows:
+        existing[row.split()[0]] = row
+    import torch  # only for its version string
+    today = datetime.date.today().isoformat()
+    with open(path, "w") as results:
+        results.write("# Benchmark results\n\n")
+        results.write("Diffuse beside PyTorch on the same machine, in the same run, interleaved, "
+                      f"median of {repeats} repetitions after a warm-up; 2 threads each. "
+                      "ratio = Diffuse time / PyTorch time (below 1 means Diffuse is faster).\n\n")
+        results.write(f"- date: {today}\n- machine: {machine_description()}\n")
+        results.write(f"- PyTorch {torch.__version__}; regenerate with `make bench`\n\n")
+        for name in sorted(existing):
+            results.write(f"    {existing[name]}\n")
+
+
+if __name__ == "__main__":
+    main()

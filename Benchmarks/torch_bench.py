@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The PyTorch side of `make bench`: the same workloads as DiffuseBench, driven
+over stdin by run-bench.py (protocol: `setup NAME` -> ok, `run NAME` -> ms of
+one repetition, `rss` -> peak resident MB, `quit`)."""
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+
+
+def gemm(size):
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def run():
+        with torch.no_grad():
+            torch.mm(a, b)
+    return run
+
+
+def conv_forward(batch, channels, size):
+    x = torch.randn(batch, channels, size, size)
+    weight = torch.randn(channels, channels, 3, 3) * 0.05
+    bias = torch.randn(channels)
+
+    def run():
+        with torch.no_grad():
+            F.conv2d(x, weight, bias, padding=1)
+    return run
+
+
+def conv_backward(batch, channels, size):
+    x = torch.randn(batch, channels, size, size, requires_grad=True)
+    weight = (torch.randn(channels, channels, 3, 3) * 0.05).requires_grad_()
+    upstream = torch.randn(batch, channels, size, size)
+
+    def run():
+        output = F.conv2d(x, weight, padding=1)
+        start = time.perf_counter()
+        torch.autograd.grad(output, [x, weight], upstream)
+        return time.perf_counter() - start
+    return run
+
+
+def groupnorm():
+    x = torch.randn(128, 64, 14, 14, requires_grad=True)
+    weight = torch.randn(64, requires_grad=True)
+    bias = torch.randn(64, requires_grad=True)
+    upstream = torch.randn(128, 64, 14, 14)
+
+    def run():
+        F.group_norm(x, 32, weight, bias).backward(upstream)
+        x.grad = weight.grad = bias.grad = None
+    return run
+
+
+def attention():
+    q, k, v = (torch.randn(128, 196, 64, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(128, 196, 64)
+
+    def run():
+        F.scaled_dot_product_attention(q, k, v).backward(upstream)
+        q.grad = k.grad = v.grad = None
+    return run
+
+
+WORKLOADS = {
+    "gemm-512": lambda: gemm(512),
+    "gemm-1024": lambda: gemm(1024),
+    "conv-fwd-32c28": lambda: conv_forward(128, 32, 28),
+    "conv-bwd-32c28": lambda: conv_backward(128, 32, 28),
+    "conv-fwd-64c14": lambda: conv_forward(128, 64, 14),
+    "conv-bwd-64c14": lambda: conv_backward(128, 64, 14),
+    "groupnorm-fwdbwd": groupnorm,
+    "attention-fwdbwd": attention,
+}
+
+
+def main():
+    prepared = {}
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        command = parts[0]
+        if command == "setup":
+            name = parts[1] if len(parts) > 1 else ""
+            if name not in WORKLOADS:
+                print(f"error unknown workload {name}", flush=True)
+                continue
+            prepared = {name: WORKLOADS[name]()}
+            print("ok", flush=True)
+        elif command == "run":
+            body = prepared.get(parts[1] if len(parts) > 1 else "")
+            if body is None:
+                print("error not set up", flush=True)
+                continue
+            start = time.perf_counter()
+            partial = body()
+            elapsed = partial if partial is not None else time.perf_counter() - start
+            print(f"{elapsed * 1000:.4f}", flush=True)
+        elif command == "rss":
+            print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}", flush=True)
+        elif command == "quit":
+            return
+        else:
+            print(f"error unknown command {command}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

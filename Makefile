@@ -1,0 +1,43 @@
+# Diffuse: the two commands of the README (`make demo`, `make test`) and `make bench`.
+# Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
+SHELL := /bin/bash
+SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
+ONLY ?=
+
+.PHONY: demo test bench deps bench-deps build release
+
+## Debian packages the build links against; installed only when absent.
+deps:
+	@missing=""; for package in $(SYSTEM_PACKAGES); do \
+		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+## PyTorch (CPU) for benchmarks and golden generation only; never needed at run time.
+bench-deps:
+	@python3 -c "import torch" 2>/dev/null || { \
+		if [ -n "$(TORCH_WHEEL)" ]; then pip install -q "$(TORCH_WHEEL)"; else pip install -q torch; fi; }
+
+build: deps
+	swift build
+
+release: deps
+	swift build -c release --product diffuse
+
+## The first command of the README: the main job on real work.
+demo: release
+	.build/release/diffuse demo
+
+## The second command of the README: the whole test suite (CI runs this).
+test: deps
+	swift build --build-tests
+	swift test --skip-build
+
+## Diffuse beside PyTorch, same machine, same run: `make bench ONLY=conv` runs rows starting with "conv".
+bench: deps bench-deps
+	swift build -c release --product diffuse-bench
+	python3 Benchmarks/run-bench.py .build/release/diffuse-bench --only "$(ONLY)" --results Benchmarks/RESULTS.md
