@@ -1,7 +1,7 @@
 # Diffuse: the two commands of the README (`make demo`, `make test`) and `make bench`.
 # Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
 SHELL := /bin/bash
-SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev
+SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev dataset-fashion-mnist
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 

@@ -11,6 +11,7 @@ let package = Package(
     name: "Diffuse",
     products: [
         .library(name: "Tensors", targets: ["Tensors"]),
+        .library(name: "Diffusion", targets: ["Diffusion"]),
         .executable(name: "diffuse", targets: ["diffuse"]),
     ],
     dependencies: [
@@ -18,15 +19,22 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(
             name: "Tensors",
             dependencies: ["COpenBLAS"],
+            swiftSettings: kernelSettings
+        ),
+        .target(
+            name: "Diffusion",
+            dependencies: ["Tensors", "CZlib"],
             swiftSettings: kernelSettings
         ),
         .executableTarget(
             name: "diffuse",
             dependencies: [
                 "Tensors",
+                "Diffusion",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -45,6 +53,11 @@ let package = Package(
         .testTarget(
             name: "TensorsTests",
             dependencies: ["Tensors", "TestSupport"],
+            swiftSettings: kernelSettings
+        ),
+        .testTarget(
+            name: "DiffusionTests",
+            dependencies: ["Diffusion", "Tensors", "TestSupport"],
             swiftSettings: kernelSettings
         ),
     ],

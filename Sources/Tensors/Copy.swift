@@ -9,7 +9,7 @@ extension Tensor {
     }
 
     /// Row-major float32 memory to read (self if it already is), outside the graph.
-    func contiguousData() -> Tensor {
+    public func contiguousData() -> Tensor {
         (isContiguous && dataType == .float32) ? self : contiguousCopy()
     }
 
