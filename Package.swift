@@ -11,6 +11,7 @@ let package = Package(
     name: "Diffuse",
     products: [
         .library(name: "Tensors", targets: ["Tensors"]),
+        .library(name: "NN", targets: ["NN"]),
         .library(name: "Diffusion", targets: ["Diffusion"]),
         .executable(name: "diffuse", targets: ["diffuse"]),
     ],
@@ -26,8 +27,13 @@ let package = Package(
             swiftSettings: kernelSettings
         ),
         .target(
+            name: "NN",
+            dependencies: ["Tensors"],
+            swiftSettings: kernelSettings
+        ),
+        .target(
             name: "Diffusion",
-            dependencies: ["Tensors", "CZlib"],
+            dependencies: ["Tensors", "NN", "CZlib"],
             swiftSettings: kernelSettings
         ),
         .executableTarget(
@@ -53,6 +59,11 @@ let package = Package(
         .testTarget(
             name: "TensorsTests",
             dependencies: ["Tensors", "TestSupport"],
+            swiftSettings: kernelSettings
+        ),
+        .testTarget(
+            name: "NNTests",
+            dependencies: ["NN", "Tensors", "TestSupport"],
             swiftSettings: kernelSettings
         ),
         .testTarget(

@@ -1,0 +1,38 @@
+import Foundation
+import Tensors
+
+/// The generator new layers draw their initial weights from (PyTorch's
+/// `torch.manual_seed` for parameters). Seed it for reproducible models.
+public enum Initialization {
+    public nonisolated(unsafe) static var generator = RandomGenerator(seed: 0)
+
+    /// Restarts the parameter generator from `seed`.
+    public static func seed(_ seed: UInt64) { generator = RandomGenerator(seed: seed) }
+
+    /// Uniform in ±bound: PyTorch's default for Linear and Conv2d weights and
+    /// biases (kaiming-uniform with a = √5 gives bound 1/√fan-in).
+    public static func uniform(_ shape: [Int], bound: Float) -> Tensor {
+        let tensor = Tensor.rand(shape, low: -bound, high: bound, generator: &generator)
+        tensor.requiresGrad = true
+        return tensor
+    }
+
+    /// Standard normal (PyTorch's default for Embedding).
+    public static func normal(_ shape: [Int]) -> Tensor {
+        let tensor = Tensor.randn(shape, generator: &generator)
+        tensor.requiresGrad = true
+        return tensor
+    }
+
+    /// A trainable constant.
+    public static func constant(_ value: Float, _ shape: [Int]) -> Tensor {
+        let tensor = Tensor.full(value, shape)
+        tensor.requiresGrad = true
+        return tensor
+    }
+}
+
+/// A module with one input and one output, so it can sit in a `Sequential`.
+public protocol UnaryLayer: Module {
+    func callAsFunction(_ input: Tensor) -> Tensor
+}
