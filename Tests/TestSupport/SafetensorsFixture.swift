@@ -104,6 +104,15 @@ public enum SafetensorsFixture {
     }
 
     public static func load(_ name: String) throws -> GoldenCase {
+        try load(name, from: directory)
+    }
+
+    /// Loads `<name>.safetensors` from `Tests/Fixtures/<subdirectory>`.
+    public static func load(_ name: String, subdirectory: String) throws -> GoldenCase {
+        try load(name, from: directory.deletingLastPathComponent().appendingPathComponent(subdirectory))
+    }
+
+    static func load(_ name: String, from directory: URL) throws -> GoldenCase {
         let url = directory.appendingPathComponent(name + ".safetensors")
         let data: Data
         do {

@@ -1,0 +1,121 @@
+import Foundation
+import NN
+import Tensors
+import TestSupport
+import XCTest
+
+/// Optimizers, LR schedules and EMA against PyTorch/diffusers goldens
+/// (Tests/Fixtures/nn, from Scripts/make-nn-goldens).
+final class OptimizerParityTests: XCTestCase {
+    private func golden(_ name: String) throws -> [String: Any] {
+        let url = SafetensorsFixture.directory.deletingLastPathComponent().appendingPathComponent("nn").appendingPathComponent(name)
+        return try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+    }
+
+    private func tensor(_ object: [String: Any], _ key: String) -> Tensor {
+        let values = (object[key] as! [Double]).map { Float($0) }
+        let shape = object[key + "_shape"] as! [Int]
+        return Tensor(values, shape: shape)
+    }
+
+    func testTwentyStepsMatchPyTorchTrajectories() throws {
+        let data = try golden("optimizers.json")
+        let x = tensor(data, "x"), y = tensor(data, "y")
+        let runs = data["runs"] as! [String: [String: Any]]
+        XCTAssertEqual(Set(runs.keys), ["sgd_momentum", "sgd_nesterov", "adam_l2_clip", "adamw_clip"])
+        for (name, run) in runs.sorted(by: { $0.key < $1.key }) {
+            let weight = tensor(data, "weight").contiguousCopy(), bias = tensor(data, "bias").contiguousCopy()
+            weight.requiresGrad = true
+            bias.requiresGrad = true
+            let parameters = [weight, bias]
+            let optimizer: Optimizer
+            switch name {
+            case "sgd_momentum": optimizer = SGD(parameters: parameters, learningRate: 0.05, momentum: 0.9, weightDecay: 0.01)
+            case "sgd_nesterov": optimizer = SGD(parameters: parameters, learningRate: 0.05, momentum: 0.8, nesterov: true)
+            case "adam_l2_clip": optimizer = Adam(parameters: parameters, learningRate: 0.02, beta1: 0.9, beta2: 0.99, epsilon: 1e-6, weightDecay: 0.01)
+            default: optimizer = Adam.adamW(parameters: parameters, learningRate: 0.03, weightDecay: 0.1)
+            }
+            let clip = run["clip"] as? Double
+            for (index, expected) in (run["steps"] as! [[String: Any]]).enumerated() {
+                optimizer.zeroGradients()
+                let loss = (x.matmul(weight) + bias - y).pow(2).mean()
+                loss.backward()
+                if let clip {
+                    let norm = clipGradientNorm(parameters, maximumNorm: Float(clip))
+                    XCTAssertEqual(norm, Float(expected["grad_norm"] as! Double), accuracy: 1e-5 * Swift.max(1, norm), "\(name) step \(index + 1) norm")
+                }
+                optimizer.step()
+                XCTAssertEqual(loss.item, Float(expected["loss"] as! Double), accuracy: 1e-5, "\(name) step \(index + 1) loss")
+                assertClose(weight.toArray(), (expected["weight"] as! [Double]).map { Float($0) }, relative: 1e-5, absolute: 1e-6, "\(name) step \(index + 1) weight")
+                assertClose(bias.toArray(), (expected["bias"] as! [Double]).map { Float($0) }, relative: 1e-5, absolute: 1e-6, "\(name) step \(index + 1) bias")
+            }
+        }
+    }
+
+    func testOptimizerStateRoundTrip() throws {
+        let weight = Tensor([1, -2, 3])
+        weight.requiresGrad = true
+        func run(_ optimizer: Adam, steps: Int) {
+            for _ in 0..<steps {
+                optimizer.zeroGradients()
+                (weight * weight * Tensor([1, 2, 3])).sum().backward()
+                optimizer.step()
+            }
+        }
+        let first = Adam.adamW(parameters: [weight], learningRate: 0.1)
+        run(first, steps: 3)
+        let saved = first.state.mapValues { $0.contiguousCopy() }
+        let savedWeight = weight.contiguousCopy()
+        run(first, steps: 2)
+        let expected = weight.toArray()
+        weight.copyValues(from: savedWeight)
+        let second = Adam.adamW(parameters: [weight], learningRate: 0.1)
+        try second.load(state: saved)
+        XCTAssertEqual(second.stepCount, 3)
+        run(second, steps: 2)
+        XCTAssertEqual(weight.toArray(), expected)
+    }
+
+    func testLearningRateSchedulesMatchDiffusers() throws {
+        let data = try golden("lr_schedules.json")
+        let base = Float(data["base_lr"] as! Double)
+        let schedules = data["schedules"] as! [String: [String: Any]]
+        XCTAssertEqual(Set(schedules.keys), Set(LearningRateSchedule.Kind.allCases.map(\.rawValue)))
+        for (name, entry) in schedules {
+            let kind = LearningRateSchedule.Kind(rawValue: name)!
+            let schedule = LearningRateSchedule(kind, warmupSteps: data["warmup"] as! Int, trainingSteps: data["total"] as! Int,
+                                                cycles: (entry["cycles"] as? Int).map(Double.init))
+            for (step, expected) in (entry["lr"] as! [Double]).enumerated() {
+                XCTAssertEqual(Double(schedule.learningRate(step: step, baseLearningRate: base)), expected, accuracy: 1e-9 + 1e-6 * expected, "\(name) step \(step)")
+            }
+        }
+    }
+
+    func testEMAMatchesDiffusersEMAModel() throws {
+        let data = try golden("ema.json")
+        let start = (data["start"] as! [Double]).map { Float($0) }
+        let frozenStart = (data["frozen_start"] as! [Double]).map { Float($0) }
+        let updates = (data["updates"] as! [[Double]]).map { $0.map { Float($0) } }
+        for (name, run) in data["runs"] as! [String: [String: Any]] {
+            let config = run["config"] as! [String: Any]
+            let trained = Tensor(start)
+            trained.requiresGrad = true
+            let frozen = Tensor(frozenStart)
+            let ema = ExponentialMovingAverage(
+                parameters: [trained, frozen], maximumDecay: config["decay"] as? Double ?? 0.9999,
+                minimumDecay: config["min_decay"] as? Double ?? 0, updateAfterStep: config["update_after_step"] as? Int ?? 0,
+                useWarmup: config["use_ema_warmup"] as? Bool ?? false, inverseGamma: config["inv_gamma"] as? Double ?? 1,
+                power: config["power"] as? Double ?? 2.0 / 3.0)
+            for (index, expected) in (run["steps"] as! [[String: Any]]).enumerated() {
+                noGrad {
+                    trained.copyValues(from: trained + Tensor(updates[index]))
+                    frozen.copyValues(from: frozen + 0.01 * Float(index + 1))
+                }
+                ema.step([trained, frozen])
+                XCTAssertEqual(ema.currentDecay, expected["decay"] as! Double, accuracy: 1e-12, "\(name) step \(index + 1) decay")
+                assertClose(ema.shadowParameters[0].toArray(), (expected["shadow"] as! [Double]).map { Float($0) }, relative: 1e-5, absolute: 1e-6, "\(name) step \(index + 1)")
+                assertClose(ema.shadowParameters[1].toArray(), (expected["frozen_shadow"] as! [Double]).map { Float($0) }, relative: 1e-6, absolute: 1e-6, "\(name) frozen step \(index + 1)")
+            }
+        }
+    }
+}
