@@ -5,7 +5,370 @@ extension Tensor {
     /// `F.scaled_dot_product_attention`). Shapes `[…, L, E]`, `[…, S, E]`,
     /// `[…, S, Ev]`; `mask` is added to the scores and broadcasts to `[…, L, S]`
     /// (use `-infinity` to hide a position); `scale` defaults to `1/√E`.
+    ///
+    /// The batch dimensions of query, key and value broadcast together. A row
+    /// whose positions are all hidden gives zeros (as PyTorch's safe softmax).
+    /// Every batch item runs two single-threaded GEMMs with the fused
+    /// scale–mask–softmax between them; the items are spread over the workers.
+    /// The probabilities are kept for the backward pass.
     public static func scaledDotProductAttention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor? = nil, scale: Float? = nil) -> Tensor {
-        fatalError("scaledDotProductAttention: not implemented yet")
+        func shapes() -> String {
+            "query \(query.shape), key \(key.shape), value \(value.shape)" + (mask.map { ", mask \($0.shape)" } ?? "")
+        }
+        guard query.rank >= 2, key.rank >= 2, value.rank >= 2 else {
+            fatalError("scaledDotProductAttention: inputs need at least 2 dimensions, got \(shapes())")
+        }
+        let queryLength = query.shape[query.rank - 2], depth = query.shape[query.rank - 1]
+        let keyLength = key.shape[key.rank - 2]
+        let valueDepth = value.shape[value.rank - 1]
+        guard key.shape[key.rank - 1] == depth, value.shape[value.rank - 2] == keyLength else {
+            fatalError("scaledDotProductAttention: shapes do not fit [..., L, E], [..., S, E], [..., S, Ev]: \(shapes())")
+        }
+        let batchShape = broadcastBatchShape([query, key, value], shapes: shapes)
+        let scoreShape = batchShape + [queryLength, keyLength]
+        if let mask {
+            let extra = scoreShape.count - mask.rank
+            let fits = extra >= 0 && (0..<mask.rank).allSatisfy { mask.shape[$0] == 1 || mask.shape[$0] == scoreShape[$0 + extra] }
+            guard fits else {
+                fatalError("scaledDotProductAttention: mask does not broadcast to the scores \(scoreShape): \(shapes())")
+            }
+        }
+        if let scale, !scale.isFinite {
+            fatalError("scaledDotProductAttention: scale \(scale) is not finite (\(shapes()))")
+        }
+        let factor = scale ?? 1 / Float(depth).squareRoot()
+        let problem = AttentionProblem(batchShape: batchShape, queryLength: queryLength, keyLength: keyLength,
+                                       depth: depth, valueDepth: valueDepth, scale: factor,
+                                       query: AttentionOperand(query, batchShape: batchShape),
+                                       key: AttentionOperand(key, batchShape: batchShape),
+                                       value: AttentionOperand(value, batchShape: batchShape),
+                                       mask: mask.map { AttentionMask($0, scoreShape: scoreShape) })
+        var inputs = [query, key, value]
+        if let mask { inputs.append(mask) }
+        let recording = GradientMode.isEnabled && inputs.contains { $0.needsGradient }
+        let (output, probabilities) = problem.forward(keepProbabilities: recording)
+        guard recording, let probabilities else { return output }
+        return record(output, .kernel(AttentionBackward(problem: problem, probabilities: probabilities,
+                                                        inputShapes: inputs.map(\.shape))), inputs: inputs)
+    }
+
+    static func broadcastBatchShape(_ tensors: [Tensor], shapes: () -> String) -> [Int] {
+        let batches = tensors.map { Array($0.shape.dropLast(2)) }
+        let rank = batches.map(\.count).max() ?? 0
+        var result = [Int](repeating: 1, count: rank)
+        for batch in batches {
+            for (index, size) in batch.enumerated() {
+                let axis = index + rank - batch.count
+                if size == result[axis] || size == 1 { continue }
+                guard result[axis] == 1 else {
+                    fatalError("scaledDotProductAttention: batch dimensions do not broadcast: \(shapes())")
+                }
+                result[axis] = size
+            }
+        }
+        return result
+    }
+}
+
+/// One input of attention as a BLAS operand per batch item: the last two
+/// dimensions are a row-major matrix or its transpose with some leading
+/// dimension; the batch dimensions have any strides (zero where broadcast).
+struct AttentionOperand {
+    /// Keeps the memory alive.
+    let tensor: Tensor
+    let transposed: Bool
+    let leadingDimension: Int
+    /// Element offset of each batch item from `tensor.floatPointer`.
+    let itemOffsets: [Int]
+
+    init(_ source: Tensor, batchShape: [Int]) {
+        func layout(_ tensor: Tensor) -> (transposed: Bool, leadingDimension: Int)? {
+            guard tensor.dataType == .float32 else { return nil }
+            let rows = tensor.shape[tensor.rank - 2], columns = tensor.shape[tensor.rank - 1]
+            let rowStride = tensor.strides[tensor.rank - 2], columnStride = tensor.strides[tensor.rank - 1]
+            if columnStride == 1 || columns == 1 {
+                if rows == 1 { return (false, Swift.max(columns, 1)) }
+                if rowStride >= Swift.max(columns, 1) { return (false, rowStride) }
+            }
+            if rowStride == 1 || rows == 1 {
+                if columns == 1 { return (true, Swift.max(rows, 1)) }
+                if columnStride >= Swift.max(rows, 1) { return (true, columnStride) }
+            }
+            return nil
+        }
+        var tensor = source.detach()
+        var found = layout(tensor)
+        if found == nil {
+            tensor = source.contiguousCopy()
+            found = layout(tensor)
+        }
+        self.tensor = tensor
+        self.transposed = found!.transposed
+        self.leadingDimension = found!.leadingDimension
+        let batchRank = tensor.rank - 2
+        let strides = Shape.broadcastStrides(shape: Array(tensor.shape.prefix(batchRank)), strides: Array(tensor.strides.prefix(batchRank)), to: batchShape)
+        itemOffsets = AttentionOperand.offsets(batchShape: batchShape, strides: strides)
+    }
+
+    /// The offset of every item of `batchShape` (row-major order) under `strides`.
+    static func offsets(batchShape: [Int], strides: [Int]) -> [Int] {
+        var result = [0]
+        for (size, stride) in zip(batchShape, strides) {
+            var next: [Int] = []
+            next.reserveCapacity(result.count * size)
+            for base in result {
+                for index in 0..<size { next.append(base + index * stride) }
+            }
+            result = next
+        }
+        return result
+    }
+
+    @inline(__always)
+    func pointer(_ item: Int) -> UnsafePointer<Float> {
+        UnsafePointer(tensor.floatPointer + itemOffsets[item])
+    }
+}
+
+/// The additive mask, read through broadcast strides.
+struct AttentionMask {
+    let tensor: Tensor
+    let itemOffsets: [Int]
+    let rowStride: Int
+    let columnStride: Int
+
+    init(_ source: Tensor, scoreShape: [Int]) {
+        let tensor = source.dataType == .float32 ? source.detach() : source.contiguousCopy()
+        let strides = Shape.broadcastStrides(shape: tensor.shape, strides: tensor.strides, to: scoreShape)
+        let batchRank = scoreShape.count - 2
+        self.tensor = tensor
+        rowStride = strides[batchRank]
+        columnStride = strides[batchRank + 1]
+        itemOffsets = AttentionOperand.offsets(batchShape: Array(scoreShape.prefix(batchRank)), strides: Array(strides.prefix(batchRank)))
+    }
+}
+
+/// The sizes and operands of one attention call.
+struct AttentionProblem {
+    let batchShape: [Int]
+    let queryLength: Int, keyLength: Int, depth: Int, valueDepth: Int
+    let scale: Float
+    let query: AttentionOperand, key: AttentionOperand, value: AttentionOperand
+    let mask: AttentionMask?
+
+    var batch: Int { Shape.count(batchShape) }
+
+    /// Output `[…, L, Ev]` and, when asked, the probabilities `[…, L, S]`.
+    func forward(keepProbabilities: Bool) -> (Tensor, Tensor?) {
+        let (L, S, E, Ev) = (queryLength, keyLength, depth, valueDepth)
+        let output = Tensor(uninitializedShape: batchShape + [L, Ev])
+        let probabilities = keepProbabilities ? Tensor(uninitializedShape: batchShape + [L, S]) : nil
+        if output.count == 0 { return (output, probabilities) }
+        let out = output.floatPointer
+        let kept = probabilities?.floatPointer
+        Parallel.forEach(batch) { range in
+            let scratch = kept == nil ? UnsafeMutablePointer<Float>.allocate(capacity: L * S) : nil
+            defer { scratch?.deallocate() }
+            for item in range {
+                let scores = kept.map { $0 + item * L * S } ?? scratch!
+                // scores = scale · Q Kᵀ
+                Gemm.serial(GemmArguments(transposeA: query.transposed, transposeB: !key.transposed, m: L, n: S, k: E, alpha: scale,
+                                          a: query.pointer(item), lda: query.leadingDimension,
+                                          b: key.pointer(item), ldb: key.leadingDimension,
+                                          c: scores, ldc: S))
+                if E == 0 { scores.update(repeating: 0, count: L * S) }
+                for row in 0..<L {
+                    let maskRow = mask.map { UnsafePointer($0.tensor.floatPointer + $0.itemOffsets[item] + row * $0.rowStride) }
+                    AttentionKernel.maskedSoftmaxRow(scores + row * S, S, mask: maskRow, maskStride: mask?.columnStride ?? 0)
+                }
+                // out = P V
+                Gemm.serial(GemmArguments(transposeB: value.transposed, m: L, n: Ev, k: S,
+                                          a: scores, lda: Swift.max(S, 1),
+                                          b: value.pointer(item), ldb: value.leadingDimension,
+                                          c: out + item * L * Ev, ldc: Swift.max(Ev, 1)))
+                if S == 0 { (out + item * L * Ev).update(repeating: 0, count: L * Ev) }
+            }
+        }
+        return (output, probabilities)
+    }
+}
+
+enum AttentionKernel {
+    typealias Vector = SIMD8<Float>
+
+    /// `exp(x)` for softmax rows: round-to-integer by the 1.5·2²³ shifter,
+    /// Cody–Waite reduction, degree-5 polynomial (about 1e-7 relative error),
+    /// exactly 0 below −87 (so −∞ gives 0). Inputs are ≤ 0 here; no overflow handling.
+    @inline(__always)
+    static func exp(_ input: Vector) -> Vector {
+        // (`pointwiseMax` is not vectorised by the compiler; a masked select is.)
+        let floor = Vector(repeating: -87)
+        let x = input.replacing(with: floor, where: input .< floor)
+        let shifter = Vector(repeating: 12582912)
+        let biased = x * Vector(repeating: 1.4426950408889634) + shifter
+        let n = biased - shifter
+        var r = x.addingProduct(n, Vector(repeating: -0.693359375))
+        r = r.addingProduct(n, Vector(repeating: 2.12194440e-4))
+        var p = Vector(repeating: 1.3981999507e-3).addingProduct(Vector(repeating: 1.9875691500e-4), r)
+        p = Vector(repeating: 8.3334519073e-3).addingProduct(p, r)
+        p = Vector(repeating: 4.1665795894e-2).addingProduct(p, r)
+        p = Vector(repeating: 1.6666665459e-1).addingProduct(p, r)
+        p = Vector(repeating: 5.0000001201e-1).addingProduct(p, r)
+        let y = (r + 1).addingProduct(p, r * r)
+        let exponent = (unsafeBitCast(biased, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+        return (y * unsafeBitCast(exponent, to: Vector.self)).replacing(with: 0, where: input .< floor)
+    }
+
+    /// In place: `row ← softmax(row + mask)`; a row with no visible position becomes zeros.
+    @inline(__always)
+    static func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, _ length: Int, mask: UnsafePointer<Float>?, maskStride: Int) {
+        if let mask {
+            if maskStride == 1 {
+                var index = 0
+                while index + 8 <= length {
+                    let sum = UnsafeRawPointer(row + index).loadUnaligned(as: Vector.self) + UnsafeRawPointer(mask + index).loadUnaligned(as: Vector.self)
+                    UnsafeMutableRawPointer(row + index).storeBytes(of: sum, as: Vector.self)
+                    index += 8
+                }
+                while index < length { row[index] += mask[index]; index += 1 }
+            } else {
+                for index in 0..<length { row[index] += mask[index * maskStride] }
+            }
+        }
+        var largestLanes = Vector(repeating: -.infinity)
+        var index = 0
+        while index + 8 <= length {
+            let value = UnsafeRawPointer(row + index).loadUnaligned(as: Vector.self)
+            largestLanes.replace(with: value, where: value .> largestLanes)
+            index += 8
+        }
+        var largest = -Float.infinity
+        for lane in 0..<8 where largestLanes[lane] > largest { largest = largestLanes[lane] }
+        while index < length { largest = Swift.max(largest, row[index]); index += 1 }
+        guard largest > -.infinity else {
+            row.update(repeating: 0, count: length)
+            return
+        }
+        let shift = Vector(repeating: largest)
+        var lanes = Vector()
+        index = 0
+        while index + 8 <= length {
+            let value = exp(UnsafeRawPointer(row + index).loadUnaligned(as: Vector.self) - shift)
+            UnsafeMutableRawPointer(row + index).storeBytes(of: value, as: Vector.self)
+            lanes += value
+            index += 8
+        }
+        var total = lanes.sum()
+        while index < length {
+            let value = Foundation.exp(row[index] - largest)
+            row[index] = value
+            total += value
+            index += 1
+        }
+        let factor = Vector(repeating: 1 / total)
+        index = 0
+        while index + 8 <= length {
+            let value = UnsafeRawPointer(row + index).loadUnaligned(as: Vector.self) * factor
+            UnsafeMutableRawPointer(row + index).storeBytes(of: value, as: Vector.self)
+            index += 8
+        }
+        while index < length { row[index] *= factor[0]; index += 1 }
+    }
+
+    /// In place: `dP ← P ∘ (dP − Σ dP∘P)` for one row.
+    @inline(__always)
+    static func softmaxBackwardRow(_ gradient: UnsafeMutablePointer<Float>, _ probabilities: UnsafePointer<Float>, _ length: Int) {
+        var lanes = Vector()
+        var index = 0
+        while index + 8 <= length {
+            lanes = lanes.addingProduct(UnsafeRawPointer(gradient + index).loadUnaligned(as: Vector.self),
+                                        UnsafeRawPointer(probabilities + index).loadUnaligned(as: Vector.self))
+            index += 8
+        }
+        var dot = lanes.sum()
+        while index < length { dot += gradient[index] * probabilities[index]; index += 1 }
+        let shift = Vector(repeating: dot)
+        index = 0
+        while index + 8 <= length {
+            let value = UnsafeRawPointer(probabilities + index).loadUnaligned(as: Vector.self)
+                * (UnsafeRawPointer(gradient + index).loadUnaligned(as: Vector.self) - shift)
+            UnsafeMutableRawPointer(gradient + index).storeBytes(of: value, as: Vector.self)
+            index += 8
+        }
+        while index < length { gradient[index] = probabilities[index] * (gradient[index] - dot); index += 1 }
+    }
+}
+
+/// Saved state of attention: the operands and the softmax probabilities.
+struct AttentionBackward: BackwardContext {
+    var name: String { "scaledDotProductAttention" }
+    let problem: AttentionProblem
+    let probabilities: Tensor
+    /// Shapes of query, key, value (and mask), to sum broadcast gradients back.
+    let inputShapes: [[Int]]
+
+    func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?] {
+        let p = problem
+        let (L, S, E, Ev) = (p.queryLength, p.keyLength, p.depth, p.valueDepth)
+        let needsQuery = inputs[0] != nil, needsKey = inputs[1] != nil, needsValue = inputs[2] != nil
+        let needsMask = inputs.count > 3 && inputs[3] != nil
+        let outputGradient = gradient.contiguousData()
+        let queryGradient = needsQuery ? Tensor(uninitializedShape: p.batchShape + [L, E]) : nil
+        let keyGradient = needsKey ? Tensor(uninitializedShape: p.batchShape + [S, E]) : nil
+        let valueGradient = needsValue ? Tensor(uninitializedShape: p.batchShape + [S, Ev]) : nil
+        let maskGradient = needsMask ? Tensor(uninitializedShape: p.batchShape + [L, S]) : nil
+        let needsScores = needsQuery || needsKey || needsMask
+        let dO = UnsafePointer(outputGradient.floatPointer)
+        let probabilityPointer = UnsafePointer(probabilities.floatPointer)
+        let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
+        let dMask = maskGradient?.floatPointer
+        for tensor in [queryGradient, keyGradient, valueGradient, maskGradient] {
+            if let tensor, tensor.count > 0, L == 0 || S == 0 || Ev == 0 { memset(tensor.storage.bytes, 0, tensor.count * 4) }
+        }
+
+        Parallel.forEach(p.batch) { range in
+            let scratch = needsScores ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(L * S, 1)) : nil
+            defer { scratch?.deallocate() }
+            for item in range {
+                let probabilitiesItem = probabilityPointer + item * L * S
+                let outputItem = dO + item * L * Ev
+                if let dV {
+                    // dV = Pᵀ dO
+                    Gemm.serial(GemmArguments(transposeA: true, m: S, n: Ev, k: L,
+                                              a: probabilitiesItem, lda: Swift.max(S, 1), b: outputItem, ldb: Swift.max(Ev, 1),
+                                              c: dV + item * S * Ev, ldc: Swift.max(Ev, 1)))
+                }
+                guard let scores = scratch, L > 0, S > 0 else { continue }
+                // dP = dO Vᵀ, then dS = P ∘ (dP − rowsum(dP ∘ P)).
+                if Ev > 0 {
+                    Gemm.serial(GemmArguments(transposeB: !p.value.transposed, m: L, n: S, k: Ev,
+                                              a: outputItem, lda: Ev, b: p.value.pointer(item), ldb: p.value.leadingDimension,
+                                              c: scores, ldc: S))
+                } else {
+                    scores.update(repeating: 0, count: L * S)
+                }
+                for row in 0..<L {
+                    AttentionKernel.softmaxBackwardRow(scores + row * S, probabilitiesItem + row * S, S)
+                }
+                if let dMask { (dMask + item * L * S).update(from: scores, count: L * S) }
+                if let dQ, E > 0 {
+                    // dQ = scale · dS K
+                    Gemm.serial(GemmArguments(transposeB: p.key.transposed, m: L, n: E, k: S, alpha: p.scale,
+                                              a: scores, lda: S, b: p.key.pointer(item), ldb: p.key.leadingDimension,
+                                              c: dQ + item * L * E, ldc: E))
+                }
+                if let dK, E > 0 {
+                    // dK = scale · dSᵀ Q
+                    Gemm.serial(GemmArguments(transposeA: true, transposeB: p.query.transposed, m: S, n: E, k: L, alpha: p.scale,
+                                              a: scores, lda: S, b: p.query.pointer(item), ldb: p.query.leadingDimension,
+                                              c: dK + item * S * E, ldc: E))
+                }
+            }
+        }
+        var result: [Tensor?] = [queryGradient?.summed(toShape: inputShapes[0]),
+                                 keyGradient?.summed(toShape: inputShapes[1]),
+                                 valueGradient?.summed(toShape: inputShapes[2])]
+        if inputShapes.count > 3 { result.append(maskGradient?.summed(toShape: inputShapes[3])) }
+        return result
     }
 }
