@@ -158,6 +158,20 @@ struct AttentionProblem {
 
     var batch: Int { Shape.count(batchShape) }
 
+    /// Query-row blocks per batch item: 1 when the items alone keep every
+    /// worker busy, else enough blocks (of at least 16 rows) to share them out.
+    var rowBlocks: Int {
+        let threads = Parallel.threadCount
+        if threads <= 1 || batch >= 2 * threads || batch % threads == 0 { return 1 }
+        return Swift.max(1, Swift.min((2 * threads + batch - 1) / batch, queryLength / 16))
+    }
+
+    /// Rows `block` of `blocks` of a length-`count` dimension.
+    @inline(__always)
+    static func block(_ block: Int, of blocks: Int, _ count: Int) -> Range<Int> {
+        (count * block / blocks)..<(count * (block + 1) / blocks)
+    }
+
     /// Output `[…, L, Ev]` and, when asked, the probabilities `[…, L, S]`.
     func forward(keepProbabilities: Bool) -> (Tensor, Tensor?) {
         let (L, S, E, Ev) = (queryLength, keyLength, depth, valueDepth)
@@ -166,27 +180,33 @@ struct AttentionProblem {
         if output.count == 0 { return (output, probabilities) }
         let out = output.floatPointer
         let kept = probabilities?.floatPointer
-        Parallel.forEach(batch) { range in
-            let scratch = kept == nil ? UnsafeMutablePointer<Float>.allocate(capacity: L * S) : nil
+        let blocks = rowBlocks
+        Parallel.forEach(batch * blocks) { range in
+            let scratch = kept == nil ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(((L + blocks - 1) / blocks) * S, 1)) : nil
             defer { scratch?.deallocate() }
-            for item in range {
-                let scores = kept.map { $0 + item * L * S } ?? scratch!
-                // scores = scale · Q Kᵀ
-                Gemm.serial(GemmArguments(transposeA: query.transposed, transposeB: !key.transposed, m: L, n: S, k: E, alpha: scale,
-                                          a: query.pointer(item), lda: query.leadingDimension,
+            for unit in range {
+                let item = unit / blocks
+                let rows = AttentionProblem.block(unit % blocks, of: blocks, L)
+                if rows.isEmpty { continue }
+                let scores = kept.map { $0 + (item * L + rows.lowerBound) * S } ?? scratch!
+                // scores = scale · Q Kᵀ for this block of query rows
+                let queryRows = query.pointer(item) + (query.transposed ? rows.lowerBound : rows.lowerBound * query.leadingDimension)
+                Gemm.serial(GemmArguments(transposeA: query.transposed, transposeB: !key.transposed, m: rows.count, n: S, k: E, alpha: scale,
+                                          a: queryRows, lda: query.leadingDimension,
                                           b: key.pointer(item), ldb: key.leadingDimension,
-                                          c: scores, ldc: S))
-                if E == 0 { scores.update(repeating: 0, count: L * S) }
-                for row in 0..<L {
+                                          c: scores, ldc: Swift.max(S, 1)))
+                if E == 0 { scores.update(repeating: 0, count: rows.count * S) }
+                for row in rows {
                     let maskRow = mask.map { UnsafePointer($0.tensor.floatPointer + $0.itemOffsets[item] + row * $0.rowStride) }
-                    AttentionKernel.maskedSoftmaxRow(scores + row * S, S, mask: maskRow, maskStride: mask?.columnStride ?? 0)
+                    AttentionKernel.maskedSoftmaxRow(scores + (row - rows.lowerBound) * S, S, mask: maskRow, maskStride: mask?.columnStride ?? 0)
                 }
                 // out = P V
-                Gemm.serial(GemmArguments(transposeB: value.transposed, m: L, n: Ev, k: S,
+                let target = out + (item * L + rows.lowerBound) * Ev
+                Gemm.serial(GemmArguments(transposeB: value.transposed, m: rows.count, n: Ev, k: S,
                                           a: scores, lda: Swift.max(S, 1),
                                           b: value.pointer(item), ldb: value.leadingDimension,
-                                          c: out + item * L * Ev, ldc: Swift.max(Ev, 1)))
-                if S == 0 { (out + item * L * Ev).update(repeating: 0, count: L * Ev) }
+                                          c: target, ldc: Swift.max(Ev, 1)))
+                if S == 0 { target.update(repeating: 0, count: rows.count * Ev) }
             }
         }
         return (output, probabilities)
@@ -326,44 +346,84 @@ struct AttentionBackward: BackwardContext {
             if let tensor, tensor.count > 0, L == 0 || S == 0 || Ev == 0 { memset(tensor.storage.bytes, 0, tensor.count * 4) }
         }
 
-        Parallel.forEach(p.batch) { range in
-            let scratch = needsScores ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(L * S, 1)) : nil
-            defer { scratch?.deallocate() }
-            for item in range {
-                let probabilitiesItem = probabilityPointer + item * L * S
-                let outputItem = dO + item * L * Ev
-                if let dV {
-                    // dV = Pᵀ dO
-                    Gemm.serial(GemmArguments(transposeA: true, m: S, n: Ev, k: L,
-                                              a: probabilitiesItem, lda: Swift.max(S, 1), b: outputItem, ldb: Swift.max(Ev, 1),
-                                              c: dV + item * S * Ev, ldc: Swift.max(Ev, 1)))
-                }
-                guard let scores = scratch, L > 0, S > 0 else { continue }
-                // dP = dO Vᵀ, then dS = P ∘ (dP − rowsum(dP ∘ P)).
-                if Ev > 0 {
-                    Gemm.serial(GemmArguments(transposeB: !p.value.transposed, m: L, n: S, k: Ev,
-                                              a: outputItem, lda: Ev, b: p.value.pointer(item), ldb: p.value.leadingDimension,
-                                              c: scores, ldc: S))
-                } else {
-                    scores.update(repeating: 0, count: L * S)
-                }
-                for row in 0..<L {
-                    AttentionKernel.softmaxBackwardRow(scores + row * S, probabilitiesItem + row * S, S)
-                }
-                if let dMask { (dMask + item * L * S).update(from: scores, count: L * S) }
-                if let dQ, E > 0 {
-                    // dQ = scale · dS K
-                    Gemm.serial(GemmArguments(transposeB: p.key.transposed, m: L, n: E, k: S, alpha: p.scale,
-                                              a: scores, lda: S, b: p.key.pointer(item), ldb: p.key.leadingDimension,
-                                              c: dQ + item * L * E, ldc: E))
-                }
-                if let dK, E > 0 {
-                    // dK = scale · dSᵀ Q
-                    Gemm.serial(GemmArguments(transposeA: true, transposeB: p.query.transposed, m: S, n: E, k: L, alpha: p.scale,
-                                              a: scores, lda: S, b: p.query.pointer(item), ldb: p.query.leadingDimension,
-                                              c: dK + item * S * E, ldc: E))
+        /// dV rows `keys` = Pᵀ dO and dK rows `keys` = scale · dSᵀ Q, for one item.
+        func keyGradients(item: Int, keys: Range<Int>, scores: UnsafePointer<Float>?) {
+            let probabilitiesItem = probabilityPointer + item * L * S
+            let outputItem = dO + item * L * Ev
+            if let dV {
+                Gemm.serial(GemmArguments(transposeA: true, m: keys.count, n: Ev, k: L,
+                                          a: probabilitiesItem + keys.lowerBound, lda: Swift.max(S, 1), b: outputItem, ldb: Swift.max(Ev, 1),
+                                          c: dV + (item * S + keys.lowerBound) * Ev, ldc: Swift.max(Ev, 1)))
+            }
+            if let dK, let scores, E > 0, L > 0 {
+                Gemm.serial(GemmArguments(transposeA: true, transposeB: p.query.transposed, m: keys.count, n: E, k: L, alpha: p.scale,
+                                          a: scores + keys.lowerBound, lda: S, b: p.query.pointer(item), ldb: p.query.leadingDimension,
+                                          c: dK + (item * S + keys.lowerBound) * E, ldc: E))
+            }
+        }
+
+        /// dS rows `rows` = P ∘ (dP − rowsum(dP ∘ P)) with dP = dO Vᵀ into `scores`
+        /// (row `rows.lowerBound` first), then dQ rows = scale · dS K.
+        func queryGradients(item: Int, rows: Range<Int>, scores: UnsafeMutablePointer<Float>) {
+            let probabilitiesItem = probabilityPointer + item * L * S
+            if Ev > 0 {
+                Gemm.serial(GemmArguments(transposeB: !p.value.transposed, m: rows.count, n: S, k: Ev,
+                                          a: dO + (item * L + rows.lowerBound) * Ev, lda: Ev, b: p.value.pointer(item), ldb: p.value.leadingDimension,
+                                          c: scores, ldc: S))
+            } else {
+                scores.update(repeating: 0, count: rows.count * S)
+            }
+            for row in rows {
+                AttentionKernel.softmaxBackwardRow(scores + (row - rows.lowerBound) * S, probabilitiesItem + row * S, S)
+            }
+            if let dMask {
+                let target = dMask + (item * L + rows.lowerBound) * S
+                if target != scores { target.update(from: scores, count: rows.count * S) }
+            }
+            if let dQ, E > 0 {
+                Gemm.serial(GemmArguments(transposeB: p.key.transposed, m: rows.count, n: E, k: S, alpha: p.scale,
+                                          a: scores, lda: S, b: p.key.pointer(item), ldb: p.key.leadingDimension,
+                                          c: dQ + (item * L + rows.lowerBound) * E, ldc: E))
+            }
+        }
+
+        let blocks = p.rowBlocks
+        if blocks == 1 || L == 0 || S == 0 {
+            // Each item on one worker: dV, then dS in a scratch, dQ and dK.
+            Parallel.forEach(p.batch) { range in
+                let scratch = needsScores ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(L * S, 1)) : nil
+                defer { scratch?.deallocate() }
+                for item in range {
+                    guard let scores = scratch, L > 0, S > 0 else {
+                        keyGradients(item: item, keys: 0..<S, scores: nil)
+                        continue
+                    }
+                    queryGradients(item: item, rows: 0..<L, scores: scores)
+                    keyGradients(item: item, keys: 0..<S, scores: scores)
                 }
             }
+        } else {
+            // Few items: split query rows for dS and dQ, then key rows for dV and dK.
+            let allScores = needsScores ? (maskGradient ?? Tensor(uninitializedShape: p.batchShape + [L, S])) : nil
+            let scoresPointer = allScores?.floatPointer
+            if let scoresPointer {
+                Parallel.forEach(p.batch * blocks) { range in
+                    for unit in range {
+                        let item = unit / blocks
+                        let rows = AttentionProblem.block(unit % blocks, of: blocks, L)
+                        if !rows.isEmpty { queryGradients(item: item, rows: rows, scores: scoresPointer + (item * L + rows.lowerBound) * S) }
+                    }
+                }
+            }
+            let keyBlocks = Swift.max(1, Swift.min(blocks, S / 16))
+            Parallel.forEach(p.batch * keyBlocks) { range in
+                for unit in range {
+                    let item = unit / keyBlocks
+                    let keys = AttentionProblem.block(unit % keyBlocks, of: keyBlocks, S)
+                    if !keys.isEmpty { keyGradients(item: item, keys: keys, scores: scoresPointer.map { UnsafePointer($0 + item * L * S) }) }
+                }
+            }
+            withExtendedLifetime(allScores) {}
         }
         var result: [Tensor?] = [queryGradient?.summed(toShape: inputShapes[0]),
                                  keyGradient?.summed(toShape: inputShapes[1]),

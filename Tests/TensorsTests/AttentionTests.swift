@@ -103,6 +103,34 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// Few batch items: query rows (forward, dS, dQ) and key rows (dV, dK) are split across workers.
+    func testFewItemsSplitAcrossWorkers() {
+        let saved = Parallel.threadCount
+        defer { Parallel.threadCount = saved }
+        var generator = RandomGenerator(seed: 8)
+        let single = [Tensor.randn([1, 70, 8], generator: &generator), Tensor.randn([1, 45, 8], generator: &generator),
+                      Tensor.randn([1, 45, 5], generator: &generator), Tensor.randn([70, 45], generator: &generator)]
+        let three = [Tensor.randn([3, 40, 8], generator: &generator), Tensor.randn([3, 33, 8], generator: &generator),
+                     Tensor.randn([3, 33, 8], generator: &generator)]
+        for threads in [1, 2, 4] {
+            Parallel.threadCount = threads
+            checkAgainstReference(single)
+            checkAgainstReference(Array(single.prefix(3)))
+            checkAgainstReference(three)
+            // Only the value needs a gradient.
+            let value = three[2].contiguousCopy()
+            value.requiresGrad = true
+            Tensor.scaledDotProductAttention(query: three[0], key: three[1], value: value).sum().backward()
+            let expected = noGrad { reference(three[0], three[1], three[2]).sum() }
+            XCTAssertNotNil(value.grad)
+            XCTAssertEqual(noGrad { Tensor.scaledDotProductAttention(query: three[0], key: three[1], value: three[2]).sum() }.item, expected.item, accuracy: 1e-3)
+            let valueReference = three[2].contiguousCopy()
+            valueReference.requiresGrad = true
+            reference(three[0], three[1], valueReference).sum().backward()
+            assertClose(value.grad!, valueReference.grad!, relative: 1e-4, absolute: 1e-5)
+        }
+    }
+
     func testFullyMaskedRowGivesZeros() {
         var generator = RandomGenerator(seed: 5)
         let query = Tensor.randn([2, 3, 4], generator: &generator)
