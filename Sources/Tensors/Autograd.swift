@@ -99,6 +99,10 @@ enum Autograd {
         }
 
         var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(root): seed]
+        // How many times each gradient storage was handed out. A leaf adopts its
+        // gradient without copying only when nothing else can see that memory
+        // (the caller's seed counts as seen).
+        var storageUses: [ObjectIdentifier: Int] = [ObjectIdentifier(seed.storage): 2]
         for tensor in order.reversed() {
             let id = ObjectIdentifier(tensor)
             guard let gradient = pending.removeValue(forKey: id) else { continue }
@@ -107,6 +111,8 @@ enum Autograd {
                     let shaped = gradient.shape == tensor.shape ? gradient : gradient.reshaped(tensor.shape)
                     if let existing = tensor.grad {
                         tensor.grad = existing + shaped
+                    } else if shaped.isContiguous && shaped.dataType == .float32 && storageUses[ObjectIdentifier(shaped.storage)] == 1 {
+                        tensor.grad = shaped
                     } else {
                         tensor.grad = shaped.contiguousCopy()
                     }
@@ -121,8 +127,11 @@ enum Autograd {
                 }
                 let inputID = ObjectIdentifier(input)
                 if let existing = pending[inputID] {
-                    pending[inputID] = existing + inputGradient
+                    let sum = existing + inputGradient
+                    storageUses[ObjectIdentifier(sum.storage), default: 0] += 1
+                    pending[inputID] = sum
                 } else {
+                    storageUses[ObjectIdentifier(inputGradient.storage), default: 0] += 1
                     pending[inputID] = inputGradient
                 }
             }

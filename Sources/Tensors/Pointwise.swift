@@ -73,7 +73,9 @@ enum VectorMath {
     /// exp(x) with a Cephes-style polynomial, about 1 ulp on [-87, 88].
     @inline(__always)
     static func exp(_ input: Vector) -> Vector {
-        let x = input.clamped(lowerBound: Vector(repeating: -87.33), upperBound: Vector(repeating: 88.72))
+        // Masked selects: SIMD `clamped(lowerBound:upperBound:)` compiles to a slow scalar loop.
+        var x = input.replacing(with: -87.33, where: input .< -87.33)
+        x.replace(with: 88.72, where: x .> 88.72)
         var n = x * 1.44269504088896341
         n.round(.toNearestOrEven)
         var r = x - n * 0.693359375

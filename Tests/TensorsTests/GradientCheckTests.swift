@@ -134,6 +134,30 @@ final class GradientCheckTests: XCTestCase {
         XCTAssertTrue(detached.isLeaf)
     }
 
+    func testLeafGradientsNeverShareMemory() {
+        // add's backward hands the same gradient to both inputs; each leaf must get its own.
+        let a = Tensor([1, 2]), b = Tensor([3, 4])
+        a.requiresGrad = true
+        b.requiresGrad = true
+        (a + b).sum().backward()
+        XCTAssertFalse(a.grad!.storage === b.grad!.storage)
+        // A caller's seed is never adopted as a leaf's gradient.
+        let c = Tensor([1, 2])
+        c.requiresGrad = true
+        let seed = Tensor([5, 6])
+        c.reshaped([2]).backward(seed)
+        let d = c * 1
+        _ = d
+        XCTAssertFalse(c.grad!.storage === seed.storage)
+        seed.floatPointer[0] = 100
+        XCTAssertEqual(c.grad!.toArray(), [5, 6])
+        // A fresh gradient from a kernel is adopted without a copy and stays correct.
+        let x = Tensor([1, 2, 3])
+        x.requiresGrad = true
+        (x * x).sum().backward()
+        XCTAssertEqual(x.grad!.toArray(), [2, 4, 6])
+    }
+
     func testGraphIsFreedAfterBackward() {
         weak var savedActivation: Tensor?
         let x = Tensor.ones([256, 256])
