@@ -35,7 +35,7 @@ public final class Storage: @unchecked Sendable {
         self.count = count
         self.dataType = dataType
         let byteCount = Swift.max(count * dataType.byteSize, 1)
-        bytes = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
+        bytes = BufferPool.shared.allocate(byteCount: byteCount)
         Storage.liveBytes.add(byteCount)
     }
 
@@ -46,8 +46,9 @@ public final class Storage: @unchecked Sendable {
     }
 
     deinit {
-        Storage.liveBytes.add(-Swift.max(count * dataType.byteSize, 1))
-        bytes.deallocate()
+        let byteCount = Swift.max(count * dataType.byteSize, 1)
+        Storage.liveBytes.add(-byteCount)
+        BufferPool.shared.release(bytes, byteCount: byteCount)
     }
 
     /// The memory as `Float` elements. Only valid for `float32` storage.

@@ -18,11 +18,11 @@ final class TrainingLoopMemoryTests: XCTestCase {
     func testLossFallsAndMemoryStaysFlat() {
         var generator = RandomGenerator(seed: 3)
         // Smooth synthetic images: blurred noise, so there is structure to learn.
-        let base = Tensor.randn([32, 1, 16, 16], generator: &generator)
+        let base = Tensor.randn([64, 1, 28, 28], generator: &generator)
         let images = noGrad { base.avgPool2d(kernelSize: 3, stride: 1, padding: 1).avgPool2d(kernelSize: 3, stride: 1, padding: 1) * 3 }
         var residentAtStep5 = 0, storageAtStep5 = 0
         var residentAtStep50 = 0, storageAtStep50 = 0
-        let steps = EngineDemo.run(steps: 50, batchSize: 32, noiseLevel: 0.5, learningRate: 0.05, images: images) { step in
+        let steps = EngineDemo.run(steps: 50, batchSize: 64, noiseLevel: 0.5, learningRate: 0.05, images: images) { step in
             if step.index == 5 { residentAtStep5 = residentBytes(); storageAtStep5 = Storage.allocatedBytes }
             if step.index == 50 { residentAtStep50 = residentBytes(); storageAtStep50 = Storage.allocatedBytes }
         }

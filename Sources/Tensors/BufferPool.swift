@@ -1,0 +1,81 @@
+import Foundation
+
+/// Recycles large tensor buffers.
+///
+/// A training step allocates and frees the same activation sizes every step.
+/// Handing them back to the system and asking again costs page faults (the
+/// kernel zeroes every page) and lets glibc's heap fragment, so the process
+/// grows step after step. The pool keeps freed blocks of 64 KiB and more, by
+/// size rounded up to 4 KiB, and hands them out again; memory then stays flat
+/// after the first step. It holds at most `capacityBytes` of free blocks
+/// (`DIFFUSE_POOL_MB`, default 2048), freeing the rest.
+public final class BufferPool: @unchecked Sendable {
+    public static let shared = BufferPool()
+
+    /// Smallest block the pool keeps.
+    static let minimumPooledBytes = 64 * 1024
+    private static let granularity = 4096
+
+    private var freeBlocks: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var freeBytes = 0
+    private let lock = NSLock()
+    /// Most bytes of free blocks kept.
+    public var capacityBytes: Int
+
+    init() {
+        let megabytes = ProcessInfo.processInfo.environment["DIFFUSE_POOL_MB"].flatMap(Int.init) ?? 2048
+        capacityBytes = Swift.max(0, megabytes) * 1024 * 1024
+    }
+
+    /// The size actually reserved for a request.
+    @inline(__always)
+    static func blockSize(for byteCount: Int) -> Int {
+        byteCount < minimumPooledBytes ? byteCount : (byteCount + granularity - 1) / granularity * granularity
+    }
+
+    func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        let size = BufferPool.blockSize(for: byteCount)
+        if size >= BufferPool.minimumPooledBytes {
+            lock.lock()
+            if var blocks = freeBlocks[size], let block = blocks.popLast() {
+                freeBlocks[size] = blocks.isEmpty ? nil : blocks
+                freeBytes -= size
+                lock.unlock()
+                return block
+            }
+            lock.unlock()
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+    }
+
+    func release(_ block: UnsafeMutableRawPointer, byteCount: Int) {
+        let size = BufferPool.blockSize(for: byteCount)
+        if size >= BufferPool.minimumPooledBytes {
+            lock.lock()
+            if freeBytes + size <= capacityBytes {
+                freeBlocks[size, default: []].append(block)
+                freeBytes += size
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+        }
+        block.deallocate()
+    }
+
+    /// Bytes held in free blocks.
+    public var cachedBytes: Int {
+        lock.lock(); defer { lock.unlock() }
+        return freeBytes
+    }
+
+    /// Returns every free block to the system.
+    public func drain() {
+        lock.lock()
+        let blocks = freeBlocks
+        freeBlocks = [:]
+        freeBytes = 0
+        lock.unlock()
+        for (_, list) in blocks { for block in list { block.deallocate() } }
+    }
+}
