@@ -48,8 +48,30 @@ public enum Gemm {
                     arguments.beta, arguments.c, Int32(arguments.ldc))
     }
 
-    /// One sgemm split over the worker threads by rows of C (or by columns when C is short and wide).
+    /// Which GEMM large products use.
+    public enum Implementation: String, Sendable {
+        /// OpenBLAS, called serially on row or column slices of C, one per worker.
+        case blas
+        /// Diffuse's packed kernel, one shared panel of B for all workers.
+        case packed
+    }
+
+    /// The implementation `parallel` uses: `DIFFUSE_GEMM=blas|packed`, else the faster one measured here.
+    public nonisolated(unsafe) static var implementation: Implementation = {
+        ProcessInfo.processInfo.environment["DIFFUSE_GEMM"].flatMap(Implementation.init(rawValue:)) ?? .packed
+    }()
+
+    /// One sgemm over all worker threads.
     public static func parallel(_ arguments: GemmArguments) {
+        if implementation == .packed {
+            packed(arguments)
+            return
+        }
+        blasSliced(arguments)
+    }
+
+    /// One sgemm split over the worker threads by rows of C (or by columns when C is short and wide).
+    public static func blasSliced(_ arguments: GemmArguments) {
         let work = arguments.m * arguments.n * arguments.k
         let threads = Parallel.threadCount
         if threads <= 1 || work < 64 * 64 * 64 {

@@ -145,17 +145,24 @@ final class TensorCoreTests: XCTestCase {
 
     func testFastGemmMatchesReference() {
         var generator = RandomGenerator(seed: 11)
-        for (m, n, k) in [(1, 1, 1), (17, 33, 9), (130, 70, 64), (64, 300, 5)] {
+        for (m, n, k) in [(1, 1, 1), (17, 33, 9), (130, 70, 64), (64, 300, 5), (7, 2100, 300), (700, 40, 520)] {
             for (transposeA, transposeB) in [(false, false), (true, false), (false, true), (true, true)] {
                 let a = Tensor.randn([m * k], generator: &generator)
                 let b = Tensor.randn([k * n], generator: &generator)
-                let fast = Tensor.zeros([m * n]), reference = Tensor.zeros([m * n])
-                for (output, runner) in [(fast, Gemm.parallel), (reference, Gemm.reference)] as [(Tensor, (GemmArguments) -> Void)] {
-                    runner(GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
-                                         a: a.floatPointer, lda: transposeA ? m : k, b: b.floatPointer, ldb: transposeB ? k : n,
-                                         c: output.floatPointer, ldc: n))
+                let initial = Tensor.randn([m * n], generator: &generator)
+                let reference = initial.contiguousCopy()
+                let beta: Float = m % 2 == 0 ? 0.5 : 0
+                func arguments(_ output: Tensor) -> GemmArguments {
+                    GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 1.5,
+                                  a: a.floatPointer, lda: transposeA ? m : k, b: b.floatPointer, ldb: transposeB ? k : n,
+                                  beta: beta, c: output.floatPointer, ldc: n)
                 }
-                assertClose(fast, reference, relative: 1e-4, absolute: 1e-4, "gemm \(m)x\(n)x\(k) \(transposeA) \(transposeB)")
+                Gemm.reference(arguments(reference))
+                for (name, runner) in [("blas", Gemm.parallel), ("packed", Gemm.packed), ("packed-serial", Gemm.packedSerial)] as [(String, (GemmArguments) -> Void)] {
+                    let output = initial.contiguousCopy()
+                    runner(arguments(output))
+                    assertClose(output, reference, relative: 1e-4, absolute: 1e-4, "\(name) gemm \(m)x\(n)x\(k) \(transposeA) \(transposeB)")
+                }
             }
         }
     }
