@@ -41,6 +41,7 @@ let package = Package(
             dependencies: [
                 "Tensors",
                 "Diffusion",
+                "NN",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
