@@ -51,6 +51,9 @@ extension Tensor {
             HalfPrecision.encode(source.floatPointer, into: result.storage.halfWords, count: count, as: target)
         case (.float16, .float32), (.bfloat16, .float32):
             HalfPrecision.decode(source.storage.halfWords + source.offset, into: result.storage.floats, count: count, as: source.dataType)
+        case (.float32, .float32):
+            // A strided half-precision tensor, already converted above.
+            return Tensor.record(source, .identity, inputs: [self])
         default:
             let floats = source.convertedToFloat32Copy()
             HalfPrecision.encode(floats.floatPointer, into: result.storage.halfWords, count: count, as: target)

@@ -35,6 +35,7 @@ public enum Shape {
 
     /// True when `strides` are row-major for `shape` (size-1 dimensions may have any stride).
     public static func isContiguous(shape: [Int], strides: [Int]) -> Bool {
+        if shape.contains(0) { return true }
         var expected = 1
         for axis in stride(from: shape.count - 1, through: 0, by: -1) where shape[axis] != 1 {
             if strides[axis] != expected { return false }
@@ -45,6 +46,7 @@ public enum Shape {
 
     /// True when the view covers exactly `count` consecutive elements.
     public static func isDense(shape: [Int], strides: [Int]) -> Bool {
+        if shape.contains(0) { return true }
         let axes = (0..<shape.count).filter { shape[$0] != 1 }.sorted { strides[$0] < strides[$1] }
         var expected = 1
         for axis in axes {

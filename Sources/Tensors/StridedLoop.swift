@@ -9,6 +9,11 @@ struct StridedLoop {
 
     /// `operandStrides[0]` must describe a dense output.
     init(shape fullShape: [Int], operandStrides: [[Int]]) {
+        if fullShape.contains(0) {
+            shape = [0]
+            strides = operandStrides.map { _ in [0] }
+            return
+        }
         // Drop size-1 dimensions; order by the output's strides, largest first.
         var axes = (0..<fullShape.count).filter { fullShape[$0] != 1 }
         let reference = operandStrides[0]
@@ -41,7 +46,7 @@ struct StridedLoop {
 
     var innerCount: Int { shape[shape.count - 1] }
     var innerStrides: [Int] { strides.map { $0[$0.count - 1] } }
-    var runCount: Int { Shape.count(shape) / innerCount }
+    var runCount: Int { innerCount == 0 ? 0 : Shape.count(shape) / innerCount }
 
     /// Calls `body(offsets, runLength)` for each run in `runs`, with offsets
     /// relative to each operand's base.
@@ -81,7 +86,7 @@ struct StridedLoop {
     /// Runs all runs, split over the worker threads when the work is large.
     func forEachRunInParallel(_ body: (UnsafeMutablePointer<Int>, Int) -> Void) {
         let total = Shape.count(shape)
-        let grain = Swift.max(1, 16384 / innerCount)
+        let grain = Swift.max(1, 16384 / Swift.max(innerCount, 1))
         if total < 32768 {
             forEachRun(in: 0..<runCount, body)
         } else {

@@ -63,6 +63,16 @@ public final class Tensor {
         self.requiresGrad = false
     }
 
+    /// A row-major tensor over existing storage (any storage type), e.g. bytes
+    /// read from a checkpoint. The storage must hold exactly the shape's elements.
+    public convenience init(storage: Storage, shape: [Int]) {
+        Shape.validate(shape, op: "Tensor.init(storage:)")
+        guard storage.count == Shape.count(shape) else {
+            fatalError("Tensor.init(storage:): storage of \(storage.count) elements does not fit shape \(shape)")
+        }
+        self.init(storage: storage, shape: shape, strides: Shape.contiguousStrides(shape), offset: 0)
+    }
+
     /// A tensor holding `values` in row-major order.
     public convenience init(_ values: [Float], shape: [Int]) {
         Shape.validate(shape, op: "Tensor.init")

@@ -167,6 +167,18 @@ final class TensorCoreTests: XCTestCase {
         }
     }
 
+    func testEmptyTensors() {
+        let empty = Tensor.zeros([2, 0, 3])
+        XCTAssertEqual(empty.toArray(), [])
+        XCTAssertEqual(empty.converted(to: .float16).converted(to: .float32).shape, [2, 0, 3])
+        XCTAssertEqual(empty.transposed(0, 2).contiguous().shape, [3, 0, 2])
+        XCTAssertEqual((empty + 1).count, 0)
+        XCTAssertEqual(empty.sum(axes: [1]).toArray(), [0, 0, 0, 0, 0, 0])
+        let half = Tensor((0..<6).map(Float.init), shape: [2, 3]).converted(to: .float16)
+        XCTAssertEqual(half.transposed().converted(to: .float32).toArray(), [0, 3, 1, 4, 2, 5])
+        XCTAssertEqual(half.transposed().converted(to: .bfloat16).converted(to: .float32).toArray(), [0, 3, 1, 4, 2, 5])
+    }
+
     func testStorageIsFreed() {
         let before = Storage.allocatedBytes
         do {
