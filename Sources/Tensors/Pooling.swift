@@ -165,8 +165,8 @@ enum Pooling {
     static func forEachSlice(images: Int, lanes: Int, work: Int, _ body: (Int, Range<Int>) -> Void) {
         let blocksPerImage = images >= Parallel.threadCount ? 1 : Swift.max(1, Swift.min(lanes / 8, Parallel.threadCount))
         let units = images * blocksPerImage
-        let grain = Swift.max(1, 32_768 / Swift.max(work / Swift.max(units, 1), 1))
-        Parallel.forEach(units, grain: grain) { range in
+        let blockSize = Swift.max(1, 32_768 / Swift.max(work / Swift.max(units, 1), 1))
+        Convolution.forEachRange(units, blockSize: blockSize) { range in
             for unit in range {
                 let image = unit / blocksPerImage, block = unit % blocksPerImage
                 body(image, (lanes * block / blocksPerImage)..<(lanes * (block + 1) / blocksPerImage))
