@@ -4,10 +4,12 @@ extension Tensor {
     /// 2-d convolution (PyTorch's `F.conv2d` with groups = 1).
     ///
     /// Any input layout is accepted; the kernels work channels-last. 3×3
-    /// stride-1 convolutions use Winograd F(2×2, 3×3) (2.25× fewer
-    /// multiplications; results differ from the direct sum by float32
-    /// rounding only), 1×1 stride-1 unpadded ones are one matrix product, and
-    /// every other shape uses im2col and a matrix product.
+    /// stride-1 convolutions with at least 8 input and output channels use
+    /// Winograd F(4×4, 3×3) (4× fewer multiplications than the direct sum;
+    /// float32 errors about 1e-6 of the output's scale, a few times the direct
+    /// sum's), 1×1 stride-1 unpadded ones are one matrix product, and every
+    /// other shape uses im2col and a matrix product. The input's gradient comes
+    /// back in the input's layout (channels-last or row-major).
     ///
     /// - Parameters:
     ///   - weight: `[outChannels, inChannels, kernelHeight, kernelWidth]`.
@@ -114,7 +116,7 @@ enum ConvolutionAlgorithm: Equatable {
     case pointwise
     /// Patches copied into a matrix, then a matrix product (any shape).
     case im2col
-    /// Winograd F(2×2, 3×3) for 3×3 stride-1 kernels.
+    /// Winograd F(m×m, 3×3) (m = `Convolution.winogradTile`) for 3×3 stride-1 kernels.
     case winograd
 }
 
@@ -178,7 +180,7 @@ enum Convolution {
             let joined = SIMD16(lowHalf: a, highHalf: b)
             return (joined.evenHalf, joined.oddHalf)
         }
-        Parallel.forEach(batch * rowBlocks, grain: Swift.max(1, 4096 / Swift.max(8 * columns, 1))) { range in
+        forEachRange(batch * rowBlocks, blockSize: Swift.max(1, 4096 / Swift.max(8 * columns, 1))) { range in
             for unit in range {
                 let item = unit / rowBlocks, row = (unit % rowBlocks) * 8
                 let input = source + item * matrix, output = destination + item * matrix
@@ -208,6 +210,26 @@ enum Convolution {
                     for index in row..<rowEnd { output[tail * rows + index] = input[index * columns + tail] }
                 }
             }
+        }
+    }
+
+    /// Runs `worker` on each of up to `Parallel.threadCount` workers (one `Parallel.forEach`
+    /// piece each). Workers claim the blocks `0 ..< blocks` one at a time by calling
+    /// `next()`, so a worker slowed down by other processes on its core takes fewer blocks.
+    static func forEachBlock(_ blocks: Int, _ worker: (_ next: () -> Int?) -> Void) {
+        guard blocks > 0 else { return }
+        let dispenser = BlockDispenser(count: blocks)
+        Parallel.forEach(Swift.min(Parallel.threadCount, blocks)) { range in
+            for _ in range { worker(dispenser.claim) }
+        }
+    }
+
+    /// Runs `body` on consecutive ranges of `0 ..< count` of `blockSize` indices, claimed by
+    /// the workers as in `forEachBlock`.
+    static func forEachRange(_ count: Int, blockSize: Int, _ body: (Range<Int>) -> Void) {
+        let size = Swift.max(1, blockSize)
+        forEachBlock((count + size - 1) / size) { next in
+            while let block = next() { body((block * size)..<Swift.min(count, (block + 1) * size)) }
         }
     }
 
@@ -263,7 +285,7 @@ enum Convolution {
         let (kernelHeight, kernelWidth) = (geometry.kernelHeight, geometry.kernelWidth)
         let (outHeight, outWidth) = (geometry.outHeight, geometry.outWidth)
         let patch = geometry.patchSize
-        let rowBytes = kernelWidth * channels
+        let rowLength = kernelWidth * channels
         for row in 0..<count {
             let pixel = first + row
             let outX = pixel % outWidth, outY = (pixel / outWidth) % outHeight, item = pixel / (outWidth * outHeight)
@@ -272,14 +294,14 @@ enum Convolution {
             let image = input + item * height * width * channels
             for kernelY in 0..<kernelHeight {
                 let y = outY * geometry.stride - geometry.padding + kernelY
-                let line = target + kernelY * rowBytes
+                let line = target + kernelY * rowLength
                 if y < 0 || y >= height {
-                    line.update(repeating: 0, count: rowBytes)
+                    line.update(repeating: 0, count: rowLength)
                     continue
                 }
                 if x0 >= 0 && x0 + kernelWidth <= width {
                     // The whole kernel row is one contiguous run in NHWC.
-                    line.update(from: image + (y * width + x0) * channels, count: rowBytes)
+                    line.update(from: image + (y * width + x0) * channels, count: rowLength)
                     continue
                 }
                 for kernelX in 0..<kernelWidth {
@@ -301,10 +323,10 @@ enum Convolution {
         let blocks = (rows + blockRows - 1) / blockRows
         weight.withUnsafeBufferPointer { weightBuffer in
             let weights = weightBuffer.baseAddress!
-            Parallel.forEach(blocks) { range in
+            forEachBlock(blocks) { next in
                 let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
                 defer { columns?.deallocate() }
-                for block in range {
+                while let block = next() {
                     let first = block * blockRows, count = Swift.min(blockRows, rows - first)
                     let target = output + first * outChannels
                     if let bias {
@@ -333,22 +355,26 @@ enum Convolution {
         let source = UnsafePointer(gradient.floatPointer)
         let lock = NSLock()
         var totals = [Double](repeating: 0, count: channels)
-        Parallel.forEach(pixels, grain: 256) { range in
+        let blockSize = Swift.max(64, 16_384 / Swift.max(channels, 1))
+        forEachBlock((pixels + blockSize - 1) / blockSize) { next in
             var partial = [Double](repeating: 0, count: channels)
             var rowSums = [Float](repeating: 0, count: channels)
             // Float sums over short runs of pixels, folded into Double.
-            var pixel = range.lowerBound
-            while pixel < range.upperBound {
-                let end = Swift.min(range.upperBound, pixel + 64)
-                for index in 0..<channels { rowSums[index] = 0 }
-                rowSums.withUnsafeMutableBufferPointer { sums in
-                    for row in pixel..<end {
-                        let line = source + row * channels
-                        for index in 0..<channels { sums[index] += line[index] }
+            while let block = next() {
+                var pixel = block * blockSize
+                let blockEnd = Swift.min(pixels, pixel + blockSize)
+                while pixel < blockEnd {
+                    let end = Swift.min(blockEnd, pixel + 64)
+                    rowSums.withUnsafeMutableBufferPointer { sums in
+                        for index in 0..<channels { sums[index] = 0 }
+                        for row in pixel..<end {
+                            let line = source + row * channels
+                            for index in 0..<channels { sums[index] += line[index] }
+                        }
                     }
+                    for index in 0..<channels { partial[index] += Double(rowSums[index]) }
+                    pixel = end
                 }
-                for index in 0..<channels { partial[index] += Double(rowSums[index]) }
-                pixel = end
             }
             lock.lock()
             for index in 0..<channels { totals[index] += partial[index] }
@@ -367,12 +393,12 @@ enum Convolution {
         total.initialize(repeating: 0, count: outChannels * patch)
         defer { total.deallocate() }
         let lock = NSLock()
-        Parallel.forEach(blocks) { range in
+        forEachBlock(blocks) { next in
             let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
             let partial = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * patch)
             defer { columns?.deallocate(); partial.deallocate() }
             var started = false
-            for block in range {
+            while let block = next() {
                 let first = block * blockRows, count = Swift.min(blockRows, rows - first)
                 let b: UnsafePointer<Float>
                 if let columns {
@@ -415,8 +441,8 @@ enum Convolution {
             if geometry.isPointwise {
                 // No overlap: each output pixel's gradient is one input pixel's.
                 let blockRows = blockRows(geometry), blocks = (rows + blockRows - 1) / blockRows
-                Parallel.forEach(blocks) { range in
-                    for block in range {
+                forEachBlock(blocks) { next in
+                    while let block = next() {
                         let first = block * blockRows, count = Swift.min(blockRows, rows - first)
                         Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
                                                   a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
@@ -425,18 +451,16 @@ enum Convolution {
                 }
                 return
             }
-            let imageSize = geometry.height * geometry.width * geometry.inChannels
             let pixelsPerImage = geometry.outHeight * geometry.outWidth
             let blockRows = blockRows(geometry)
-            // Patches overlap, so each worker owns whole images; with fewer images
-            // than workers, each worker scatters into its own copy and the copies are summed.
+            // Patches overlap, so a worker claims whole images; with fewer images than
+            // workers, it claims blocks of rows, scatters them into its own copy of the
+            // result, and the copies are summed.
             let privateCopies = geometry.batch < Parallel.threadCount
-            let units = privateCopies ? Swift.min(Parallel.threadCount, (rows + blockRows - 1) / blockRows) : geometry.batch
+            let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
             output.update(repeating: 0, count: result.count)
             let lock = NSLock()
-            Parallel.forEach(units) { range in
-                let firstRow = privateCopies ? rows * range.lowerBound / units : range.lowerBound * pixelsPerImage
-                let endRow = privateCopies ? rows * range.upperBound / units : range.upperBound * pixelsPerImage
+            forEachBlock(units) { next in
                 let target: UnsafeMutablePointer<Float>
                 if privateCopies {
                     target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)
@@ -446,18 +470,22 @@ enum Convolution {
                 }
                 let columns = UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
                 defer { columns.deallocate() }
-                var first = firstRow
-                while first < endRow {
-                    let count = Swift.min(blockRows, endRow - first)
-                    Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
-                                              a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
-                                              c: columns, ldc: patch))
-                    col2im(columns, geometry: geometry, first: first, count: count, into: target)
-                    first += count
+                while let unit = next() {
+                    let firstRow = privateCopies ? unit * blockRows : unit * pixelsPerImage
+                    let endRow = privateCopies ? Swift.min(rows, firstRow + blockRows) : firstRow + pixelsPerImage
+                    var first = firstRow
+                    while first < endRow {
+                        let count = Swift.min(blockRows, endRow - first)
+                        Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
+                                                  a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
+                                                  c: columns, ldc: patch))
+                        col2im(columns, geometry: geometry, first: first, count: count, into: target)
+                        first += count
+                    }
                 }
                 if target != output {
                     lock.lock()
-                    for index in 0..<(geometry.batch * imageSize) { output[index] += target[index] }
+                    for index in 0..<result.count { output[index] += target[index] }
                     lock.unlock()
                     target.deallocate()
                 }
@@ -489,6 +517,24 @@ enum Convolution {
                 }
             }
         }
+    }
+}
+
+/// Hands out consecutive block indices to worker threads.
+final class BlockDispenser: @unchecked Sendable {
+    private let count: Int
+    private var nextBlock = 0
+    private let lock = NSLock()
+
+    init(count: Int) { self.count = count }
+
+    /// The next unclaimed block, or nil when all are taken.
+    func claim() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard nextBlock < count else { return nil }
+        nextBlock += 1
+        return nextBlock - 1
     }
 }
 
@@ -635,7 +681,7 @@ enum Winograd {
             (Vector(repeating: $0.0), Vector(repeating: $0.1), Vector(repeating: $0.2))
         }
         // Eight columns (output channels of this convolution) at a time, one vector lane each.
-        Parallel.forEach(rows, grain: 16) { range in
+        Convolution.forEachRange(rows, blockSize: 8) { range in
             withUnsafeTemporaryAllocation(of: Vector.self, capacity: 9 + 18) { scratch in
                 let g = scratch.baseAddress!, t = g + 9
                 for row in range {
@@ -677,11 +723,11 @@ enum Winograd {
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
         let weightPlane = plan.inPadded * plan.outPadded
-        Parallel.forEach(blocks) { range in
+        Convolution.forEachBlock(blocks) { next in
             let transformed = allocateZeroed(plan.positions * inPlane)
             let products = allocateZeroed(plan.positions * outPlane)
             defer { transformed.deallocate(); products.deallocate() }
-            for block in range {
+            while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
                     transformInput2(input, plan: plan, first: first, count: count, into: transformed)
@@ -716,12 +762,12 @@ enum Winograd {
         defer { total.deallocate() }
         let lock = NSLock()
         let rows = (plan.inChannels + 3) / 4 * 4
-        Parallel.forEach(blocks) { range in
+        Convolution.forEachBlock(blocks) { next in
             let transformed = allocateZeroed(positions * inPlane)
             let upstream = allocateZeroed(positions * outPlane)
             let partial = allocateZeroed(positions * weightPlane)
             defer { transformed.deallocate(); upstream.deallocate(); partial.deallocate() }
-            for block in range {
+            while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
                     transformInput2(input, plan: plan, first: first, count: count, into: transformed)

@@ -165,8 +165,8 @@ enum Pooling {
     static func forEachSlice(images: Int, lanes: Int, work: Int, _ body: (Int, Range<Int>) -> Void) {
         let blocksPerImage = images >= Parallel.threadCount ? 1 : Swift.max(1, Swift.min(lanes / 8, Parallel.threadCount))
         let units = images * blocksPerImage
-        let grain = Swift.max(1, 32_768 / Swift.max(work / Swift.max(units, 1), 1))
-        Parallel.forEach(units, grain: grain) { range in
+        let blockSize = Swift.max(1, 32_768 / Swift.max(work / Swift.max(units, 1), 1))
+        Convolution.forEachRange(units, blockSize: blockSize) { range in
             for unit in range {
                 let image = unit / blocksPerImage, block = unit % blocksPerImage
                 body(image, (lanes * block / blocksPerImage)..<(lanes * (block + 1) / blocksPerImage))
@@ -181,36 +181,40 @@ enum Pooling {
         let (outHeight, outWidth) = (window.outHeight, window.outWidth)
         let input = UnsafePointer(source.tensor.floatPointer)
         forEachSlice(images: source.images, lanes: lanes, work: source.tensor.count) { image, laneRange in
-            let base = input + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let y0 = outY * window.stride - window.padding
-                let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
-                for outX in 0..<outWidth {
-                    let x0 = outX * window.stride - window.padding
-                    let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
-                    let position = ((image * outHeight + outY) * outWidth + outX) * lanes
-                    let best = output + position, bestIndex = indices + position
-                    let firstIndex = Int32(truncatingIfNeeded: yStart * width + xStart)
-                    for lane in laneRange {
-                        best[lane] = -Float.infinity
-                        bestIndex[lane] = firstIndex
-                    }
-                    // Scanned row by row like PyTorch: the first maximum wins, a NaN always wins.
-                    for y in yStart..<yEnd {
-                        for x in xStart..<xEnd {
-                            let values = base + (y * width + x) * lanes
-                            let index = Int32(truncatingIfNeeded: y * width + x)
-                            for lane in laneRange {
-                                let value = values[lane]
-                                if value > best[lane] || value.isNaN {
-                                    best[lane] = value
-                                    bestIndex[lane] = index
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let base = input + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let y0 = outY * window.stride - window.padding
+                    let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
+                    for outX in 0..<outWidth {
+                        let x0 = outX * window.stride - window.padding
+                        let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
+                        let position = ((image * outHeight + outY) * outWidth + outX) * lanes
+                        let best = output + position, bestIndex = indices + position
+                        let firstIndex = Int32(truncatingIfNeeded: yStart * width + xStart)
+                        for lane in laneRange {
+                            best[lane] = -Float.infinity
+                            bestIndex[lane] = firstIndex
+                        }
+                        // Scanned row by row like PyTorch: the first maximum wins, a NaN always wins.
+                        for y in yStart..<yEnd {
+                            for x in xStart..<xEnd {
+                                let values = base + (y * width + x) * lanes
+                                let index = Int32(truncatingIfNeeded: y * width + x)
+                                for lane in laneRange {
+                                    let value = values[lane]
+                                    if value > best[lane] || value.isNaN {
+                                        best[lane] = value
+                                        bestIndex[lane] = index
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -218,13 +222,17 @@ enum Pooling {
                             images: Int, lanes: Int, into result: UnsafeMutablePointer<Float>) {
         let pixels = window.outHeight * window.outWidth, inputPixels = window.height * window.width
         forEachSlice(images: images, lanes: lanes, work: images * pixels * lanes) { image, laneRange in
-            let target = result + image * inputPixels * lanes
-            for pixel in 0..<pixels {
-                let position = (image * pixels + pixel) * lanes
-                for lane in laneRange {
-                    target[Int(indices[position + lane]) * lanes + lane] += gradient[position + lane]
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let target = result + image * inputPixels * lanes
+                for pixel in 0..<pixels {
+                    let position = (image * pixels + pixel) * lanes
+                    for lane in laneRange {
+                        target[Int(indices[position + lane]) * lanes + lane] += gradient[position + lane]
+                    }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -236,24 +244,28 @@ enum Pooling {
         let input = UnsafePointer(source.tensor.floatPointer)
         let divisor = Float(window.kernelSize * window.kernelSize)
         forEachSlice(images: source.images, lanes: lanes, work: source.tensor.count) { image, laneRange in
-            let base = input + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let y0 = outY * window.stride - window.padding
-                let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
-                for outX in 0..<outWidth {
-                    let x0 = outX * window.stride - window.padding
-                    let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
-                    let target = output + ((image * outHeight + outY) * outWidth + outX) * lanes
-                    for lane in laneRange { target[lane] = 0 }
-                    for y in yStart..<yEnd {
-                        for x in xStart..<xEnd {
-                            let values = base + (y * width + x) * lanes
-                            for lane in laneRange { target[lane] += values[lane] }
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let base = input + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let y0 = outY * window.stride - window.padding
+                    let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
+                    for outX in 0..<outWidth {
+                        let x0 = outX * window.stride - window.padding
+                        let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
+                        let target = output + ((image * outHeight + outY) * outWidth + outX) * lanes
+                        for lane in laneRange { target[lane] = 0 }
+                        for y in yStart..<yEnd {
+                            for x in xStart..<xEnd {
+                                let values = base + (y * width + x) * lanes
+                                for lane in laneRange { target[lane] += values[lane] }
+                            }
                         }
+                        for lane in laneRange { target[lane] /= divisor }
                     }
-                    for lane in laneRange { target[lane] /= divisor }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -262,22 +274,26 @@ enum Pooling {
         let (outHeight, outWidth) = (window.outHeight, window.outWidth)
         let divisor = Float(window.kernelSize * window.kernelSize)
         forEachSlice(images: images, lanes: lanes, work: images * outHeight * outWidth * lanes) { image, laneRange in
-            let target = result + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let y0 = outY * window.stride - window.padding
-                let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
-                for outX in 0..<outWidth {
-                    let x0 = outX * window.stride - window.padding
-                    let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
-                    let values = gradient + ((image * outHeight + outY) * outWidth + outX) * lanes
-                    for y in yStart..<yEnd {
-                        for x in xStart..<xEnd {
-                            let destination = target + (y * width + x) * lanes
-                            for lane in laneRange { destination[lane] += values[lane] / divisor }
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let target = result + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let y0 = outY * window.stride - window.padding
+                    let yStart = Swift.max(y0, 0), yEnd = Swift.min(y0 + window.kernelSize, height)
+                    for outX in 0..<outWidth {
+                        let x0 = outX * window.stride - window.padding
+                        let xStart = Swift.max(x0, 0), xEnd = Swift.min(x0 + window.kernelSize, width)
+                        let values = gradient + ((image * outHeight + outY) * outWidth + outX) * lanes
+                        for y in yStart..<yEnd {
+                            for x in xStart..<xEnd {
+                                let destination = target + (y * width + x) * lanes
+                                for lane in laneRange { destination[lane] += values[lane] / divisor }
+                            }
                         }
                     }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -288,19 +304,22 @@ enum Pooling {
         let (outHeight, outWidth) = (height * factor, width * factor)
         let input = UnsafePointer(source.tensor.floatPointer)
         forEachSlice(images: source.images, lanes: lanes, work: source.tensor.count * factor * factor) { image, laneRange in
-            let base = input + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let row = base + (outY / factor) * width * lanes
-                let targetRow = output + (image * outHeight + outY) * outWidth * lanes
-                if lanes == 1 {
-                    for outX in 0..<outWidth { targetRow[outX] = row[outX / factor] }
-                    continue
-                }
-                for outX in 0..<outWidth {
-                    let values = row + (outX / factor) * lanes, target = targetRow + outX * lanes
-                    for lane in laneRange { target[lane] = values[lane] }
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let base = input + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let row = base + (outY / factor) * width * lanes
+                    let targetRow = output + (image * outHeight + outY) * outWidth * lanes
+                    for x in 0..<width {
+                        let values = row + x * lanes
+                        for copy in 0..<factor {
+                            let target = targetRow + (x * factor + copy) * lanes
+                            for lane in laneRange { target[lane] = values[lane] }
+                        }
+                    }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -308,15 +327,22 @@ enum Pooling {
         let (height, width) = (shape[2], shape[3])
         let (outHeight, outWidth) = (height * factor, width * factor)
         forEachSlice(images: images, lanes: lanes, work: images * outHeight * outWidth * lanes) { image, laneRange in
-            let target = result + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let targetRow = target + (outY / factor) * width * lanes
-                let sourceRow = gradient + (image * outHeight + outY) * outWidth * lanes
-                for outX in 0..<outWidth {
-                    let values = sourceRow + outX * lanes, destination = targetRow + (outX / factor) * lanes
-                    for lane in laneRange { destination[lane] += values[lane] }
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let target = result + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let targetRow = target + (outY / factor) * width * lanes
+                    let sourceRow = gradient + (image * outHeight + outY) * outWidth * lanes
+                    for x in 0..<width {
+                        let destination = targetRow + x * lanes
+                        for copy in 0..<factor {
+                            let values = sourceRow + (x * factor + copy) * lanes
+                            for lane in laneRange { destination[lane] += values[lane] }
+                        }
+                    }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -327,21 +353,25 @@ enum Pooling {
         let (outHeight, outWidth) = (rows.outputSize, columns.outputSize)
         let input = UnsafePointer(source.tensor.floatPointer)
         forEachSlice(images: source.images, lanes: lanes, work: source.images * outHeight * outWidth * lanes) { image, laneRange in
-            let base = input + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let top = base + rows.first[outY] * width * lanes, bottom = base + rows.second[outY] * width * lanes
-                let (topWeight, bottomWeight) = (rows.firstWeight[outY], rows.secondWeight[outY])
-                let targetRow = output + (image * outHeight + outY) * outWidth * lanes
-                for outX in 0..<outWidth {
-                    let left = columns.first[outX] * lanes, right = columns.second[outX] * lanes
-                    let (leftWeight, rightWeight) = (columns.firstWeight[outX], columns.secondWeight[outX])
-                    let target = targetRow + outX * lanes
-                    for lane in laneRange {
-                        target[lane] = topWeight * (leftWeight * top[left + lane] + rightWeight * top[right + lane])
-                            + bottomWeight * (leftWeight * bottom[left + lane] + rightWeight * bottom[right + lane])
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let base = input + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let top = base + rows.first[outY] * width * lanes, bottom = base + rows.second[outY] * width * lanes
+                    let (topWeight, bottomWeight) = (rows.firstWeight[outY], rows.secondWeight[outY])
+                    let targetRow = output + (image * outHeight + outY) * outWidth * lanes
+                    for outX in 0..<outWidth {
+                        let left = columns.first[outX] * lanes, right = columns.second[outX] * lanes
+                        let (leftWeight, rightWeight) = (columns.firstWeight[outX], columns.secondWeight[outX])
+                        let target = targetRow + outX * lanes
+                        for lane in laneRange {
+                            target[lane] = topWeight * (leftWeight * top[left + lane] + rightWeight * top[right + lane])
+                                + bottomWeight * (leftWeight * bottom[left + lane] + rightWeight * bottom[right + lane])
+                        }
                     }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 
@@ -350,24 +380,28 @@ enum Pooling {
         let (height, width) = (rows.inputSize, columns.inputSize)
         let (outHeight, outWidth) = (rows.outputSize, columns.outputSize)
         forEachSlice(images: images, lanes: lanes, work: images * outHeight * outWidth * lanes) { image, laneRange in
-            let base = result + image * height * width * lanes
-            for outY in 0..<outHeight {
-                let top = base + rows.first[outY] * width * lanes, bottom = base + rows.second[outY] * width * lanes
-                let (topWeight, bottomWeight) = (rows.firstWeight[outY], rows.secondWeight[outY])
-                let sourceRow = gradient + (image * outHeight + outY) * outWidth * lanes
-                for outX in 0..<outWidth {
-                    let left = columns.first[outX] * lanes, right = columns.second[outX] * lanes
-                    let (leftWeight, rightWeight) = (columns.firstWeight[outX], columns.secondWeight[outX])
-                    let values = sourceRow + outX * lanes
-                    for lane in laneRange {
-                        let value = values[lane]
-                        top[left + lane] += topWeight * leftWeight * value
-                        top[right + lane] += topWeight * rightWeight * value
-                        bottom[left + lane] += bottomWeight * leftWeight * value
-                        bottom[right + lane] += bottomWeight * rightWeight * value
+            // One lane (a row-major input) gets its own copy, compiled with the lane loops removed.
+            @inline(__always) func run(_ laneRange: Range<Int>, _ lanes: Int) {
+                let base = result + image * height * width * lanes
+                for outY in 0..<outHeight {
+                    let top = base + rows.first[outY] * width * lanes, bottom = base + rows.second[outY] * width * lanes
+                    let (topWeight, bottomWeight) = (rows.firstWeight[outY], rows.secondWeight[outY])
+                    let sourceRow = gradient + (image * outHeight + outY) * outWidth * lanes
+                    for outX in 0..<outWidth {
+                        let left = columns.first[outX] * lanes, right = columns.second[outX] * lanes
+                        let (leftWeight, rightWeight) = (columns.firstWeight[outX], columns.secondWeight[outX])
+                        let values = sourceRow + outX * lanes
+                        for lane in laneRange {
+                            let value = values[lane]
+                            top[left + lane] += topWeight * leftWeight * value
+                            top[right + lane] += topWeight * rightWeight * value
+                            bottom[left + lane] += bottomWeight * leftWeight * value
+                            bottom[right + lane] += bottomWeight * rightWeight * value
+                        }
                     }
                 }
             }
+            if lanes == 1 { run(0..<1, 1) } else { run(laneRange, lanes) }
         }
     }
 }

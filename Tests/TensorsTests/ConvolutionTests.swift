@@ -76,6 +76,7 @@ final class ConvolutionTests: XCTestCase {
         Case(batch: 2, channels: 10, size: (3, 3), outChannels: 12, kernel: 3, stride: 1, padding: 0),
         Case(batch: 2, channels: 16, size: (23, 30), outChannels: 16, kernel: 3, stride: 1, padding: 1),
         Case(batch: 1, channels: 1, size: (6, 5), outChannels: 1, kernel: 3, stride: 1, padding: 1),
+        Case(batch: 2, channels: 64, size: (14, 14), outChannels: 64, kernel: 3, stride: 1, padding: 1),
     ]
 
     func testForwardMatchesReferenceOnEveryPath() {
