@@ -67,9 +67,17 @@ def main():
     if not selected:
         sys.exit(f"no workload starts with {arguments.only!r}; workloads: {', '.join(names)}")
 
-    diffuse = Worker([arguments.binary], environment)
-    pytorch = Worker([sys.executable, os.path.join(HERE, "torch_bench.py")], environment)
+    diffuse_command = [arguments.binary]
+    pytorch_command = [sys.executable, os.path.join(HERE, "torch_bench.py")]
+    memory_rows = [name for name in selected if name.endswith("-rss")]
+    selected = [name for name in selected if not name.endswith("-rss")]
     rows = []
+    for name in memory_rows:
+        row = measure_memory(name, diffuse_command, pytorch_command, environment)
+        print(row, flush=True)
+        rows.append(row)
+    diffuse = Worker(diffuse_command, environment)
+    pytorch = Worker(pytorch_command, environment)
     try:
         for name in selected:
             timings = {"diffuse": [], "pytorch": []}
@@ -93,13 +101,31 @@ def main():
         write_results(arguments.results, rows, arguments.repeats)
 
 
+def measure_memory(name, diffuse_command, pytorch_command, environment, steps=3):
+    """Peak resident memory of the workload NAME without its -rss suffix, each
+    side in a fresh process of its own."""
+    workload = name[: -len("-rss")]
+    peaks = {}
+    for side, command in (("diffuse", diffuse_command), ("pytorch", pytorch_command)):
+        worker = Worker(command, environment)
+        try:
+            worker.ask(f"setup {workload}")
+            for _ in range(steps):
+                worker.ask(f"run {workload}")
+            peaks[side] = float(worker.ask("rss"))
+        finally:
+            worker.close()
+    return (f"{name} diffuse_mb={peaks['diffuse']:.0f} pytorch_mb={peaks['pytorch']:.0f} "
+            f"ratio={peaks['diffuse'] / peaks['pytorch']:.2f}")
+
+
 def write_results(path, rows, repeats):
     """Keeps the newest row per workload in the results table."""
     existing = {}
     if os.path.exists(path):
         with open(path) as results:
             for line in results:
-                if line.startswith("    ") and " diffuse_ms=" in line:
+                if line.startswith("    ") and (" diffuse_ms=" in line or " diffuse_mb=" in line):
                     existing[line.split()[0]] = line.strip()
     for row in rows:
         existing[row.split()[0]] = row
@@ -109,7 +135,8 @@ def write_results(path, rows, repeats):
         results.write("# Benchmark results\n\n")
         results.write("Diffuse beside PyTorch on the same machine, in the same run, interleaved, "
                       f"median of {repeats} repetitions after a warm-up; 2 threads each. "
-                      "ratio = Diffuse time / PyTorch time (below 1 means Diffuse is faster).\n\n")
+                      "ratio = Diffuse time / PyTorch time (below 1 means Diffuse is faster); "
+                      "`-rss` rows compare peak resident memory in MB, each side in a process of its own.\n\n")
         results.write(f"- date: {today}\n- machine: {machine_description()}\n")
         results.write(f"- PyTorch {torch.__version__}; regenerate with `make bench`\n\n")
         for name in sorted(existing):

@@ -68,6 +68,63 @@ def attention():
     return run
 
 
+def course_unet(channels=1, size=28):
+    from diffusers import UNet2DModel
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=2,
+                       block_out_channels=(32, 64, 64),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
+def butterflies_unet():
+    from diffusers import UNet2DModel
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                       block_out_channels=(64, 128, 128, 256),
+                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+
+
+def unet_forward(batch):
+    model = course_unet().eval()
+    x = torch.randn(batch, 1, 28, 28)
+    t = torch.randint(0, 1000, (batch,))
+
+    def run():
+        with torch.no_grad():
+            model(x, t)
+    return run
+
+
+def unet_train(model, batch, channels, size):
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    clean = torch.randn(batch, channels, size, size)
+    noise = torch.randn(batch, channels, size, size)
+    t = torch.randint(0, 1000, (batch,))
+
+    def run():
+        prediction = model(clean + noise, t).sample
+        loss = F.mse_loss(prediction, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return run
+
+
+def ddim_sampling(batch, steps):
+    from diffusers import DDIMPipeline, DDIMScheduler
+    model = course_unet().eval()
+    pipeline = DDIMPipeline(unet=model, scheduler=DDIMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+
+    def run():
+        with torch.no_grad():
+            pipeline(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+    return run
+
+
 WORKLOADS = {
     "gemm-512": lambda: gemm(512),
     "gemm-1024": lambda: gemm(1024),
@@ -77,6 +134,11 @@ WORKLOADS = {
     "conv-bwd-64c14": lambda: conv_backward(128, 64, 14),
     "groupnorm-fwdbwd": groupnorm,
     "attention-fwdbwd": attention,
+    "unet-mnist-fwd-b16": lambda: unet_forward(16),
+    "unet-mnist-fwd-b64": lambda: unet_forward(64),
+    "unet-mnist-train-b128": lambda: unet_train(course_unet(), 128, 1, 28),
+    "unet-butterflies-train-b64": lambda: unet_train(butterflies_unet(), 64, 3, 32),
+    "sample-ddim50-mnist-b16": lambda: ddim_sampling(16, 50),
 }
 
 
