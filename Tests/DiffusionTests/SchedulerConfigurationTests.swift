@@ -104,7 +104,7 @@ final class SchedulerConfigurationTests: XCTestCase {
             (0.0001, "0.0001"), (0.00001, "1e-05"), (0.00085, "0.00085"), (1, "1.0"), (0.02, "0.02"), (-0.5, "-0.5"),
             (1e16, "1e+16"), (1e15, "1000000000000000.0"), (123456789.125, "123456789.125"), (0.1 + 0.2, "0.30000000000000004"),
             (2.5e-05, "2.5e-05"), (-.infinity, "-Infinity"), (.infinity, "Infinity"), (1.7976931348623157e308, "1.7976931348623157e+308"),
-            (5e-324, "5e-324"), (0, "0.0"),
+            (Double.leastNonzeroMagnitude, "5e-324"), (0, "0.0"),
         ]
         for (value, text) in cases {
             XCTAssertEqual(try SchedulerConfiguration(values: ["x": .double(value)]).valuesText(), "{\"x\": \(text)}")
