@@ -119,3 +119,39 @@ final class OptimizerParityTests: XCTestCase {
         }
     }
 }
+
+final class GradientAccumulationTests: XCTestCase {
+    func testAccumulatedMicroBatchesEqualOneFullBatch() {
+        // Two micro-batches with loss scaled by 1/2 give the gradient of the mean over the full batch.
+        let inputs = Tensor([1, 2, 3, 4], shape: [4, 1])
+        let targets = Tensor([2, 4, 5, 9], shape: [4, 1])
+        let fullWeight = Tensor([0.5], shape: [1, 1])
+        fullWeight.requiresGrad = true
+        Tensor.mseLoss(inputs.matmul(fullWeight), targets).backward()
+
+        let weight = Tensor([0.5], shape: [1, 1])
+        weight.requiresGrad = true
+        var accumulator = GradientAccumulator(steps: 2)
+        var stepped: [Bool] = []
+        for half in 0..<2 {
+            let slice = inputs.narrowed(axis: 0, start: half * 2, length: 2)
+            let target = targets.narrowed(axis: 0, start: half * 2, length: 2)
+            (Tensor.mseLoss(slice.matmul(weight), target) * accumulator.lossScale).backward()
+            stepped.append(accumulator.microBatchDone())
+        }
+        XCTAssertEqual(stepped, [false, true])
+        XCTAssertEqual(weight.grad!.item, fullWeight.grad!.item, accuracy: 1e-6)
+    }
+
+    func testClippingScalesToTheMaximumNorm() {
+        let a = Tensor([3, 0]), b = Tensor([0, 4])
+        a.grad = Tensor([3, 0])
+        b.grad = Tensor([0, 4])
+        let norm = clipGradientNorm([a, b], maximumNorm: 1)
+        XCTAssertEqual(norm, 5, accuracy: 1e-6)
+        XCTAssertEqual(a.grad!.toArray()[0], 0.6, accuracy: 1e-6)
+        XCTAssertEqual(b.grad!.toArray()[1], 0.8, accuracy: 1e-6)
+        XCTAssertEqual(clipGradientNorm([a, b], maximumNorm: 10), 1, accuracy: 1e-5)
+        XCTAssertEqual(a.grad!.toArray()[0], 0.6, accuracy: 1e-6, "below the maximum nothing changes")
+    }
+}
