@@ -211,7 +211,7 @@ enum PackedGemm {
             for task in 0..<tasks { body(task) }
             return
         }
-        DispatchQueue.concurrentPerform(iterations: Swift.min(workers, tasks)) { worker in
+        WorkerPool.shared.run(chunks: Swift.min(workers, tasks)) { worker in
             var task = worker
             while task < tasks { body(task); task += workers }
         }
@@ -225,7 +225,7 @@ enum PackedGemm {
             for task in 0..<tasks { body(task, 0) }
             return
         }
-        DispatchQueue.concurrentPerform(iterations: active) { worker in
+        WorkerPool.shared.run(chunks: active) { worker in
             var task = worker
             while task < tasks { body(task, worker); task += active }
         }
@@ -239,7 +239,7 @@ enum PackedGemm {
             body(0..<tasks, 0)
             return
         }
-        DispatchQueue.concurrentPerform(iterations: active) { worker in
+        WorkerPool.shared.run(chunks: active) { worker in
             body(tasks * worker / active ..< tasks * (worker + 1) / active, worker)
         }
     }

@@ -1,12 +1,19 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// The one threading story of Diffuse: every kernel splits its work with
-/// `Parallel.forEach` over Dispatch's pool, and BLAS runs single-threaded
-/// inside each piece. Mixing OpenBLAS's own pthreads with Dispatch made both
-/// spin against each other on this 2-core machine.
+/// `Parallel.forEach` over one pool of worker threads, and BLAS runs
+/// single-threaded inside each piece. Mixing OpenBLAS's own pthreads with
+/// another pool made both spin against each other on this 2-core machine.
+///
+/// The workers spin for a few milliseconds after each job before they sleep,
+/// like OpenMP's: kernels in a training step come back to back, and waking a
+/// sleeping thread (Dispatch's pool) cost as much as a small kernel itself.
+/// A call from inside a worker, or while another thread is using the pool,
+/// runs on the calling thread.
 public enum Parallel {
-    /// Worker count: `DIFFUSE_NUM_THREADS` if set, else the active cores.
+    /// Worker count including the calling thread: `DIFFUSE_NUM_THREADS` if set, else the active cores.
     public nonisolated(unsafe) static var threadCount: Int = {
         if let text = ProcessInfo.processInfo.environment["DIFFUSE_NUM_THREADS"], let value = Int(text), value > 0 {
             return value
@@ -25,13 +32,22 @@ public enum Parallel {
             body(0..<count)
             return
         }
-        withoutActuallyEscaping(body) { escapable in
-            DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-                let start = count * chunk / chunks
-                let end = count * (chunk + 1) / chunks
-                if start < end { escapable(start..<end) }
-            }
+        WorkerPool.shared.run(chunks: chunks) { chunk in
+            let start = count * chunk / chunks
+            let end = count * (chunk + 1) / chunks
+            if start < end { body(start..<end) }
         }
+    }
+
+    /// Runs `body(task)` for `count` tasks, handed out one at a time to whichever
+    /// worker is free (for uneven work).
+    public static func forEachTask(_ count: Int, _ body: (Int) -> Void) {
+        guard count > 0 else { return }
+        if count == 1 || threadCount == 1 {
+            for task in 0..<count { body(task) }
+            return
+        }
+        WorkerPool.shared.run(chunks: count, body)
     }
 
     /// Runs `body` once for every index in `0..<count`, spread over the workers.
@@ -39,6 +55,115 @@ public enum Parallel {
     public static func forEachIndex(_ count: Int, _ body: (Int) -> Void) {
         forEach(count) { range in
             for index in range { body(index) }
+        }
+    }
+}
+
+/// Persistent worker threads that take chunks of one job at a time.
+final class WorkerPool: @unchecked Sendable {
+    static let shared = WorkerPool(workerCount: Parallel.threadCount - 1)
+
+    /// One submitted job: chunks are claimed by counting up `nextChunk`.
+    final class Job: @unchecked Sendable {
+        var body: ((Int) -> Void)?
+        let chunkCount: Int
+        let nextChunk = Atomic<Int>(0)
+        let finishedChunks = Atomic<Int>(0)
+
+        init(body: @escaping (Int) -> Void, chunkCount: Int) {
+            self.body = body
+            self.chunkCount = chunkCount
+        }
+
+        /// Claims and runs chunks until none are left.
+        func participate() {
+            while true {
+                let chunk = nextChunk.add(1, ordering: .relaxed).oldValue
+                if chunk >= chunkCount { return }
+                body?(chunk)
+                finishedChunks.add(1, ordering: .releasing)
+            }
+        }
+    }
+
+    private let generation = Atomic<Int>(0)
+    private var currentJob: Job?
+    private let jobLock = NSLock()
+    private let submitLock = NSLock()
+    private let sleepCondition = NSCondition()
+    private var sleepingWorkers = 0
+    private let workerCount: Int
+    /// How long an idle worker spins before it sleeps.
+    private let spinNanoseconds: UInt64 = 5_000_000
+
+    private static let insideKey = "diffuse.worker-pool.inside"
+
+    init(workerCount: Int) {
+        self.workerCount = Swift.max(0, workerCount)
+        for index in 0..<self.workerCount {
+            let thread = Thread { [unowned self] in self.workerLoop() }
+            thread.name = "diffuse-worker-\(index + 1)"
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+    }
+
+    private static var isInsideJob: Bool {
+        Thread.current.threadDictionary[insideKey] != nil
+    }
+
+    func run(chunks: Int, _ body: (Int) -> Void) {
+        // Nested or concurrent use runs inline: one job owns the workers at a time.
+        if workerCount == 0 || WorkerPool.isInsideJob || !submitLock.try() {
+            for chunk in 0..<chunks { body(chunk) }
+            return
+        }
+        defer { submitLock.unlock() }
+        withoutActuallyEscaping(body) { escapable in
+            let job = Job(body: escapable, chunkCount: chunks)
+            jobLock.lock()
+            currentJob = job
+            jobLock.unlock()
+            generation.add(1, ordering: .releasing)
+            sleepCondition.lock()
+            if sleepingWorkers > 0 { sleepCondition.broadcast() }
+            sleepCondition.unlock()
+
+            Thread.current.threadDictionary[WorkerPool.insideKey] = true
+            job.participate()
+            Thread.current.threadDictionary.removeObject(forKey: WorkerPool.insideKey)
+            while job.finishedChunks.load(ordering: .acquiring) < chunks {}
+
+            jobLock.lock()
+            currentJob = nil
+            jobLock.unlock()
+            job.body = nil
+        }
+    }
+
+    private func workerLoop() {
+        Thread.current.threadDictionary[WorkerPool.insideKey] = true
+        var seen = 0
+        while true {
+            // Spin for a while: the next kernel usually follows within microseconds.
+            let start = DispatchTime.now().uptimeNanoseconds
+            var spins = 0
+            while generation.load(ordering: .acquiring) == seen {
+                spins += 1
+                if spins & 255 == 0 && DispatchTime.now().uptimeNanoseconds - start > spinNanoseconds {
+                    sleepCondition.lock()
+                    sleepingWorkers += 1
+                    while generation.load(ordering: .acquiring) == seen { sleepCondition.wait() }
+                    sleepingWorkers -= 1
+                    sleepCondition.unlock()
+                    break
+                }
+            }
+            jobLock.lock()
+            let job = currentJob
+            seen = generation.load(ordering: .acquiring)
+            jobLock.unlock()
+            job?.participate()
         }
     }
 }
