@@ -1,0 +1,38 @@
+import Foundation
+import NN
+import Tensors
+
+/// diffusers' `Downsample2D` with a convolution (`use_conv=True`, as every
+/// UNet2DModel block builds it): a 3×3 stride-2 convolution named `conv`.
+/// Padding 0 pads one zero row and column at the bottom and right first,
+/// as diffusers does.
+public final class Downsample2D: Module, UnaryLayer {
+    public let conv: Conv2d
+    public let padding: Int
+
+    public init(channels: Int, outChannels: Int? = nil, padding: Int = 1) {
+        conv = Conv2d(channels, outChannels ?? channels, kernelSize: 3, stride: 2, padding: padding)
+        self.padding = padding
+        super.init()
+    }
+
+    public func callAsFunction(_ input: Tensor) -> Tensor {
+        guard padding == 0 else { return conv(input) }
+        return conv(input.padded([(0, 1), (0, 1)]))
+    }
+}
+
+/// diffusers' `Upsample2D` with a convolution: nearest-neighbour ×2, then a
+/// 3×3 convolution named `conv`.
+public final class Upsample2D: Module, UnaryLayer {
+    public let conv: Conv2d
+
+    public init(channels: Int, outChannels: Int? = nil) {
+        conv = Conv2d(channels, outChannels ?? channels, kernelSize: 3, padding: 1)
+        super.init()
+    }
+
+    public func callAsFunction(_ input: Tensor) -> Tensor {
+        conv(input.upsampleNearest(scaleFactor: 2))
+    }
+}
