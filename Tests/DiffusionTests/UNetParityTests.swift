@@ -63,6 +63,14 @@ final class UNetParityTests: XCTestCase {
         XCTAssertEqual(loss.item, try golden.tensor("loss").item, accuracy: 1e-4 * max(1, abs(loss.item)), "\(name) loss")
         loss.backward()
 
+        compareGradients(model, golden: golden, name: name, errors: &errors)
+        print(String(format: "UNet parity %@: output %.2e, whole gradients %.2e (worst %@), projected gradients %.2e (worst %@)",
+                     name, errors.output, errors.gradient, errors.worstGradient, errors.projection, errors.worstProjected))
+        return errors
+    }
+
+    /// Compares every trainable parameter's gradient with the golden's `grad.*` or `gradsummary.*`.
+    static func compareGradients(_ model: Module, golden: GoldenCase, name: String, errors: inout Errors) {
         var compared = 0
         // Each gradient is measured against its own largest entry, but not below 1e-3 of
         // the model's largest gradient entry: some gradients are zero in exact arithmetic
@@ -109,9 +117,6 @@ final class UNetParityTests: XCTestCase {
         }
         let goldenCount = golden.tensors.keys.filter { $0.hasPrefix("grad.") || $0.hasPrefix("gradsummary.") }.count
         XCTAssertEqual(compared, goldenCount, "\(name): every golden gradient is compared")
-        print(String(format: "UNet parity %@: output %.2e, whole gradients %.2e (worst %@), projected gradients %.2e (worst %@)",
-                     name, errors.output, errors.gradient, errors.worstGradient, errors.projection, errors.worstProjected))
-        return errors
     }
 
     private func assertParity(_ name: String) throws {

@@ -11,29 +11,31 @@ public protocol TimestepProjection: Module {
     var outputDimension: Int { get }
 }
 
-/// diffusers' `get_timestep_embedding`: the sinusoidal embedding of DDPM.
-///
-/// Frequencies are `exp(-ln(maxPeriod) · i / (half − downscaleFrequencyShift))`
-/// for `i < half = dimension / 2`; the result is `[sin(t·f), cos(t·f)]`
-/// (or cosines first with `flipSinToCos`), zero-padded to an odd `dimension`.
-/// Computed in `Float` in the same order of operations as diffusers.
-public func sinusoidalTimestepEmbedding(_ timesteps: [Float], dimension: Int, flipSinToCos: Bool = false,
-                                        downscaleFrequencyShift: Float = 1, scale: Float = 1, maxPeriod: Float = 10000) -> Tensor {
-    let half = dimension / 2
-    let logPeriod = -Float(log(Double(maxPeriod)))
-    let divisor = Float(half) - downscaleFrequencyShift
-    let frequencies = (0..<half).map { Foundation.exp(logPeriod * Float($0) / divisor) }
-    var values = [Float](repeating: 0, count: timesteps.count * dimension)
-    for (row, timestep) in timesteps.enumerated() {
-        let base = row * dimension
-        let (sineStart, cosineStart) = flipSinToCos ? (half, 0) : (0, half)
-        for (column, frequency) in frequencies.enumerated() {
-            let argument = scale * (timestep * frequency)
-            values[base + sineStart + column] = Foundation.sin(argument)
-            values[base + cosineStart + column] = Foundation.cos(argument)
+extension Timesteps {
+    /// diffusers' `get_timestep_embedding`: the sinusoidal embedding of DDPM.
+    ///
+    /// Frequencies are `exp(-ln(maxPeriod) · i / (half − downscaleFrequencyShift))`
+    /// for `i < half = dimension / 2`; the result is `[sin(t·f), cos(t·f)]`
+    /// (or cosines first with `flipSinToCos`), zero-padded to an odd `dimension`.
+    /// Computed in `Float` in the same order of operations as diffusers.
+    public static func embedding(_ timesteps: [Float], dimension: Int, flipSinToCos: Bool = false,
+                                 downscaleFrequencyShift: Float = 1, scale: Float = 1, maxPeriod: Float = 10000) -> Tensor {
+        let half = dimension / 2
+        let logPeriod = -Float(log(Double(maxPeriod)))
+        let divisor = Float(half) - downscaleFrequencyShift
+        let frequencies = (0..<half).map { Foundation.exp(logPeriod * Float($0) / divisor) }
+        var values = [Float](repeating: 0, count: timesteps.count * dimension)
+        for (row, timestep) in timesteps.enumerated() {
+            let base = row * dimension
+            let (sineStart, cosineStart) = flipSinToCos ? (half, 0) : (0, half)
+            for (column, frequency) in frequencies.enumerated() {
+                let argument = scale * (timestep * frequency)
+                values[base + sineStart + column] = Foundation.sin(argument)
+                values[base + cosineStart + column] = Foundation.cos(argument)
+            }
         }
+        return Tensor(values, shape: [timesteps.count, dimension])
     }
-    return Tensor(values, shape: [timesteps.count, dimension])
 }
 
 /// diffusers' `Timesteps`: the parameter-free sinusoidal projection.
@@ -54,8 +56,8 @@ public final class Timesteps: Module, TimestepProjection {
     public var outputDimension: Int { channels }
 
     public func callAsFunction(_ timesteps: [Float]) -> Tensor {
-        sinusoidalTimestepEmbedding(timesteps, dimension: channels, flipSinToCos: flipSinToCos,
-                                    downscaleFrequencyShift: downscaleFrequencyShift, scale: scale)
+        Timesteps.embedding(timesteps, dimension: channels, flipSinToCos: flipSinToCos,
+                            downscaleFrequencyShift: downscaleFrequencyShift, scale: scale)
     }
 }
 

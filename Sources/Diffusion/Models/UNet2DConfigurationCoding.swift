@@ -164,7 +164,7 @@ private struct KeyReader {
     let members: [String: JSONValue]
 
     private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> UNet2DConfigurationError {
-        .wrongType(key: key, expected: expected, found: "\(value.typeName) \(value)")
+        .wrongType(key: key, expected: expected, found: value == .null ? "null" : "\(value.typeName) \(value)")
     }
 
     func integer(_ key: String) throws -> Int? {

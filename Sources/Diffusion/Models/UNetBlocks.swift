@@ -4,12 +4,19 @@ import Tensors
 
 /// Settings every resnet of a UNet shares.
 public struct ResnetSettings: Sendable {
+    /// Width of the time embedding (`temb_channels`), nil for none.
     public var timeEmbeddingChannels: Int?
+    /// Group-norm groups (`resnet_groups`), also used by the blocks' attentions.
     public var groups: Int
+    /// Group-norm epsilon (`resnet_eps`), also used by the attentions.
     public var epsilon: Float
+    /// Dropout before each resnet's second convolution.
     public var dropout: Float
+    /// The resnets' activation (`resnet_act_fn`).
     public var activation: Activation.Function
+    /// How the time embedding enters (`resnet_time_scale_shift`).
     public var timeEmbeddingNorm: ResnetBlock2D.TimeEmbeddingNorm
+    /// Output divisor of resnets and attentions (`output_scale_factor`).
     public var outputScaleFactor: Float
 
     public init(timeEmbeddingChannels: Int?, groups: Int = 32, epsilon: Float = 1e-6, dropout: Float = 0,
@@ -45,6 +52,7 @@ public final class UNetDownBlock: Module {
     public let resnets: [ResnetBlock2D]
     /// Empty, or one `Downsample2D` or downsampling `ResnetBlock2D`.
     public let downsamplers: [Module]
+    /// Which diffusers block this is.
     public let type: UNet2DConfiguration.DownBlockType
 
     /// - Parameters:
@@ -104,6 +112,7 @@ public final class UNetUpBlock: Module {
     public let resnets: [ResnetBlock2D]
     /// Empty, or one `Upsample2D` or upsampling `ResnetBlock2D`.
     public let upsamplers: [Module]
+    /// Which diffusers block this is.
     public let type: UNet2DConfiguration.UpBlockType
 
     /// - Parameters:
@@ -142,16 +151,8 @@ public final class UNetUpBlock: Module {
     public func callAsFunction(_ input: Tensor, timeEmbedding: Tensor?, residuals: inout [Tensor]) -> Tensor {
         var hidden = input
         for (index, resnet) in resnets.enumerated() {
-            guard let skip = residuals.popLast() else { fatalError("UNetUpBlock: no skip connection left for resnet \(index)") }
-            guard skip.shape[2] == hidden.shape[2], skip.shape[3] == hidden.shape[3] else {
-                fatalError("UNetUpBlock: skip connection \(skip.shape) does not match \(hidden.shape); "
-                    + "the sample's height and width must be divisible by 2^(number of blocks − 1)")
-            }
-            // Row-major operands: `Tensor.concatenate` copies channels-last ones to a
-            // temporary it does not keep alive (Tensors bug, reported); the copy is the
-            // same one it would make.
-            let joined = Tensor.concatenate([hidden.contiguous(), skip.contiguous()], axis: 1)
-            hidden = resnet(joined, timeEmbedding: timeEmbedding)
+            // The joined tensor is a temporary, released once the resnet has used it.
+            hidden = resnet(Self.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding)
             if !attentions.isEmpty { hidden = attentions[index](hidden) }
         }
         if let upsampler = upsamplers.first {
@@ -162,6 +163,21 @@ public final class UNetUpBlock: Module {
             }
         }
         return hidden
+    }
+
+    /// `[hidden, skip]` along the channels.
+    private static func joined(_ hidden: Tensor, skip: Tensor?) -> Tensor {
+        guard let skip else { fatalError("UNetUpBlock: no skip connection left") }
+        guard skip.shape[2] == hidden.shape[2], skip.shape[3] == hidden.shape[3] else {
+            fatalError("UNetUpBlock: skip connection \(skip.shape) does not match \(hidden.shape); "
+                + "the sample's height and width must be divisible by 2^(number of blocks − 1)")
+        }
+        // Row-major operands: `Tensor.concatenate` reads a channels-last operand through a
+        // row-major copy it does not keep alive (a Tensors bug: the copy's memory can be
+        // recycled before it is read). The copy here is the one concatenate would make, but
+        // in training the graph keeps it until backward; drop the `.contiguous()` calls
+        // once concatenate keeps its copies alive.
+        return Tensor.concatenate([hidden.contiguous(), skip.contiguous()], axis: 1)
     }
 }
 
