@@ -47,7 +47,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "diffuse-bench",
-            dependencies: ["Tensors"],
+            dependencies: ["Tensors", "NN", "Diffusion"],
             path: "Benchmarks/DiffuseBench",
             swiftSettings: kernelSettings
         ),

@@ -4,7 +4,9 @@
 //
 // Protocol (one command per line): `setup NAME` → `ok`; `run NAME` → the
 // milliseconds of one repetition; `rss` → peak resident memory in MB; `quit`.
+import Diffusion
 import Foundation
+import NN
 import Tensors
 
 /// One benchmark: `setup` builds the inputs and returns the timed body.
@@ -59,7 +61,7 @@ enum BackwardTimer {
     nonisolated(unsafe) static var nanoseconds: UInt64?
 }
 
-let workloads: [Workload] = [
+var workloads: [Workload] = [
     gemm(512),
     gemm(1024),
     convolutionForward("conv-fwd-32c28", batch: 128, channels: 32, size: 28),
@@ -85,7 +87,84 @@ let workloads: [Workload] = [
             for tensor in [query, key, value] { tensor.grad = nil }
         }
     },
+    unetForward(batch: 16),
+    unetForward(batch: 64),
+    unetTraining("unet-mnist-train-b128", model: courseUNet, batch: 128, channels: 1, size: 28),
+    unetTraining("unet-butterflies-train-b64", model: butterfliesUNet, batch: 64, channels: 3, size: 32),
+    ddimSampling(batch: 16, steps: 50),
 ]
+/// Rows that compare peak memory (the driver runs each side in a fresh process).
+let memoryRows = ["unet-mnist-train-b128-rss"]
+
+/// The course's MNIST UNet: 28×28, 1 channel, (32, 64, 64), Down/AttnDown/AttnDown.
+func courseUNet() -> UNet2DModel {
+    var configuration = UNet2DConfiguration()
+    configuration.sampleSize = .square(28)
+    configuration.inChannels = 1
+    configuration.outChannels = 1
+    configuration.layersPerBlock = 2
+    configuration.blockOutChannels = [32, 64, 64]
+    configuration.downBlockTypes = [.downBlock, .attentionDownBlock, .attentionDownBlock]
+    configuration.upBlockTypes = [.attentionUpBlock, .attentionUpBlock, .upBlock]
+    Initialization.seed(0)
+    return try! UNet2DModel(configuration: configuration)
+}
+
+/// The course's 32×32 butterflies UNet: 3 channels, (64, 128, 128, 256), Down, Down, AttnDown, AttnDown.
+func butterfliesUNet() -> UNet2DModel {
+    var configuration = UNet2DConfiguration()
+    configuration.sampleSize = .square(32)
+    configuration.inChannels = 3
+    configuration.outChannels = 3
+    configuration.layersPerBlock = 2
+    configuration.blockOutChannels = [64, 128, 128, 256]
+    configuration.downBlockTypes = [.downBlock, .downBlock, .attentionDownBlock, .attentionDownBlock]
+    configuration.upBlockTypes = [.attentionUpBlock, .attentionUpBlock, .upBlock, .upBlock]
+    Initialization.seed(0)
+    return try! UNet2DModel(configuration: configuration)
+}
+
+func unetForward(batch: Int) -> Workload {
+    Workload(name: "unet-mnist-fwd-b\(batch)") {
+        let model = courseUNet()
+        model.eval()
+        let x = randn([batch, 1, 28, 28])
+        let timesteps = (0..<batch).map { _ in Float(generator.integer(below: 1000)) }
+        return { _ = noGrad { model(x, timesteps: timesteps) } }
+    }
+}
+
+func unetTraining(_ name: String, model makeModel: @escaping () -> UNet2DModel, batch: Int, channels: Int, size: Int) -> Workload {
+    Workload(name: name) {
+        let model = makeModel()
+        model.train()
+        let optimizer = Adam.adamW(parameters: model.parameters(), learningRate: 1e-4)
+        let clean = randn([batch, channels, size, size])
+        let noise = randn([batch, channels, size, size])
+        let timesteps = (0..<batch).map { _ in Float(generator.integer(below: 1000)) }
+        return {
+            let prediction = model(clean + noise, timesteps: timesteps)
+            let loss = Tensor.mseLoss(prediction, noise)
+            loss.backward()
+            optimizer.step()
+            optimizer.zeroGradients()
+        }
+    }
+}
+
+func ddimSampling(batch: Int, steps: Int) -> Workload {
+    Workload(name: "sample-ddim\(steps)-mnist-b\(batch)") {
+        let model = courseUNet()
+        model.eval()
+        let scheduler = try! DDIMScheduler(configuration: SchedulerConfiguration())
+        return {
+            var sampler = RandomGenerator(seed: 0)
+            _ = try! SamplingLoop.run(scheduler: scheduler, shape: [batch, 1, 28, 28], steps: steps, generator: &sampler) { sample, timestep in
+                model(sample, timestep: timestep)
+            }
+        }
+    }
+}
 
 func peakResidentMegabytes() -> Double {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
@@ -100,6 +179,7 @@ var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)
 if CommandLine.arguments.contains("--list") {
     for workload in workloads { print(workload.name) }
+    for name in memoryRows { print(name) }
     exit(0)
 }
 while let line = readLine() {

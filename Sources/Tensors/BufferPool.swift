@@ -7,8 +7,10 @@ import Foundation
 /// kernel zeroes every page) and lets glibc's heap fragment, so the process
 /// grows step after step. The pool keeps freed blocks of 64 KiB and more, by
 /// size rounded up to 4 KiB, and hands them out again; memory then stays flat
-/// after the first step. It holds at most `capacityBytes` of free blocks
-/// (`DIFFUSE_POOL_MB`, default 2048), freeing the rest.
+/// after the first step. When a size is missing, as much cached memory of other
+/// sizes is freed as the new block takes, so the pool never adds to the peak
+/// footprint by more than what the next step will reuse. It holds at most
+/// `capacityBytes` of free blocks (`DIFFUSE_POOL_MB`, default 2048).
 public final class BufferPool: @unchecked Sendable {
     public static let shared = BufferPool()
 
@@ -43,7 +45,22 @@ public final class BufferPool: @unchecked Sendable {
                 lock.unlock()
                 return block
             }
+            // A miss: give back at least as much cached memory of other sizes as
+            // this block takes, so the footprint stays live memory plus one
+            // step's worth of cache instead of growing with every new size.
+            var evicted: [(UnsafeMutableRawPointer)] = []
+            var evictedBytes = 0
+            while evictedBytes < size, let (blockSize, blocks) = freeBlocks.first(where: { _ in true }) {
+                var remaining = blocks
+                while evictedBytes < size, let block = remaining.popLast() {
+                    evicted.append(block)
+                    evictedBytes += blockSize
+                }
+                freeBlocks[blockSize] = remaining.isEmpty ? nil : remaining
+            }
+            freeBytes -= evictedBytes
             lock.unlock()
+            for block in evicted { block.deallocate() }
         }
         return UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
     }

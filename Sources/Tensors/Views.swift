@@ -200,11 +200,14 @@ extension Tensor {
         let total = newShape[dimension]
         var position = 0
         for (tensor, size) in zip(tensors, sizes) {
-            let source = tensor.contiguousData().floatPointer
+            // Keep the row-major copy alive while its memory is read.
+            let data = tensor.contiguousData()
+            let source = data.floatPointer
             let chunk = size * inner
             for block in 0..<outer {
                 (out + block * total * inner + position * inner).update(from: source + block * chunk, count: chunk)
             }
+            withExtendedLifetime(data) {}
             position += size
         }
         return record(result, .concatenate(axis: dimension, sizes: sizes), inputs: tensors)
