@@ -43,6 +43,7 @@ final class DataImageCodecTests: XCTestCase {
     func testJPEGDecodesCloseToPillow() throws {
         try check("grey.jpg", tolerance: 2)
         try check("rgb.jpg", tolerance: 2)
+        try check("cmyk.jpg", tolerance: 3)
         // And close to the colours that were encoded.
         let rgb = try ImageFile.read(DataFixtures.image("rgb.jpg"))
         XCTAssertEqual(rgb.channels, 3)
