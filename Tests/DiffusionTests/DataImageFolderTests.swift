@@ -23,7 +23,7 @@ final class DataImageFolderTests: XCTestCase {
         try writeFile(jpeg, to: root + "/cat/a.JPG")
         try writeFile(Array("not an image".utf8), to: root + "/notes.txt")
         try writeFile(Array("""
-        {"file_name": "zebra/z1.png", "text": "a striped horse", "score": 3}
+        {"file_name": "zebra/z1.png", "text": "a striped horse", "score": 3, "flag": true, "none": null}
         {"file_name": "loose.png", "text": "a loose one"}
 
         """.utf8), to: root + "/metadata.jsonl")
@@ -42,8 +42,8 @@ final class DataImageFolderTests: XCTestCase {
         XCTAssertEqual(dataset.labels, [0, 0, 0, nil, 1])
         XCTAssertEqual(dataset.captions, [nil, nil, "small cats", "a loose one", "a striped horse"])
         XCTAssertEqual(dataset.metadata[0], ["caption": "only another column"])
-        XCTAssertEqual(dataset.metadata[4], ["text": "a striped horse", "score": "3"])
-        XCTAssertEqual(dataset.metadata[2]["source"], #"{"site":"x"}"#)
+        XCTAssertEqual(dataset.metadata[4], ["text": "a striped horse", "score": "3", "flag": "true"])
+        XCTAssertEqual(dataset.metadata[2]["source"], #"{"site": "x"}"#)
 
         let zebra = try dataset.example(at: 4)
         XCTAssertEqual(zebra.image.shape, [3, 4, 4])

@@ -53,7 +53,7 @@ public final class ImageFolderDataset: Dataset {
         let classNames = classFolders.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
         let classIndex = Dictionary(uniqueKeysWithValues: classNames.enumerated().map { ($1, $0) })
 
-        var rows: [String: [String: Any]] = [:]
+        var rows: [String: [String: String]] = [:]
         for metadataPath in scan.metadataFiles.sorted() {
             for (file, row) in try ImageFolderMetadata.read(root: root.path, relativePath: metadataPath) {
                 rows[file] = row
@@ -67,13 +67,8 @@ public final class ImageFolderDataset: Dataset {
             let components = path.split(separator: "/", omittingEmptySubsequences: true)
             return components.count > 1 ? classIndex[String(components[0])] : nil
         }
-        self.captions = images.map { path in rows[path].flatMap { ImageFolderMetadata.text($0[captionColumn]) } }
-        self.metadata = images.map { path in
-            guard let row = rows[path] else { return [:] }
-            var columns: [String: String] = [:]
-            for (key, value) in row where key != "file_name" { columns[key] = ImageFolderMetadata.text(value) }
-            return columns
-        }
+        self.captions = images.map { path in rows[path]?[captionColumn] }
+        self.metadata = images.map { path in (rows[path] ?? [:]).filter { $0.key != "file_name" } }
     }
 
     /// The absolute path of example `index`.
@@ -117,51 +112,48 @@ public final class ImageFolderDataset: Dataset {
 /// Reading diffusers' `metadata.jsonl`.
 enum ImageFolderMetadata {
     /// The rows of the metadata file at `relativePath` (under `root`), keyed by
-    /// the image path relative to `root`.
-    static func read(root: String, relativePath: String) throws -> [(String, [String: Any])] {
+    /// the image path relative to `root`; each row's columns as text.
+    static func read(root: String, relativePath: String) throws -> [(String, [String: String])] {
         let path = (root as NSString).appendingPathComponent(relativePath)
         guard let data = FileManager.default.contents(atPath: path) else {
             throw DatasetError.unreadable(path: path, reason: "cannot read the metadata file")
         }
         let folder = (relativePath as NSString).deletingLastPathComponent
-        var rows: [(String, [String: Any])] = []
+        var rows: [(String, [String: String])] = []
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
         for (number, line) in lines.enumerated() {
             let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
             if text.isEmpty { continue }
-            let object: Any
+            let value: JSONValue
             do {
-                object = try JSONSerialization.jsonObject(with: Data(text.utf8))
+                value = try JSONText.parse(text)
             } catch {
-                throw DatasetError.invalidMetadata(path: path, line: number + 1, reason: "not valid JSON")
+                throw DatasetError.invalidMetadata(path: path, line: number + 1, reason: "not valid JSON (\(error))")
             }
-            guard let row = object as? [String: Any] else {
+            guard case let .object(row) = value else {
                 throw DatasetError.invalidMetadata(path: path, line: number + 1, reason: "not a JSON object")
             }
-            guard let fileName = row["file_name"] as? String, !fileName.isEmpty else {
+            guard case let .string(fileName)? = row["file_name"], !fileName.isEmpty else {
                 throw DatasetError.invalidMetadata(path: path, line: number + 1, reason: "no \"file_name\" string")
             }
             let joined = folder.isEmpty ? fileName : (folder as NSString).appendingPathComponent(fileName)
-            rows.append((normalize(joined), row))
+            rows.append((normalize(joined), row.compactMapValues(ImageFolderMetadata.text)))
         }
         return rows
+    }
+
+    /// A column's value as text: strings as they are, null as nil, anything else
+    /// as compact JSON (Python's `json.dumps`, keys sorted).
+    static func text(_ value: JSONValue) -> String? {
+        switch value {
+        case .null: return nil
+        case let .string(string): return string
+        default: return JSONText.write(value, indent: nil)
+        }
     }
 
     /// A relative path without `.` components or repeated slashes.
     static func normalize(_ path: String) -> String {
         path.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }.joined(separator: "/")
-    }
-
-    /// A metadata value as text: strings as they are, numbers and booleans as JSON, null as nil.
-    static func text(_ value: Any?) -> String? {
-        switch value {
-        case nil, is NSNull: return nil
-        case let string as String: return string
-        case let number as NSNumber: return number.stringValue
-        case let some?:
-            guard JSONSerialization.isValidJSONObject(some),
-                  let data = try? JSONSerialization.data(withJSONObject: some, options: [.sortedKeys]) else { return nil }
-            return String(decoding: data, as: UTF8.self)
-        }
     }
 }
