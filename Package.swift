@@ -21,6 +21,8 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .target(
             name: "Tensors",
             dependencies: ["COpenBLAS"],
@@ -33,7 +35,7 @@ let package = Package(
         ),
         .target(
             name: "Diffusion",
-            dependencies: ["Tensors", "NN", "CZlib"],
+            dependencies: ["Tensors", "NN", "CZlib", "CPNG", "CJPEG"],
             swiftSettings: kernelSettings
         ),
         .executableTarget(

@@ -2,24 +2,9 @@ import CZlib
 import Foundation
 import Tensors
 
-/// Errors reading dataset files.
-public enum DatasetError: Error, CustomStringConvertible {
-    case unreadable(path: String, reason: String)
-    case malformed(path: String, reason: String)
-    case notInstalled(name: String, hint: String)
-
-    public var description: String {
-        switch self {
-        case let .unreadable(path, reason): return "cannot read \(path): \(reason)"
-        case let .malformed(path, reason): return "\(path) is not a valid IDX file: \(reason)"
-        case let .notInstalled(name, hint): return "dataset \(name) is not installed: \(hint)"
-        }
-    }
-}
-
 /// An IDX file (the MNIST format): unsigned-byte data with its dimensions.
 /// Reads plain files and gzip-compressed `.gz` files.
-public struct IDXFile {
+public struct IDXFile: Sendable {
     /// Sizes of each dimension, outermost first.
     public let dimensions: [Int]
     /// The values, row-major.
@@ -28,11 +13,11 @@ public struct IDXFile {
     /// Reads and validates an IDX file of unsigned bytes (type code 0x08).
     public init(path: String) throws {
         let data = try IDXFile.readAll(path: path)
-        guard data.count >= 4 else { throw DatasetError.malformed(path: path, reason: "shorter than its 4-byte magic number") }
-        guard data[0] == 0, data[1] == 0 else { throw DatasetError.malformed(path: path, reason: "magic number does not start with two zero bytes") }
-        guard data[2] == 0x08 else { throw DatasetError.malformed(path: path, reason: "element type 0x\(String(data[2], radix: 16)) is not unsigned byte (0x08)") }
+        guard data.count >= 4 else { throw DatasetError.malformed(path: path, reason: "IDX file shorter than its 4-byte magic number") }
+        guard data[0] == 0, data[1] == 0 else { throw DatasetError.malformed(path: path, reason: "IDX magic number does not start with two zero bytes") }
+        guard data[2] == 0x08 else { throw DatasetError.malformed(path: path, reason: "IDX element type 0x\(String(data[2], radix: 16)) is not unsigned byte (0x08)") }
         let rank = Int(data[3])
-        guard rank >= 1, data.count >= 4 + 4 * rank else { throw DatasetError.malformed(path: path, reason: "header too short for \(rank) dimensions") }
+        guard rank >= 1, data.count >= 4 + 4 * rank else { throw DatasetError.malformed(path: path, reason: "IDX header too short for \(rank) dimensions") }
         var dimensions: [Int] = []
         for axis in 0..<rank {
             let start = 4 + 4 * axis
@@ -41,7 +26,7 @@ public struct IDXFile {
         let expected = dimensions.reduce(1, *)
         let available = data.count - 4 - 4 * rank
         guard available == expected else {
-            throw DatasetError.malformed(path: path, reason: "dimensions \(dimensions) need \(expected) bytes of data, the file has \(available)")
+            throw DatasetError.malformed(path: path, reason: "IDX dimensions \(dimensions) need \(expected) bytes of data, the file has \(available)")
         }
         self.dimensions = dimensions
         self.bytes = Array(data[(4 + 4 * rank)...])
