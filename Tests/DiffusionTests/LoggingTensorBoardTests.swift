@@ -42,14 +42,14 @@ final class LoggingTensorBoardTests: XCTestCase {
         XCTAssertEqual(TFRecord.frame(pair.encoded()), twoScalars)
     }
 
-    private func temporaryDirectory() -> String {
+    private func makeLogDirectory() -> String {
         let path = NSTemporaryDirectory() + "tensorboard-\(UUID().uuidString)"
         addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
         return path
     }
 
     func testScalarsAndImagesRoundTripThroughTheFile() throws {
-        let directory = temporaryDirectory() + "/run"
+        let directory = makeLogDirectory() + "/run"
         let writer = try TensorBoardWriter(directory: directory, creationTime: 1_700_000_000.75, hostname: "testhost",
                                            clock: { 1_700_000_100 })
         XCTAssertEqual(writer.path, directory + "/events.out.tfevents.1700000000.testhost")
@@ -76,7 +76,7 @@ final class LoggingTensorBoardTests: XCTestCase {
     }
 
     func testReopeningAppendsWithoutASecondHeader() throws {
-        let directory = temporaryDirectory()
+        let directory = makeLogDirectory()
         for step in 0..<3 {
             let writer = try TensorBoardWriter(directory: directory, creationTime: 1_700_000_000, hostname: "h")
             try writer.addScalar(tag: "loss", value: Float(step), step: step, wallTime: 1_700_000_000 + Double(step))
@@ -90,7 +90,7 @@ final class LoggingTensorBoardTests: XCTestCase {
     }
 
     func testConcurrentWritersNeverInterleaveRecords() throws {
-        let writer = try TensorBoardWriter(directory: temporaryDirectory(), creationTime: 1_700_000_000, hostname: "h")
+        let writer = try TensorBoardWriter(directory: makeLogDirectory(), creationTime: 1_700_000_000, hostname: "h")
         DispatchQueue.concurrentPerform(iterations: 8) { thread in
             for index in 0..<100 {
                 try? writer.addScalar(tag: "thread\(thread)", value: Float(index), step: index)
@@ -109,7 +109,7 @@ final class LoggingTensorBoardTests: XCTestCase {
     }
 
     func testRejectsInvalidImagesAndUnwritableDirectories() throws {
-        let writer = try TensorBoardWriter(directory: temporaryDirectory(), hostname: "h")
+        let writer = try TensorBoardWriter(directory: makeLogDirectory(), hostname: "h")
         XCTAssertThrowsError(try writer.addImage(tag: "x", pngData: [], width: 0, height: 1, channels: 1, step: 0))
         XCTAssertThrowsError(try writer.addImage(tag: "x", pngData: [], width: 1, height: 1, channels: 5, step: 0))
         XCTAssertThrowsError(try TensorBoardWriter(directory: "/proc/diffuse-cannot-write-here"))
@@ -156,7 +156,7 @@ final class LoggingTensorBoardTests: XCTestCase {
             try? FileManager.default.removeItem(atPath: Self.fixtureDirectory + "/events.out.tfevents.1700000000.diffuse-fixture")
             _ = try Self.writeFixtureEvents(to: Self.fixtureDirectory)
         }
-        let written = try Self.writeFixtureEvents(to: temporaryDirectory())
+        let written = try Self.writeFixtureEvents(to: makeLogDirectory())
         let committed = Self.fixtureDirectory + "/" + (written as NSString).lastPathComponent
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: written)), try Data(contentsOf: URL(fileURLWithPath: committed)),
                        "regenerate with DIFFUSE_WRITE_FIXTURES=1 and rerun Scripts/check-tensorboard-events")
