@@ -193,6 +193,9 @@ extension Tensor {
         let sizes = tensors.map { $0.shape[dimension] }
         var newShape = first.shape
         newShape[dimension] = sizes.reduce(0, +)
+        if dimension == 1 && first.rank == 4 && tensors.allSatisfy({ $0.layout == .channelsLast && $0.dataType == .float32 }) {
+            return record(concatenateChannelsLast(tensors, sizes: sizes, shape: newShape), .concatenate(axis: 1, sizes: sizes), inputs: tensors)
+        }
         let outer = first.shape[..<dimension].reduce(1, *)
         let inner = first.shape[(dimension + 1)...].reduce(1, *)
         let result = Tensor(uninitializedShape: newShape)
@@ -211,6 +214,27 @@ extension Tensor {
             position += size
         }
         return record(result, .concatenate(axis: dimension, sizes: sizes), inputs: tensors)
+    }
+
+    /// Channel concatenation that keeps the channels-last layout (UNet skip connections).
+    private static func concatenateChannelsLast(_ tensors: [Tensor], sizes: [Int], shape: [Int]) -> Tensor {
+        let result = Tensor(uninitializedShape: shape, strides: Shape.channelsLastStrides(shape))
+        let pixels = shape[0] * shape[2] * shape[3]
+        let total = shape[1]
+        let out = result.floatPointer
+        var start = 0
+        for (tensor, size) in zip(tensors, sizes) {
+            let source = UnsafePointer(tensor.floatPointer)
+            let offset = start
+            Parallel.forEach(pixels, grain: Swift.max(1, 4096 / Swift.max(size, 1))) { range in
+                for pixel in range {
+                    (out + pixel * total + offset).update(from: source + pixel * size, count: size)
+                }
+            }
+            withExtendedLifetime(tensor) {}
+            start += size
+        }
+        return result
     }
 
     /// Joins tensors along a new `axis`.

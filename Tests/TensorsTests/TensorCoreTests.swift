@@ -90,6 +90,15 @@ final class TensorCoreTests: XCTestCase {
         XCTAssertEqual(a.gather(axis: 1, index: Tensor([1, 0], shape: [2, 1])).toArray(), [2, 3])
     }
 
+    func testChannelConcatenationKeepsChannelsLast() {
+        var generator = RandomGenerator(seed: 4)
+        let a = Tensor.randn([2, 3, 4, 5], generator: &generator), b = Tensor.randn([2, 2, 4, 5], generator: &generator)
+        let joined = Tensor.concatenate([a.withLayout(.channelsLast), b.withLayout(.channelsLast)], axis: 1)
+        XCTAssertEqual(joined.layout, .channelsLast)
+        XCTAssertEqual(joined.toArray(), Tensor.concatenate([a, b], axis: 1).toArray())
+        GradientCheck.check([a, b]) { x in Tensor.concatenate([x[0].withLayout(.channelsLast), x[1].withLayout(.channelsLast)], axis: 1) }
+    }
+
     func testReductionValues() {
         let x = Tensor([1, 5, 3, 4, 2, 6], shape: [2, 3])
         XCTAssertEqual(x.sum(axis: 0).toArray(), [5, 7, 9])

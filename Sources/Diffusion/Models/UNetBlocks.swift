@@ -172,12 +172,8 @@ public final class UNetUpBlock: Module {
             fatalError("UNetUpBlock: skip connection \(skip.shape) does not match \(hidden.shape); "
                 + "the sample's height and width must be divisible by 2^(number of blocks − 1)")
         }
-        // Row-major operands: `Tensor.concatenate` reads a channels-last operand through a
-        // row-major copy it does not keep alive (a Tensors bug: the copy's memory can be
-        // recycled before it is read). The copy here is the one concatenate would make, but
-        // in training the graph keeps it until backward; drop the `.contiguous()` calls
-        // once concatenate keeps its copies alive.
-        return Tensor.concatenate([hidden.contiguous(), skip.contiguous()], axis: 1)
+        // Channels-last operands (convolution outputs) are joined channels-last, without copies.
+        return Tensor.concatenate([hidden, skip], axis: 1)
     }
 }
 
