@@ -180,3 +180,19 @@ final class GradientCheckTests: XCTestCase {
         XCTAssertEqual(x.grad!.toArray()[0], 4 * Foundation.exp(4), accuracy: 1e-2)
     }
 }
+
+final class FusedOperationTests: XCTestCase {
+    func testGroupNormSiLUEqualsTheTwoOps() {
+        var generator = RandomGenerator(seed: 31)
+        for layout in [TensorLayout.contiguous, .channelsLast] {
+            let x = Tensor.randn([2, 6, 5, 3], generator: &generator).withLayout(layout)
+            let weight = Tensor.randn([6], generator: &generator), bias = Tensor.randn([6], generator: &generator)
+            let fused = x.groupNormSiLU(groupCount: 3, weight: weight, bias: bias)
+            let separate = x.groupNorm(groupCount: 3, weight: weight, bias: bias).silu()
+            assertClose(fused, separate, relative: 1e-6, absolute: 1e-6, "\(layout)")
+            GradientCheck.check([x, weight, bias]) { inputs in
+                inputs[0].withLayout(layout).groupNormSiLU(groupCount: 3, weight: inputs[1], bias: inputs[2])
+            }
+        }
+    }
+}

@@ -74,8 +74,16 @@ public final class ResnetBlock2D: Module {
     /// - Parameters:
     ///   - input: `[batch, inChannels, height, width]`.
     ///   - timeEmbedding: `[batch, timeEmbeddingChannels]`, before the activation.
+    /// `activation(norm(x))`, as one fused op for SiLU (it keeps less for backward).
+    private func normalizeAndActivate(_ input: Tensor, _ norm: GroupNorm) -> Tensor {
+        if activation.function == .silu || activation.function == .swish {
+            return input.groupNormSiLU(groupCount: norm.groupCount, weight: norm.weight, bias: norm.bias, epsilon: norm.epsilon)
+        }
+        return activation(norm(input))
+    }
+
     public func callAsFunction(_ input: Tensor, timeEmbedding: Tensor?) -> Tensor {
-        var hidden = activation(norm1(input))
+        var hidden = normalizeAndActivate(input, norm1)
         var shortcut = input
         switch resampling {
         case .none:
@@ -96,13 +104,13 @@ public final class ResnetBlock2D: Module {
         switch timeEmbeddingNorm {
         case .default:
             if let projected { hidden = hidden + projected }
-            hidden = norm2(hidden)
+            hidden = normalizeAndActivate(hidden, norm2)
         case .scaleShift:
             guard let projected else { fatalError("ResnetBlock2D: scale_shift needs a time embedding") }
             let parts = projected.chunked(2, axis: 1)
-            hidden = norm2(hidden) * (parts[0] + 1) + parts[1]
+            hidden = activation(norm2(hidden) * (parts[0] + 1) + parts[1])
         }
-        hidden = conv2(dropout(activation(hidden)))
+        hidden = conv2(dropout(hidden))
         if let convShortcut { shortcut = convShortcut(shortcut) }
         let output = shortcut + hidden
         return outputScaleFactor == 1 ? output : output / outputScaleFactor

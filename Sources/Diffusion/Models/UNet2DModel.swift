@@ -173,7 +173,8 @@ public final class UNet2DModel: Module {
         for block in upBlocks {
             sample = block(sample, timeEmbedding: embedding, residuals: &residuals)
         }
-        sample = convOut(convActivation(convNormOut(sample)))
+        sample = convOut(sample.groupNormSiLU(groupCount: convNormOut.groupCount, weight: convNormOut.weight,
+                                              bias: convNormOut.bias, epsilon: convNormOut.epsilon))
         if configuration.timeEmbeddingType == .fourier {
             sample = sample / Tensor(timesteps, shape: [batch, 1, 1, 1])
         }
