@@ -174,9 +174,19 @@ extension Tensor {
         Parallel.forEach(saved.count, grain: 8192) { range in
             switch function {
             case .silu:
-                for index in range {
+                var index = range.lowerBound
+                while index + 8 <= range.upperBound {
+                    let value = UnsafeRawPointer(x + index).loadUnaligned(as: SIMD8<Float>.self)
+                    let upstream = UnsafeRawPointer(g + index).loadUnaligned(as: SIMD8<Float>.self)
+                    let sigmoid = VectorMath.sigmoid(value)
+                    let result = upstream * sigmoid * (1 + value * (1 - sigmoid))
+                    UnsafeMutableRawPointer(out + index).storeBytes(of: result, as: SIMD8<Float>.self)
+                    index += 8
+                }
+                while index < range.upperBound {
                     let s = 1 / (1 + Foundation.exp(-x[index]))
                     out[index] = g[index] * s * (1 + x[index] * (1 - s))
+                    index += 1
                 }
             case .sigmoid:
                 for index in range { out[index] = g[index] * y[index] * (1 - y[index]) }
