@@ -1136,8 +1136,11 @@ enum Winograd {
                             MicroKernels.store(y2 + shift, target + 2 * channels)
                             MicroKernels.store(y3 + shift, target + 3 * channels)
                         } else {
-                            let values = [y0, y1, y2, y3]
-                            for j in 0..<validColumns { MicroKernels.store(values[j] + shift, target + j * channels, count: lanes) }
+                            // Edge tile: only the columns inside the output.
+                            MicroKernels.store(y0 + shift, target, count: lanes)
+                            if validColumns > 1 { MicroKernels.store(y1 + shift, target + channels, count: lanes) }
+                            if validColumns > 2 { MicroKernels.store(y2 + shift, target + 2 * channels, count: lanes) }
+                            if validColumns > 3 { MicroKernels.store(y3 + shift, target + 3 * channels, count: lanes) }
                         }
                     }
                 }
