@@ -20,14 +20,17 @@ extension Tensor {
     public func conv2d(weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
         let geometry = ConvolutionGeometry(input: shape, weight: weight.shape, bias: bias?.shape, stride: stride, padding: padding)
         let algorithm = Convolution.algorithm(for: geometry)
-        let input = Convolution.channelsLast(self)
+        // The Winograd passes read a row-major input as it is; the other paths want it channels-last.
+        let readsRowMajor = algorithm == .winograd && isContiguous && dataType == .float32
+        let input = readsRowMajor ? self : Convolution.channelsLast(self)
         let weightData = weight.contiguousData()
         let biasData = bias?.contiguousData()
-        let result = Convolution.forward(input: input, weight: weightData, bias: biasData, geometry: geometry, algorithm: algorithm)
+        let result = Convolution.forward(input: input, inputIsChannelsLast: !readsRowMajor, weight: weightData, bias: biasData,
+                                         geometry: geometry, algorithm: algorithm)
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.record(result, .kernel(ConvolutionBackward(
             geometry: geometry, algorithm: algorithm,
-            input: weight.needsGradient ? input.detach() : nil,
+            input: weight.needsGradient ? input.detach() : nil, inputIsChannelsLast: !readsRowMajor,
             weight: needsGradient ? weightData.detach() : nil,
             inputLayout: layout, hasBias: bias != nil)), inputs: inputs)
     }
@@ -175,11 +178,6 @@ enum Convolution {
         typealias Vector = SIMD8<Float>
         let matrix = rows * columns
         let rowBlocks = (rows + 7) / 8
-        // Three rounds of "even lanes, then odd lanes" of each row pair transpose an 8×8 block.
-        @inline(__always) func unzip(_ a: Vector, _ b: Vector) -> (Vector, Vector) {
-            let joined = SIMD16(lowHalf: a, highHalf: b)
-            return (joined.evenHalf, joined.oddHalf)
-        }
         forEachRange(batch * rowBlocks, blockSize: Swift.max(1, 4096 / Swift.max(8 * columns, 1))) { range in
             for unit in range {
                 let item = unit / rowBlocks, row = (unit % rowBlocks) * 8
@@ -192,11 +190,7 @@ enum Convolution {
                                  MicroKernels.load(start + 2 * columns), MicroKernels.load(start + 3 * columns),
                                  MicroKernels.load(start + 4 * columns), MicroKernels.load(start + 5 * columns),
                                  MicroKernels.load(start + 6 * columns), MicroKernels.load(start + 7 * columns))
-                        for _ in 0..<3 {
-                            let (a0, a4) = unzip(v.0, v.1), (a1, a5) = unzip(v.2, v.3)
-                            let (a2, a6) = unzip(v.4, v.5), (a3, a7) = unzip(v.6, v.7)
-                            v = (a0, a1, a2, a3, a4, a5, a6, a7)
-                        }
+                        MicroKernels.transpose(&v)
                         let target = output + column * rows + row
                         MicroKernels.store(v.0, target); MicroKernels.store(v.1, target + rows)
                         MicroKernels.store(v.2, target + 2 * rows); MicroKernels.store(v.3, target + 3 * rows)
@@ -255,7 +249,9 @@ enum Convolution {
 
     // MARK: Forward
 
-    static func forward(input: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvolutionGeometry, algorithm: ConvolutionAlgorithm) -> Tensor {
+    /// The convolution of `input` (channels-last, or row-major for the Winograd path).
+    static func forward(input: Tensor, inputIsChannelsLast: Bool, weight: Tensor, bias: Tensor?,
+                        geometry: ConvolutionGeometry, algorithm: ConvolutionAlgorithm) -> Tensor {
         let output = channelsLastTensor(geometry.outputShape)
         if output.count == 0 { return output }
         let biasPointer = bias.map { UnsafePointer($0.floatPointer) }
@@ -267,8 +263,10 @@ enum Convolution {
             let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
                                                        outputTile: winogradTile, forDataGradient: false)
             defer { transformed.deallocate() }
-            Winograd.convolve(input: input.floatPointer, plan: plan, transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
+            Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan,
+                              transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
         case .pointwise, .im2col:
+            precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
             im2colForward(input: input.floatPointer, weight: weightMatrix(weight, geometry), bias: biasPointer, geometry: geometry, output: output.floatPointer)
         }
         return output
@@ -542,8 +540,10 @@ final class BlockDispenser: @unchecked Sendable {
 struct ConvolutionBackward: BackwardContext {
     let geometry: ConvolutionGeometry
     let algorithm: ConvolutionAlgorithm
-    /// The channels-last float32 input, kept when the weight needs a gradient.
+    /// The float32 input, kept when the weight needs a gradient.
     let input: Tensor?
+    /// Whether `input` is channels-last (else row-major, read by the Winograd path).
+    let inputIsChannelsLast: Bool
     /// The contiguous float32 weight, kept when the input needs a gradient.
     let weight: Tensor?
     /// The layout the input came in; its gradient is returned the same way.
@@ -569,7 +569,8 @@ struct ConvolutionBackward: BackwardContext {
                                                            outputTile: tile, forDataGradient: true)
                 defer { transformed.deallocate() }
                 inputGradient = Convolution.channelsLastTensor(geometry.inputShape)
-                Winograd.convolve(input: upstream.floatPointer, plan: plan, transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)
+                Winograd.convolve(input: upstream.floatPointer, inputIsChannelsLast: true, plan: plan,
+                                  transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)
             case .pointwise, .im2col:
                 inputGradient = Convolution.im2colDataGradient(gradient: upstream.floatPointer, weight: Convolution.weightMatrix(weight, geometry), geometry: geometry)
             }
@@ -582,7 +583,8 @@ struct ConvolutionBackward: BackwardContext {
                 let plan = WinogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
                                         inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
                                         outputTile: Convolution.weightGradientTile, blockBytes: Convolution.weightGradientBlockBytes)
-                result[1] = Winograd.weightGradient(input: input.floatPointer, gradient: upstream.floatPointer, plan: plan)
+                result[1] = Winograd.weightGradient(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast,
+                                                    gradient: upstream.floatPointer, plan: plan)
             case .pointwise, .im2col:
                 result[1] = Convolution.im2colWeightGradient(input: input.floatPointer, gradient: upstream.floatPointer, geometry: geometry)
             }
@@ -717,7 +719,7 @@ enum Winograd {
 
     /// The forward convolution (also used for the data gradient): channels-last `input`
     /// `[N, H, W, inChannels]` to channels-last `output` `[N, outH, outW, outChannels]`.
-    static func convolve(input: UnsafePointer<Float>, plan: WinogradPlan, transformedWeight: UnsafePointer<Float>,
+    static func convolve(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, plan: WinogradPlan, transformedWeight: UnsafePointer<Float>,
                          bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) {
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles
         let blocks = (tileCount + blockTiles - 1) / blockTiles
@@ -726,13 +728,14 @@ enum Winograd {
         Convolution.forEachBlock(blocks) { next in
             let transformed = allocateZeroed(plan.positions * inPlane)
             let products = allocateZeroed(plan.positions * outPlane)
-            defer { transformed.deallocate(); products.deallocate() }
+            var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
+            defer { transformed.deallocate(); products.deallocate(); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
-                    transformInput2(input, plan: plan, first: first, count: count, into: transformed)
+                    transformInput2(&reader, plan: plan, first: first, count: count, into: transformed)
                 } else {
-                    transformInput4(input, plan: plan, first: first, count: count, into: transformed)
+                    transformInput4(&reader, plan: plan, first: first, count: count, into: transformed)
                 }
                 let rows = (count + 3) / 4 * 4
                 for position in 0..<plan.positions {
@@ -753,7 +756,7 @@ enum Winograd {
     /// d loss / d weight `[O, C, 3, 3]`: Σ over tiles of Gᵀ[(A dY Aᵀ) ⊙ (Bᵀ d B)]G,
     /// summed in the transformed domain as one matrix product per tile element and
     /// block of tiles (per-worker partial sums, added at the end).
-    static func weightGradient(input: UnsafePointer<Float>, gradient: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
+    static func weightGradient(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles, positions = plan.positions
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
@@ -766,14 +769,15 @@ enum Winograd {
             let transformed = allocateZeroed(positions * inPlane)
             let upstream = allocateZeroed(positions * outPlane)
             let partial = allocateZeroed(positions * weightPlane)
-            defer { transformed.deallocate(); upstream.deallocate(); partial.deallocate() }
+            var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
+            defer { transformed.deallocate(); upstream.deallocate(); partial.deallocate(); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
-                    transformInput2(input, plan: plan, first: first, count: count, into: transformed)
+                    transformInput2(&reader, plan: plan, first: first, count: count, into: transformed)
                     transformGradient2(gradient, plan: plan, first: first, count: count, into: upstream)
                 } else {
-                    transformInput4(input, plan: plan, first: first, count: count, into: transformed)
+                    transformInput4(&reader, plan: plan, first: first, count: count, into: transformed)
                     transformGradient4(gradient, plan: plan, first: first, count: count, into: upstream)
                 }
                 for position in 0..<positions {
@@ -827,6 +831,83 @@ enum Winograd {
         return pointer
     }
 
+    /// Where the input transforms read a tile: channels-last memory directly, or a
+    /// row-major `[N][C][H][W]` input through a small per-worker buffer holding the
+    /// rows of the current tile row channels-last (transposed 8×8 blocks at a
+    /// time), so a row-major input needs no full-size copy.
+    struct WinogradReader {
+        let input: UnsafePointer<Float>
+        let channelsLast: Bool
+        let plan: WinogradPlan
+        /// `[outputTile + 2][width][inPadded]` for a row-major input.
+        let staging: UnsafeMutablePointer<Float>?
+        var stagedItem = -1, stagedRow = Int.min
+
+        init(input: UnsafePointer<Float>, channelsLast: Bool, plan: WinogradPlan) {
+            self.input = input
+            self.channelsLast = channelsLast
+            self.plan = plan
+            staging = channelsLast ? nil : allocateZeroed((plan.outputTile + 2) * plan.width * plan.inPadded)
+        }
+
+        func deallocate() { staging?.deallocate() }
+
+        /// The memory of the tile whose rows start at `firstRow` in image `item`: image
+        /// row y, column x, channel c is at `base + (y − firstRow)·rowStride + x·pixelStride + c`.
+        @inline(__always)
+        mutating func window(item: Int, firstRow: Int) -> (base: UnsafePointer<Float>, firstRow: Int, rowStride: Int, pixelStride: Int) {
+            let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
+            guard let staging else {
+                return (input + item * height * width * channels, 0, width * channels, channels)
+            }
+            if item != stagedItem || firstRow != stagedRow {
+                stage(item: item, firstRow: firstRow, into: staging)
+                stagedItem = item
+                stagedRow = firstRow
+            }
+            return (UnsafePointer(staging), firstRow, width * plan.inPadded, plan.inPadded)
+        }
+
+        /// Copies rows `firstRow ..< firstRow + outputTile + 2` (those inside the image) of
+        /// image `item` into `staging`, channels-last.
+        private func stage(item: Int, firstRow: Int, into staging: UnsafeMutablePointer<Float>) {
+            let (height, width, channels, padded) = (plan.height, plan.width, plan.inChannels, plan.inPadded)
+            let image = input + item * channels * height * width
+            for r in 0..<(plan.outputTile + 2) {
+                let y = firstRow + r
+                if y < 0 || y >= height { continue }
+                let target = staging + r * width * padded
+                var channel = 0
+                while channel < channels {
+                    let lanes = Swift.min(8, channels - channel)
+                    let source = image + (channel * height + y) * width
+                    var x = 0
+                    if lanes == 8 {
+                        let step = height * width
+                        while x + 8 <= width {
+                            let start = source + x
+                            var block = (MicroKernels.load(start), MicroKernels.load(start + step),
+                                         MicroKernels.load(start + 2 * step), MicroKernels.load(start + 3 * step),
+                                         MicroKernels.load(start + 4 * step), MicroKernels.load(start + 5 * step),
+                                         MicroKernels.load(start + 6 * step), MicroKernels.load(start + 7 * step))
+                            MicroKernels.transpose(&block)
+                            let out = target + x * padded + channel
+                            MicroKernels.store(block.0, out); MicroKernels.store(block.1, out + padded)
+                            MicroKernels.store(block.2, out + 2 * padded); MicroKernels.store(block.3, out + 3 * padded)
+                            MicroKernels.store(block.4, out + 4 * padded); MicroKernels.store(block.5, out + 5 * padded)
+                            MicroKernels.store(block.6, out + 6 * padded); MicroKernels.store(block.7, out + 7 * padded)
+                            x += 8
+                        }
+                    }
+                    for column in x..<width {
+                        for lane in 0..<lanes { target[column * padded + channel + lane] = source[lane * height * width + column] }
+                    }
+                    channel += 8
+                }
+            }
+        }
+    }
+
     /// Walks tiles in order: image, tile row, tile column.
     struct TileCursor {
         let plan: WinogradPlan
@@ -851,19 +932,19 @@ enum Winograd {
     }
 
     /// `Bᵀ d B` (F(2×2, 3×3)) for tiles `first ..< first + count`, written to `[16][blockTiles][inPadded]`.
-    static func transformInput2(_ input: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+    static func transformInput2(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
-        let rowStride = width * channels
         let plane = plan.inPlane
         let chunks = plan.inPadded / 8
         var cursor = TileCursor(plan: plan, tile: first)
         for index in 0..<count {
             let y0 = 2 * cursor.tileY - plan.padding, x0 = 2 * cursor.tileX - plan.padding
+            let window = reader.window(item: cursor.item, firstRow: y0)
             // Offsets of the tile's rows and columns; −1 marks one outside the image.
             var rows = SIMD4<Int>(repeating: -1), columns = SIMD4<Int>(repeating: -1)
-            for r in 0..<4 where y0 + r >= 0 && y0 + r < height { rows[r] = (y0 + r) * rowStride }
-            for s in 0..<4 where x0 + s >= 0 && x0 + s < width { columns[s] = (x0 + s) * channels }
-            let image = input + cursor.item * height * rowStride
+            for r in 0..<4 where y0 + r >= 0 && y0 + r < height { rows[r] = (y0 + r - window.firstRow) * window.rowStride }
+            for s in 0..<4 where x0 + s >= 0 && x0 + s < width { columns[s] = (x0 + s) * window.pixelStride }
+            let image = window.base
             let target = transformed + index * plan.inPadded
             for chunk in 0..<chunks {
                 let channel = chunk * 8
@@ -1033,9 +1114,8 @@ enum Winograd {
     }
 
     /// `Bᵀ d B` (F(4×4, 3×3)) for tiles `first ..< first + count`, written to `[36][blockTiles][inPadded]`.
-    static func transformInput4(_ input: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+    static func transformInput4(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
-        let rowStride = width * channels
         let plane = plan.inPlane
         let chunks = plan.inPadded / 8
         var cursor = TileCursor(plan: plan, tile: first)
@@ -1046,10 +1126,11 @@ enum Winograd {
                 columns.withUnsafeMutableBufferPointer { columns in
                     for index in 0..<count {
                         let y0 = 4 * cursor.tileY - plan.padding, x0 = 4 * cursor.tileX - plan.padding
+                        let window = reader.window(item: cursor.item, firstRow: y0)
                         // Offsets of the tile's rows and columns; −1 marks one outside the image.
-                        for r in 0..<6 { rows[r] = y0 + r >= 0 && y0 + r < height ? (y0 + r) * rowStride : -1 }
-                        for s in 0..<6 { columns[s] = x0 + s >= 0 && x0 + s < width ? (x0 + s) * channels : -1 }
-                        let image = input + cursor.item * height * rowStride
+                        for r in 0..<6 { rows[r] = y0 + r >= 0 && y0 + r < height ? (y0 + r - window.firstRow) * window.rowStride : -1 }
+                        for s in 0..<6 { columns[s] = x0 + s >= 0 && x0 + s < width ? (x0 + s) * window.pixelStride : -1 }
+                        let image = window.base
                         let target = transformed + index * plan.inPadded
                         for chunk in 0..<chunks {
                             let channel = chunk * 8
@@ -1136,8 +1217,11 @@ enum Winograd {
                             MicroKernels.store(y2 + shift, target + 2 * channels)
                             MicroKernels.store(y3 + shift, target + 3 * channels)
                         } else {
-                            let values = [y0, y1, y2, y3]
-                            for j in 0..<validColumns { MicroKernels.store(values[j] + shift, target + j * channels, count: lanes) }
+                            // Edge tile: only the columns inside the output.
+                            MicroKernels.store(y0 + shift, target, count: lanes)
+                            if validColumns > 1 { MicroKernels.store(y1 + shift, target + channels, count: lanes) }
+                            if validColumns > 2 { MicroKernels.store(y2 + shift, target + 2 * channels, count: lanes) }
+                            if validColumns > 3 { MicroKernels.store(y3 + shift, target + 3 * channels, count: lanes) }
                         }
                     }
                 }
@@ -1193,6 +1277,21 @@ enum MicroKernels {
     static func store(_ value: Vector, _ pointer: UnsafeMutablePointer<Float>, count: Int) {
         if count == 8 { store(value, pointer); return }
         for lane in 0..<count { pointer[lane] = value[lane] }
+    }
+
+    /// Transposes the 8×8 block whose rows are `block`: three rounds of "even lanes,
+    /// then odd lanes" of each row pair.
+    @inline(__always)
+    static func transpose(_ block: inout (Vector, Vector, Vector, Vector, Vector, Vector, Vector, Vector)) {
+        @inline(__always) func unzip(_ a: Vector, _ b: Vector) -> (Vector, Vector) {
+            let joined = SIMD16(lowHalf: a, highHalf: b)
+            return (joined.evenHalf, joined.oddHalf)
+        }
+        for _ in 0..<3 {
+            let (a0, a4) = unzip(block.0, block.1), (a1, a5) = unzip(block.2, block.3)
+            let (a2, a6) = unzip(block.4, block.5), (a3, a7) = unzip(block.6, block.7)
+            block = (a0, a1, a2, a3, a4, a5, a6, a7)
+        }
     }
 
     /// `C (+)= A · B` with `rows` a multiple of 4 and `columns` a multiple of 8
