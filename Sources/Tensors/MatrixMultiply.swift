@@ -56,9 +56,9 @@ public enum Gemm {
         case packed
     }
 
-    /// The implementation `parallel` uses: `DIFFUSE_GEMM=blas|packed`, else the faster one measured here.
+    /// The implementation `parallel` uses: `DIFFUSE_GEMM=blas|packed`, else OpenBLAS, which measured faster here (Benchmarks/RESULTS.md).
     public nonisolated(unsafe) static var implementation: Implementation = {
-        ProcessInfo.processInfo.environment["DIFFUSE_GEMM"].flatMap(Implementation.init(rawValue:)) ?? .packed
+        ProcessInfo.processInfo.environment["DIFFUSE_GEMM"].flatMap(Implementation.init(rawValue:)) ?? .blas
     }()
 
     /// One sgemm over all worker threads.
