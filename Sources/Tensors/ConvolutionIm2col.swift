@@ -1,0 +1,101 @@
+import Foundation
+
+extension Convolution {
+    // MARK: Forward
+
+    /// The convolution of `input` (channels-last, or row-major for the Winograd path).
+    static func forward(input: Tensor, inputIsChannelsLast: Bool, weight: Tensor, bias: Tensor?,
+                        geometry: ConvolutionGeometry, algorithm: ConvolutionAlgorithm) -> Tensor {
+        let output = channelsLastTensor(geometry.outputShape)
+        if output.count == 0 { return output }
+        let biasPointer = bias.map { UnsafePointer($0.floatPointer) }
+        switch algorithm {
+        case .winograd:
+            let plan = WinogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
+                                    inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
+                                    outputTile: winogradTile, blockBytes: forwardBlockBytes)
+            let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
+                                                       outputTile: winogradTile, forDataGradient: false)
+            defer { transformed.deallocate() }
+            Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan,
+                              transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
+        case .pointwise, .im2col:
+            precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
+            im2colForward(input: input.floatPointer, weight: weightMatrix(weight, geometry), bias: biasPointer, geometry: geometry, output: output.floatPointer)
+        }
+        return output
+    }
+
+    /// Rows of the im2col matrix handled at a time (keeps the patch buffer near `im2colBlockBytes`).
+    static func blockRows(_ geometry: ConvolutionGeometry) -> Int {
+        Swift.max(16, Swift.min(2048, im2colBlockBytes / (4 * Swift.max(geometry.patchSize, 1))))
+    }
+
+    /// Copies the patches of output pixels `first ..< first + count` into `columns` (`count × patchSize`, zeros for padding).
+    static func im2col(input: UnsafePointer<Float>, geometry: ConvolutionGeometry, first: Int, count: Int, into columns: UnsafeMutablePointer<Float>) {
+        let (channels, height, width) = (geometry.inChannels, geometry.height, geometry.width)
+        let (kernelHeight, kernelWidth) = (geometry.kernelHeight, geometry.kernelWidth)
+        let (outHeight, outWidth) = (geometry.outHeight, geometry.outWidth)
+        let patch = geometry.patchSize
+        let rowLength = kernelWidth * channels
+        for row in 0..<count {
+            let pixel = first + row
+            let outX = pixel % outWidth, outY = (pixel / outWidth) % outHeight, item = pixel / (outWidth * outHeight)
+            let target = columns + row * patch
+            let x0 = outX * geometry.stride - geometry.padding
+            let image = input + item * height * width * channels
+            for kernelY in 0..<kernelHeight {
+                let y = outY * geometry.stride - geometry.padding + kernelY
+                let line = target + kernelY * rowLength
+                if y < 0 || y >= height {
+                    line.update(repeating: 0, count: rowLength)
+                    continue
+                }
+                if x0 >= 0 && x0 + kernelWidth <= width {
+                    // The whole kernel row is one contiguous run in NHWC.
+                    line.update(from: image + (y * width + x0) * channels, count: rowLength)
+                    continue
+                }
+                for kernelX in 0..<kernelWidth {
+                    let x = x0 + kernelX
+                    if x < 0 || x >= width {
+                        (line + kernelX * channels).update(repeating: 0, count: channels)
+                    } else {
+                        (line + kernelX * channels).update(from: image + (y * width + x) * channels, count: channels)
+                    }
+                }
+            }
+        }
+    }
+
+    static func im2colForward(input: UnsafePointer<Float>, weight: [Float], bias: UnsafePointer<Float>?, geometry: ConvolutionGeometry, output: UnsafeMutablePointer<Float>) {
+        let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
+        let pointwise = geometry.isPointwise
+        let blockRows = blockRows(geometry)
+        let blocks = (rows + blockRows - 1) / blockRows
+        weight.withUnsafeBufferPointer { weightBuffer in
+            let weights = weightBuffer.baseAddress!
+            forEachBlock(blocks) { next in
+                let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
+                defer { columns?.deallocate() }
+                while let block = next() {
+                    let first = block * blockRows, count = Swift.min(blockRows, rows - first)
+                    let target = output + first * outChannels
+                    if let bias {
+                        for row in 0..<count { (target + row * outChannels).update(from: bias, count: outChannels) }
+                    }
+                    let a: UnsafePointer<Float>
+                    if let columns {
+                        im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
+                        a = UnsafePointer(columns)
+                    } else {
+                        a = input + first * patch
+                    }
+                    Gemm.serial(GemmArguments(transposeB: true, m: count, n: outChannels, k: patch,
+                                              a: a, lda: patch, b: weights, ldb: patch,
+                                              beta: bias == nil ? 0 : 1, c: target, ldc: outChannels))
+                }
+            }
+        }
+    }
+}

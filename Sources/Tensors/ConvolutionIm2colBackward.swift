@@ -1,0 +1,175 @@
+import Foundation
+
+extension Convolution {
+    // MARK: Backward
+
+    /// d loss / d bias: the sum of the channels-last gradient over every pixel.
+    static func biasGradient(_ gradient: Tensor, channels: Int) -> Tensor {
+        let pixels = gradient.count / Swift.max(channels, 1)
+        let source = UnsafePointer(gradient.floatPointer)
+        let lock = NSLock()
+        var totals = [Double](repeating: 0, count: channels)
+        let blockSize = Swift.max(64, 16_384 / Swift.max(channels, 1))
+        forEachBlock((pixels + blockSize - 1) / blockSize) { next in
+            var partial = [Double](repeating: 0, count: channels)
+            var rowSums = [Float](repeating: 0, count: channels)
+            // Float sums over short runs of pixels, folded into Double.
+            while let block = next() {
+                var pixel = block * blockSize
+                let blockEnd = Swift.min(pixels, pixel + blockSize)
+                while pixel < blockEnd {
+                    let end = Swift.min(blockEnd, pixel + 64)
+                    rowSums.withUnsafeMutableBufferPointer { sums in
+                        for index in 0..<channels { sums[index] = 0 }
+                        for row in pixel..<end {
+                            let line = source + row * channels
+                            for index in 0..<channels { sums[index] += line[index] }
+                        }
+                    }
+                    for index in 0..<channels { partial[index] += Double(rowSums[index]) }
+                    pixel = end
+                }
+            }
+            lock.lock()
+            for index in 0..<channels { totals[index] += partial[index] }
+            lock.unlock()
+        }
+        return Tensor(totals.map { Float($0) }, shape: [channels])
+    }
+
+    /// d loss / d weight for the im2col and pointwise paths: Σ over row blocks of dYᵀ · columns.
+    static func im2colWeightGradient(input: UnsafePointer<Float>, gradient: UnsafePointer<Float>, geometry: ConvolutionGeometry) -> Tensor {
+        let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
+        let pointwise = geometry.isPointwise
+        let blockRows = blockRows(geometry)
+        let blocks = (rows + blockRows - 1) / blockRows
+        let total = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * patch)
+        total.initialize(repeating: 0, count: outChannels * patch)
+        defer { total.deallocate() }
+        let lock = NSLock()
+        forEachBlock(blocks) { next in
+            let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
+            let partial = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * patch)
+            defer { columns?.deallocate(); partial.deallocate() }
+            var started = false
+            while let block = next() {
+                let first = block * blockRows, count = Swift.min(blockRows, rows - first)
+                let b: UnsafePointer<Float>
+                if let columns {
+                    im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
+                    b = UnsafePointer(columns)
+                } else {
+                    b = input + first * patch
+                }
+                Gemm.serial(GemmArguments(transposeA: true, m: outChannels, n: patch, k: count,
+                                          a: gradient + first * outChannels, lda: outChannels, b: b, ldb: patch,
+                                          beta: started ? 1 : 0, c: partial, ldc: patch))
+                started = true
+            }
+            guard started else { return }
+            lock.lock()
+            for index in 0..<(outChannels * patch) { total[index] += partial[index] }
+            lock.unlock()
+        }
+        // [O, kh, kw, C] → [O, C, kh, kw]
+        let taps = geometry.kernelHeight * geometry.kernelWidth, channels = geometry.inChannels
+        let result = Tensor(uninitializedShape: geometry.weightShape)
+        let out = result.floatPointer
+        for outChannel in 0..<outChannels {
+            for tap in 0..<taps {
+                for channel in 0..<channels {
+                    out[(outChannel * channels + channel) * taps + tap] = total[(outChannel * taps + tap) * channels + channel]
+                }
+            }
+        }
+        return result
+    }
+
+    /// d loss / d input for the im2col and pointwise paths: dY · W, scattered back over the patches (col2im).
+    static func im2colDataGradient(gradient: UnsafePointer<Float>, weight: [Float], geometry: ConvolutionGeometry) -> Tensor {
+        let result = channelsLastTensor(geometry.inputShape)
+        let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
+        let output = result.floatPointer
+        weight.withUnsafeBufferPointer { weightBuffer in
+            let weights = weightBuffer.baseAddress!
+            if geometry.isPointwise {
+                // No overlap: each output pixel's gradient is one input pixel's.
+                let blockRows = blockRows(geometry), blocks = (rows + blockRows - 1) / blockRows
+                forEachBlock(blocks) { next in
+                    while let block = next() {
+                        let first = block * blockRows, count = Swift.min(blockRows, rows - first)
+                        Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
+                                                  a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
+                                                  c: output + first * patch, ldc: patch))
+                    }
+                }
+                return
+            }
+            let pixelsPerImage = geometry.outHeight * geometry.outWidth
+            let blockRows = blockRows(geometry)
+            // Patches overlap, so a worker claims whole images; with fewer images than
+            // workers, it claims blocks of rows, scatters them into its own copy of the
+            // result, and the copies are summed.
+            let privateCopies = geometry.batch < Parallel.threadCount
+            let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
+            output.update(repeating: 0, count: result.count)
+            let lock = NSLock()
+            forEachBlock(units) { next in
+                let target: UnsafeMutablePointer<Float>
+                if privateCopies {
+                    target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)
+                    target.initialize(repeating: 0, count: result.count)
+                } else {
+                    target = output
+                }
+                let columns = UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
+                defer { columns.deallocate() }
+                while let unit = next() {
+                    let firstRow = privateCopies ? unit * blockRows : unit * pixelsPerImage
+                    let endRow = privateCopies ? Swift.min(rows, firstRow + blockRows) : firstRow + pixelsPerImage
+                    var first = firstRow
+                    while first < endRow {
+                        let count = Swift.min(blockRows, endRow - first)
+                        Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
+                                                  a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
+                                                  c: columns, ldc: patch))
+                        col2im(columns, geometry: geometry, first: first, count: count, into: target)
+                        first += count
+                    }
+                }
+                if target != output {
+                    lock.lock()
+                    for index in 0..<result.count { output[index] += target[index] }
+                    lock.unlock()
+                    target.deallocate()
+                }
+            }
+        }
+        return result
+    }
+
+    /// Adds the patch rows `first ..< first + count` of `columns` back onto the channels-last image they came from.
+    static func col2im(_ columns: UnsafePointer<Float>, geometry: ConvolutionGeometry, first: Int, count: Int, into image: UnsafeMutablePointer<Float>) {
+        let (channels, height, width) = (geometry.inChannels, geometry.height, geometry.width)
+        let (kernelHeight, kernelWidth) = (geometry.kernelHeight, geometry.kernelWidth)
+        let (outHeight, outWidth) = (geometry.outHeight, geometry.outWidth)
+        let patch = geometry.patchSize
+        for row in 0..<count {
+            let pixel = first + row
+            let outX = pixel % outWidth, outY = (pixel / outWidth) % outHeight, item = pixel / (outWidth * outHeight)
+            let source = columns + row * patch
+            let base = image + item * height * width * channels
+            for kernelY in 0..<kernelHeight {
+                let y = outY * geometry.stride - geometry.padding + kernelY
+                if y < 0 || y >= height { continue }
+                for kernelX in 0..<kernelWidth {
+                    let x = outX * geometry.stride - geometry.padding + kernelX
+                    if x < 0 || x >= width { continue }
+                    let values = source + (kernelY * kernelWidth + kernelX) * channels
+                    let target = base + (y * width + x) * channels
+                    for channel in 0..<channels { target[channel] += values[channel] }
+                }
+            }
+        }
+    }
+}

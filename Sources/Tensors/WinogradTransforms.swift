@@ -1,0 +1,411 @@
+import Foundation
+
+extension Winograd {
+    /// Where the input transforms read a tile: channels-last memory directly, or a
+    /// row-major `[N][C][H][W]` input through a small per-worker buffer holding the
+    /// rows of the current tile row channels-last (transposed 8×8 blocks at a
+    /// time), so a row-major input needs no full-size copy.
+    struct WinogradReader {
+        let input: UnsafePointer<Float>
+        let channelsLast: Bool
+        let plan: WinogradPlan
+        /// `[outputTile + 2][width][inPadded]` for a row-major input.
+        let staging: UnsafeMutablePointer<Float>?
+        var stagedItem = -1, stagedRow = Int.min
+
+        init(input: UnsafePointer<Float>, channelsLast: Bool, plan: WinogradPlan) {
+            self.input = input
+            self.channelsLast = channelsLast
+            self.plan = plan
+            staging = channelsLast ? nil : allocateZeroed((plan.outputTile + 2) * plan.width * plan.inPadded)
+        }
+
+        func deallocate() { staging?.deallocate() }
+
+        /// The memory of the tile whose rows start at `firstRow` in image `item`: image
+        /// row y, column x, channel c is at `base + (y − firstRow)·rowStride + x·pixelStride + c`.
+        @inline(__always)
+        mutating func window(item: Int, firstRow: Int) -> (base: UnsafePointer<Float>, firstRow: Int, rowStride: Int, pixelStride: Int) {
+            let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
+            guard let staging else {
+                return (input + item * height * width * channels, 0, width * channels, channels)
+            }
+            if item != stagedItem || firstRow != stagedRow {
+                stage(item: item, firstRow: firstRow, into: staging)
+                stagedItem = item
+                stagedRow = firstRow
+            }
+            return (UnsafePointer(staging), firstRow, width * plan.inPadded, plan.inPadded)
+        }
+
+        /// Copies rows `firstRow ..< firstRow + outputTile + 2` (those inside the image) of
+        /// image `item` into `staging`, channels-last.
+        private func stage(item: Int, firstRow: Int, into staging: UnsafeMutablePointer<Float>) {
+            let (height, width, channels, padded) = (plan.height, plan.width, plan.inChannels, plan.inPadded)
+            let image = input + item * channels * height * width
+            for r in 0..<(plan.outputTile + 2) {
+                let y = firstRow + r
+                if y < 0 || y >= height { continue }
+                let target = staging + r * width * padded
+                var channel = 0
+                while channel < channels {
+                    let lanes = Swift.min(8, channels - channel)
+                    let source = image + (channel * height + y) * width
+                    var x = 0
+                    if lanes == 8 {
+                        let step = height * width
+                        while x + 8 <= width {
+                            let start = source + x
+                            var block = (MicroKernels.load(start), MicroKernels.load(start + step),
+                                         MicroKernels.load(start + 2 * step), MicroKernels.load(start + 3 * step),
+                                         MicroKernels.load(start + 4 * step), MicroKernels.load(start + 5 * step),
+                                         MicroKernels.load(start + 6 * step), MicroKernels.load(start + 7 * step))
+                            MicroKernels.transpose(&block)
+                            let out = target + x * padded + channel
+                            MicroKernels.store(block.0, out); MicroKernels.store(block.1, out + padded)
+                            MicroKernels.store(block.2, out + 2 * padded); MicroKernels.store(block.3, out + 3 * padded)
+                            MicroKernels.store(block.4, out + 4 * padded); MicroKernels.store(block.5, out + 5 * padded)
+                            MicroKernels.store(block.6, out + 6 * padded); MicroKernels.store(block.7, out + 7 * padded)
+                            x += 8
+                        }
+                    }
+                    for column in x..<width {
+                        for lane in 0..<lanes { target[column * padded + channel + lane] = source[lane * height * width + column] }
+                    }
+                    channel += 8
+                }
+            }
+        }
+    }
+
+    /// Walks tiles in order: image, tile row, tile column.
+    struct TileCursor {
+        let plan: WinogradPlan
+        var item: Int, tileY: Int, tileX: Int
+
+        init(plan: WinogradPlan, tile: Int) {
+            self.plan = plan
+            let perImage = plan.tilesHigh * plan.tilesWide
+            item = tile / perImage
+            tileY = (tile % perImage) / plan.tilesWide
+            tileX = tile % plan.tilesWide
+        }
+
+        @inline(__always)
+        mutating func advance() {
+            tileX += 1
+            if tileX == plan.tilesWide {
+                tileX = 0; tileY += 1
+                if tileY == plan.tilesHigh { tileY = 0; item += 1 }
+            }
+        }
+    }
+
+    /// `Bᵀ d B` (F(2×2, 3×3)) for tiles `first ..< first + count`, written to `[16][blockTiles][inPadded]`.
+    static func transformInput2(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
+        let plane = plan.inPlane
+        let chunks = plan.inPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        for index in 0..<count {
+            let y0 = 2 * cursor.tileY - plan.padding, x0 = 2 * cursor.tileX - plan.padding
+            let window = reader.window(item: cursor.item, firstRow: y0)
+            // Offsets of the tile's rows and columns; −1 marks one outside the image.
+            var rows = SIMD4<Int>(repeating: -1), columns = SIMD4<Int>(repeating: -1)
+            for r in 0..<4 where y0 + r >= 0 && y0 + r < height { rows[r] = (y0 + r - window.firstRow) * window.rowStride }
+            for s in 0..<4 where x0 + s >= 0 && x0 + s < width { columns[s] = (x0 + s) * window.pixelStride }
+            let image = window.base
+            let target = transformed + index * plan.inPadded
+            for chunk in 0..<chunks {
+                let channel = chunk * 8
+                let lanes = Swift.min(8, channels - channel)
+                let base = image + channel
+                @inline(__always) func element(_ r: Int, _ s: Int) -> Vector {
+                    if rows[r] < 0 || columns[s] < 0 { return Vector() }
+                    return MicroKernels.load(base + rows[r] + columns[s], count: lanes)
+                }
+                @inline(__always) func row(_ r: Int) -> (Vector, Vector, Vector, Vector) {
+                    (element(r, 0), element(r, 1), element(r, 2), element(r, 3))
+                }
+                // One row of Bᵀ d (given as its four columns), then Bᵀ along it: the
+                // four transformed values of row `r` of the tile.
+                @inline(__always) func emit(_ r: Int, _ t: (Vector, Vector, Vector, Vector)) {
+                    let out = target + channel + 4 * r * plane
+                    MicroKernels.store(t.0 - t.2, out)
+                    MicroKernels.store(t.1 + t.2, out + plane)
+                    MicroKernels.store(t.2 - t.1, out + 2 * plane)
+                    MicroKernels.store(t.1 - t.3, out + 3 * plane)
+                }
+                let d1 = row(1), d2 = row(2)
+                emit(1, (d1.0 + d2.0, d1.1 + d2.1, d1.2 + d2.2, d1.3 + d2.3))
+                emit(2, (d2.0 - d1.0, d2.1 - d1.1, d2.2 - d1.2, d2.3 - d1.3))
+                let d0 = row(0)
+                emit(0, (d0.0 - d2.0, d0.1 - d2.1, d0.2 - d2.2, d0.3 - d2.3))
+                let d3 = row(3)
+                emit(3, (d1.0 - d3.0, d1.1 - d3.1, d1.2 - d3.2, d1.3 - d3.3))
+            }
+            cursor.advance()
+        }
+    }
+
+    /// `Aᵀ m A` (+ bias) (F(2×2, 3×3)) for tiles `first ..< first + count` from
+    /// `[16][blockTiles][outPadded]` into the channels-last output.
+    static func transformOutput2(_ products: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int,
+                                 bias: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>) {
+        let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
+        let rowStride = outWidth * channels
+        let plane = plan.outPlane
+        let chunks = plan.outPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        for index in 0..<count {
+            let y0 = 2 * cursor.tileY, x0 = 2 * cursor.tileX
+            let hasSecondRow = y0 + 1 < outHeight, hasSecondColumn = x0 + 1 < outWidth
+            let corner = output + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
+            let source = products + index * plan.outPadded
+            for chunk in 0..<chunks {
+                let channel = chunk * 8
+                let lanes = Swift.min(8, channels - channel)
+                let m = source + channel
+                @inline(__always) func value(_ position: Int) -> Vector { MicroKernels.load(m + position * plane) }
+                // Aᵀ down each column j: (m0 + m1 + m2, m1 − m2 − m3).
+                @inline(__always) func column(_ j: Int) -> (Vector, Vector) {
+                    let (a0, a1, a2, a3) = (value(j), value(4 + j), value(8 + j), value(12 + j))
+                    return (a0 + a1 + a2, a1 - a2 - a3)
+                }
+                let c0 = column(0), c1 = column(1), c2 = column(2), c3 = column(3)
+                let shift = bias.map { MicroKernels.load($0 + channel, count: lanes) } ?? Vector()
+                let y00 = c0.0 + c1.0 + c2.0 + shift, y01 = c1.0 - c2.0 - c3.0 + shift
+                let y10 = c0.1 + c1.1 + c2.1 + shift, y11 = c1.1 - c2.1 - c3.1 + shift
+                let target = corner + channel
+                MicroKernels.store(y00, target, count: lanes)
+                if hasSecondColumn { MicroKernels.store(y01, target + channels, count: lanes) }
+                if hasSecondRow {
+                    MicroKernels.store(y10, target + rowStride, count: lanes)
+                    if hasSecondColumn { MicroKernels.store(y11, target + rowStride + channels, count: lanes) }
+                }
+            }
+            cursor.advance()
+        }
+    }
+
+    /// `A g Aᵀ` (F(2×2, 3×3)) of each 2×2 tile of the channels-last output gradient
+    /// (zeros past the edge), written to `[16][blockTiles][outPadded]`.
+    static func transformGradient2(_ gradient: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
+        let rowStride = outWidth * channels
+        let plane = plan.outPlane
+        let chunks = plan.outPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        for index in 0..<count {
+            let y0 = 2 * cursor.tileY, x0 = 2 * cursor.tileX
+            let hasSecondRow = y0 + 1 < outHeight, hasSecondColumn = x0 + 1 < outWidth
+            let corner = gradient + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
+            let target = transformed + index * plan.outPadded
+            for chunk in 0..<chunks {
+                let channel = chunk * 8
+                let lanes = Swift.min(8, channels - channel)
+                let source = corner + channel
+                let g00 = MicroKernels.load(source, count: lanes)
+                let g01 = hasSecondColumn ? MicroKernels.load(source + channels, count: lanes) : Vector()
+                let g10 = hasSecondRow ? MicroKernels.load(source + rowStride, count: lanes) : Vector()
+                let g11 = hasSecondRow && hasSecondColumn ? MicroKernels.load(source + rowStride + channels, count: lanes) : Vector()
+                let out = target + channel
+                // A (4×2) down the columns gives rows (g0, g0 + g1, g0 − g1, −g1); then along each row.
+                @inline(__always) func row(_ r: Int, _ a: Vector, _ b: Vector) {
+                    let base = out + 4 * r * plane
+                    MicroKernels.store(a, base)
+                    MicroKernels.store(a + b, base + plane)
+                    MicroKernels.store(a - b, base + 2 * plane)
+                    MicroKernels.store(-b, base + 3 * plane)
+                }
+                row(0, g00, g01)
+                row(1, g00 + g10, g01 + g11)
+                row(2, g00 - g10, g01 - g11)
+                row(3, -g10, -g11)
+            }
+            cursor.advance()
+        }
+    }
+
+    /// `A g Aᵀ` (F(4×4, 3×3)) of each 4×4 tile of the channels-last output gradient
+    /// (zeros past the edge), written to `[36][blockTiles][outPadded]`.
+    static func transformGradient4(_ gradient: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
+        let rowStride = outWidth * channels
+        let plane = plan.outPlane
+        let chunks = plan.outPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        withUnsafeTemporaryAllocation(of: Vector.self, capacity: 24) { scratchBuffer in
+            let scratch = scratchBuffer.baseAddress!
+            for index in 0..<count {
+                let y0 = 4 * cursor.tileY, x0 = 4 * cursor.tileX
+                let validRows = Swift.min(4, outHeight - y0), validColumns = Swift.min(4, outWidth - x0)
+                let corner = gradient + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
+                let target = transformed + index * plan.outPadded
+                for chunk in 0..<chunks {
+                    let channel = chunk * 8
+                    let lanes = Swift.min(8, channels - channel)
+                    // A down each column j, into scratch[4·i + j].
+                    for j in 0..<4 {
+                        @inline(__always) func element(_ r: Int) -> Vector {
+                            if r >= validRows || j >= validColumns { return Vector() }
+                            return MicroKernels.load(corner + r * rowStride + j * channels + channel, count: lanes)
+                        }
+                        let (z0, z1, z2, z3, z4, z5) = expand4(element(0), element(1), element(2), element(3))
+                        scratch[j] = z0; scratch[4 + j] = z1; scratch[8 + j] = z2
+                        scratch[12 + j] = z3; scratch[16 + j] = z4; scratch[20 + j] = z5
+                    }
+                    // … then along each row i.
+                    let out = target + channel
+                    for i in 0..<6 {
+                        let row = scratch + 4 * i
+                        let (z0, z1, z2, z3, z4, z5) = expand4(row[0], row[1], row[2], row[3])
+                        let base = out + 6 * i * plane
+                        MicroKernels.store(z0, base)
+                        MicroKernels.store(z1, base + plane)
+                        MicroKernels.store(z2, base + 2 * plane)
+                        MicroKernels.store(z3, base + 3 * plane)
+                        MicroKernels.store(z4, base + 4 * plane)
+                        MicroKernels.store(z5, base + 5 * plane)
+                    }
+                }
+                cursor.advance()
+            }
+        }
+    }
+
+    /// A (the transpose of Aᵀ) of F(4×4, 3×3) applied to four values.
+    @inline(__always)
+    static func expand4(_ g0: Vector, _ g1: Vector, _ g2: Vector, _ g3: Vector) -> (Vector, Vector, Vector, Vector, Vector, Vector) {
+        let four = Vector(repeating: 4), two = Vector(repeating: 2), eight = Vector(repeating: 8)
+        let even = g0 + g2, odd = g1 + g3
+        let even2 = g0 + four * g2, odd2 = two * g1 + eight * g3
+        return (g0, even + odd, even - odd, even2 + odd2, even2 - odd2, g3)
+    }
+
+    /// `Bᵀ d B` (F(4×4, 3×3)) for tiles `first ..< first + count`, written to `[36][blockTiles][inPadded]`.
+    static func transformInput4(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
+        let plane = plan.inPlane
+        let chunks = plan.inPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        withUnsafeTemporaryAllocation(of: Vector.self, capacity: 36) { scratchBuffer in
+            let scratch = scratchBuffer.baseAddress!
+            var rows = [Int](repeating: -1, count: 6), columns = [Int](repeating: -1, count: 6)
+            rows.withUnsafeMutableBufferPointer { rows in
+                columns.withUnsafeMutableBufferPointer { columns in
+                    for index in 0..<count {
+                        let y0 = 4 * cursor.tileY - plan.padding, x0 = 4 * cursor.tileX - plan.padding
+                        let window = reader.window(item: cursor.item, firstRow: y0)
+                        // Offsets of the tile's rows and columns; −1 marks one outside the image.
+                        for r in 0..<6 { rows[r] = y0 + r >= 0 && y0 + r < height ? (y0 + r - window.firstRow) * window.rowStride : -1 }
+                        for s in 0..<6 { columns[s] = x0 + s >= 0 && x0 + s < width ? (x0 + s) * window.pixelStride : -1 }
+                        let image = window.base
+                        let target = transformed + index * plan.inPadded
+                        for chunk in 0..<chunks {
+                            let channel = chunk * 8
+                            let lanes = Swift.min(8, channels - channel)
+                            let base = image + channel
+                            // Bᵀ down each column s, into scratch[6·r + s].
+                            for s in 0..<6 {
+                                let column = columns[s]
+                                @inline(__always) func element(_ r: Int) -> Vector {
+                                    if rows[r] < 0 || column < 0 { return Vector() }
+                                    return MicroKernels.load(base + rows[r] + column, count: lanes)
+                                }
+                                let (d0, d1, d2, d3, d4, d5) = (element(0), element(1), element(2), element(3), element(4), element(5))
+                                let (t0, t1, t2, t3, t4, t5) = transform6(d0, d1, d2, d3, d4, d5)
+                                scratch[s] = t0; scratch[6 + s] = t1; scratch[12 + s] = t2
+                                scratch[18 + s] = t3; scratch[24 + s] = t4; scratch[30 + s] = t5
+                            }
+                            // … then Bᵀ along each row r.
+                            let out = target + channel
+                            for r in 0..<6 {
+                                let row = scratch + 6 * r
+                                let (v0, v1, v2, v3, v4, v5) = transform6(row[0], row[1], row[2], row[3], row[4], row[5])
+                                let base = out + 6 * r * plane
+                                MicroKernels.store(v0, base)
+                                MicroKernels.store(v1, base + plane)
+                                MicroKernels.store(v2, base + 2 * plane)
+                                MicroKernels.store(v3, base + 3 * plane)
+                                MicroKernels.store(v4, base + 4 * plane)
+                                MicroKernels.store(v5, base + 5 * plane)
+                            }
+                        }
+                        cursor.advance()
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bᵀ of F(4×4, 3×3) applied to six values.
+    @inline(__always)
+    static func transform6(_ d0: Vector, _ d1: Vector, _ d2: Vector, _ d3: Vector, _ d4: Vector, _ d5: Vector)
+        -> (Vector, Vector, Vector, Vector, Vector, Vector) {
+        let four: Vector = Vector(repeating: 4), five = Vector(repeating: 5), two = Vector(repeating: 2)
+        let a = d4 - four * d2, b = d3 - four * d1
+        let c = d4 - d2, e = two * (d3 - d1)
+        return (four * d0 - five * d2 + d4, a + b, a - b, c + e, c - e, four * d1 - five * d3 + d5)
+    }
+
+    /// `Aᵀ m A` (+ bias) (F(4×4, 3×3)) for tiles `first ..< first + count` from
+    /// `[36][blockTiles][outPadded]` into the channels-last output.
+    static func transformOutput4(_ products: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int,
+                                 bias: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>) {
+        let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
+        let rowStride = outWidth * channels
+        let plane = plan.outPlane
+        let chunks = plan.outPadded / 8
+        var cursor = TileCursor(plan: plan, tile: first)
+        withUnsafeTemporaryAllocation(of: Vector.self, capacity: 24) { scratchBuffer in
+            let scratch = scratchBuffer.baseAddress!
+            for index in 0..<count {
+                let y0 = 4 * cursor.tileY, x0 = 4 * cursor.tileX
+                let validRows = Swift.min(4, outHeight - y0), validColumns = Swift.min(4, outWidth - x0)
+                let corner = output + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
+                let source = products + index * plan.outPadded
+                for chunk in 0..<chunks {
+                    let channel = chunk * 8
+                    let lanes = Swift.min(8, channels - channel)
+                    let m = source + channel
+                    // Aᵀ down each column j, into scratch[6·i + j].
+                    for j in 0..<6 {
+                        @inline(__always) func value(_ i: Int) -> Vector { MicroKernels.load(m + (6 * i + j) * plane) }
+                        let (y0, y1, y2, y3) = inverse6(value(0), value(1), value(2), value(3), value(4), value(5))
+                        scratch[j] = y0; scratch[6 + j] = y1; scratch[12 + j] = y2; scratch[18 + j] = y3
+                    }
+                    let shift = bias.map { MicroKernels.load($0 + channel, count: lanes) } ?? Vector()
+                    // … then along each row i.
+                    for i in 0..<validRows {
+                        let row = scratch + 6 * i
+                        let (y0, y1, y2, y3) = inverse6(row[0], row[1], row[2], row[3], row[4], row[5])
+                        let target = corner + i * rowStride + channel
+                        if validColumns == 4 && lanes == 8 {
+                            MicroKernels.store(y0 + shift, target)
+                            MicroKernels.store(y1 + shift, target + channels)
+                            MicroKernels.store(y2 + shift, target + 2 * channels)
+                            MicroKernels.store(y3 + shift, target + 3 * channels)
+                        } else {
+                            // Edge tile: only the columns inside the output.
+                            MicroKernels.store(y0 + shift, target, count: lanes)
+                            if validColumns > 1 { MicroKernels.store(y1 + shift, target + channels, count: lanes) }
+                            if validColumns > 2 { MicroKernels.store(y2 + shift, target + 2 * channels, count: lanes) }
+                            if validColumns > 3 { MicroKernels.store(y3 + shift, target + 3 * channels, count: lanes) }
+                        }
+                    }
+                }
+                cursor.advance()
+            }
+        }
+    }
+
+    /// Aᵀ of F(4×4, 3×3) applied to six values.
+    @inline(__always)
+    static func inverse6(_ m0: Vector, _ m1: Vector, _ m2: Vector, _ m3: Vector, _ m4: Vector, _ m5: Vector)
+        -> (Vector, Vector, Vector, Vector) {
+        let sum1 = m1 + m2, difference1 = m1 - m2, sum2 = m3 + m4, difference2 = m3 - m4
+        let two = Vector(repeating: 2), four = Vector(repeating: 4), eight = Vector(repeating: 8)
+        return (m0 + sum1 + sum2, difference1 + two * difference2, sum1 + four * sum2, difference1 + eight * difference2 + m5)
+    }
+}
