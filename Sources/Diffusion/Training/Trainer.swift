@@ -53,6 +53,8 @@ public final class Trainer {
     public var progressOutput: ProgressOutput? = FileDescriptorOutput()
     /// Where messages go.
     public var message: (String) -> Void = { print($0) }
+    /// Called after every optimizer step (and its log record and checkpoint) with the step number.
+    public var onStep: ((Int) -> Void)?
 
     let trainableParameters: [Tensor]
     var generator: RandomGenerator
@@ -244,6 +246,7 @@ public final class Trainer {
         if configuration.checkpointingSteps > 0 && step % configuration.checkpointingSteps == 0 {
             try saveCheckpoint()
         }
+        onStep?(step)
         if interruption.isRequested {
             if lastCheckpoint?.step != step { try saveCheckpoint() }
             log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
