@@ -21,12 +21,13 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
+        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .target(
             name: "Tensors",
-            dependencies: ["COpenBLAS"],
+            dependencies: ["COpenBLAS", "CSystem"],
             swiftSettings: kernelSettings
         ),
         .target(

@@ -144,6 +144,12 @@ func unetTraining(_ name: String, model makeModel: @escaping () -> UNet2DModel, 
         let timesteps = (0..<batch).map { _ in Float(generator.integer(below: 1000)) }
         return {
             let prediction = model(clean + noise, timesteps: timesteps)
+            if ProcessInfo.processInfo.environment["DIFFUSE_BENCH_MEMORY"] != nil {
+                FileHandle.standardError.write("live tensor bytes after forward: \(Storage.allocatedBytes / 1_000_000) MB\n".data(using: .utf8)!)
+                for entry in GraphMemory.report(for: prediction) {
+                    FileHandle.standardError.write("  \(entry.operation) ×\(entry.nodes): \(entry.bytes / 1_000_000) MB\n".data(using: .utf8)!)
+                }
+            }
             let loss = Tensor.mseLoss(prediction, noise)
             loss.backward()
             optimizer.step()

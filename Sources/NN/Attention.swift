@@ -50,11 +50,15 @@ public final class Attention: Module {
         var hidden = input
         let imageShape: [Int]? = input.rank == 4 ? input.shape : nil
         if let shape = imageShape {
-            hidden = hidden.reshaped([shape[0], shape[1], shape[2] * shape[3]]).transposed(1, 2)
+            // Group norm on the image itself (the same groups as diffusers' [B, C, H·W] view),
+            // then [B, C, H, W] → [B, H·W, C]: free for a channels-last image, whose memory
+            // already is that row-major matrix.
+            if let groupNorm { hidden = groupNorm(hidden) }
+            hidden = hidden.permuted(0, 2, 3, 1).reshaped([shape[0], shape[2] * shape[3], shape[1]])
         }
         guard hidden.rank == 3 else { fatalError("Attention: input must be [batch, tokens, channels] or 4-d, got \(input.shape)") }
         let (batch, tokens) = (hidden.shape[0], hidden.shape[1])
-        if let groupNorm {
+        if let groupNorm, imageShape == nil {
             hidden = groupNorm(hidden.transposed(1, 2)).transposed(1, 2)
         }
         let query = toQuery(hidden)
@@ -73,7 +77,8 @@ public final class Attention: Module {
         }
         output = dropout(projection(output))
         if let shape = imageShape {
-            output = output.transposed(1, 2).reshaped(shape)
+            // [B, H·W, C] → [B, C, H, W] as a channels-last view, no copy.
+            output = output.reshaped([shape[0], shape[2], shape[3], shape[1]]).permuted(0, 3, 1, 2)
         }
         if residualConnection { output = output + residual }
         if rescaleOutputFactor != 1 { output = output / rescaleOutputFactor }

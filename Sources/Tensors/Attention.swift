@@ -46,8 +46,12 @@ extension Tensor {
         var inputs = [query, key, value]
         if let mask { inputs.append(mask) }
         let recording = GradientMode.isEnabled && inputs.contains { $0.needsGradient }
-        let (output, probabilities) = problem.forward(keepProbabilities: recording)
-        guard recording, let probabilities else { return output }
+        // With many items the backward pass recomputes each item's probabilities in a
+        // scratch buffer (as flash attention does): keeping them costs L·S floats per
+        // item, 157 MB per layer for the course UNet at batch 128.
+        let keep = recording && problem.rowBlocks > 1
+        let (output, probabilities) = problem.forward(keepProbabilities: keep)
+        guard recording else { return output }
         return record(output, .kernel(AttentionBackward(problem: problem, probabilities: probabilities,
                                                         inputShapes: inputs.map(\.shape))), inputs: inputs)
     }
@@ -172,6 +176,22 @@ struct AttentionProblem {
         (count * block / blocks)..<(count * (block + 1) / blocks)
     }
 
+    /// `softmax(scale · Q Kᵀ + mask)` for query rows `rows` of one item, into `scores`
+    /// (row `rows.lowerBound` first, rows of length S).
+    func computeProbabilities(item: Int, rows: Range<Int>, into scores: UnsafeMutablePointer<Float>) {
+        let (S, E) = (keyLength, depth)
+        let queryRows = query.pointer(item) + (query.transposed ? rows.lowerBound : rows.lowerBound * query.leadingDimension)
+        Gemm.serial(GemmArguments(transposeA: query.transposed, transposeB: !key.transposed, m: rows.count, n: S, k: E, alpha: scale,
+                                  a: queryRows, lda: query.leadingDimension,
+                                  b: key.pointer(item), ldb: key.leadingDimension,
+                                  c: scores, ldc: Swift.max(S, 1)))
+        if E == 0 { scores.update(repeating: 0, count: rows.count * S) }
+        for row in rows {
+            let maskRow = mask.map { UnsafePointer($0.tensor.floatPointer + $0.itemOffsets[item] + row * $0.rowStride) }
+            AttentionKernel.maskedSoftmaxRow(scores + (row - rows.lowerBound) * S, S, mask: maskRow, maskStride: mask?.columnStride ?? 0)
+        }
+    }
+
     /// Output `[…, L, Ev]` and, when asked, the probabilities `[…, L, S]`.
     func forward(keepProbabilities: Bool) -> (Tensor, Tensor?) {
         let (L, S, E, Ev) = (queryLength, keyLength, depth, valueDepth)
@@ -189,17 +209,7 @@ struct AttentionProblem {
                 let rows = AttentionProblem.block(unit % blocks, of: blocks, L)
                 if rows.isEmpty { continue }
                 let scores = kept.map { $0 + (item * L + rows.lowerBound) * S } ?? scratch!
-                // scores = scale · Q Kᵀ for this block of query rows
-                let queryRows = query.pointer(item) + (query.transposed ? rows.lowerBound : rows.lowerBound * query.leadingDimension)
-                Gemm.serial(GemmArguments(transposeA: query.transposed, transposeB: !key.transposed, m: rows.count, n: S, k: E, alpha: scale,
-                                          a: queryRows, lda: query.leadingDimension,
-                                          b: key.pointer(item), ldb: key.leadingDimension,
-                                          c: scores, ldc: Swift.max(S, 1)))
-                if E == 0 { scores.update(repeating: 0, count: rows.count * S) }
-                for row in rows {
-                    let maskRow = mask.map { UnsafePointer($0.tensor.floatPointer + $0.itemOffsets[item] + row * $0.rowStride) }
-                    AttentionKernel.maskedSoftmaxRow(scores + (row - rows.lowerBound) * S, S, mask: maskRow, maskStride: mask?.columnStride ?? 0)
-                }
+                computeProbabilities(item: item, rows: rows, into: scores)
                 // out = P V
                 let target = out + (item * L + rows.lowerBound) * Ev
                 Gemm.serial(GemmArguments(transposeB: value.transposed, m: rows.count, n: Ev, k: S,
@@ -319,11 +329,12 @@ enum AttentionKernel {
     }
 }
 
-/// Saved state of attention: the operands and the softmax probabilities.
+/// Saved state of attention: the operands and, for few items, the softmax
+/// probabilities (recomputed per item otherwise).
 struct AttentionBackward: BackwardContext {
     var name: String { "scaledDotProductAttention" }
     let problem: AttentionProblem
-    let probabilities: Tensor
+    let probabilities: Tensor?
     /// Shapes of query, key, value (and mask), to sum broadcast gradients back.
     let inputShapes: [[Int]]
 
@@ -339,16 +350,16 @@ struct AttentionBackward: BackwardContext {
         let maskGradient = needsMask ? Tensor(uninitializedShape: p.batchShape + [L, S]) : nil
         let needsScores = needsQuery || needsKey || needsMask
         let dO = UnsafePointer(outputGradient.floatPointer)
-        let probabilityPointer = UnsafePointer(probabilities.floatPointer)
+        let probabilityPointer = probabilities.map { UnsafePointer($0.floatPointer) }
         let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
         let dMask = maskGradient?.floatPointer
         for tensor in [queryGradient, keyGradient, valueGradient, maskGradient] {
             if let tensor, tensor.count > 0, L == 0 || S == 0 || Ev == 0 { memset(tensor.storage.bytes, 0, tensor.count * 4) }
         }
 
-        /// dV rows `keys` = Pᵀ dO and dK rows `keys` = scale · dSᵀ Q, for one item.
-        func keyGradients(item: Int, keys: Range<Int>, scores: UnsafePointer<Float>?) {
-            let probabilitiesItem = probabilityPointer + item * L * S
+        /// dV rows `keys` = Pᵀ dO and dK rows `keys` = scale · dSᵀ Q, for one item
+        /// whose probabilities are at `probabilitiesItem`.
+        func keyGradients(item: Int, keys: Range<Int>, scores: UnsafePointer<Float>?, probabilitiesItem: UnsafePointer<Float>) {
             let outputItem = dO + item * L * Ev
             if let dV {
                 Gemm.serial(GemmArguments(transposeA: true, m: keys.count, n: Ev, k: L,
@@ -364,8 +375,7 @@ struct AttentionBackward: BackwardContext {
 
         /// dS rows `rows` = P ∘ (dP − rowsum(dP ∘ P)) with dP = dO Vᵀ into `scores`
         /// (row `rows.lowerBound` first), then dQ rows = scale · dS K.
-        func queryGradients(item: Int, rows: Range<Int>, scores: UnsafeMutablePointer<Float>) {
-            let probabilitiesItem = probabilityPointer + item * L * S
+        func queryGradients(item: Int, rows: Range<Int>, scores: UnsafeMutablePointer<Float>, probabilitiesItem: UnsafePointer<Float>) {
             if Ev > 0 {
                 Gemm.serial(GemmArguments(transposeB: !p.value.transposed, m: rows.count, n: S, k: Ev,
                                           a: dO + (item * L + rows.lowerBound) * Ev, lda: Ev, b: p.value.pointer(item), ldb: p.value.leadingDimension,
@@ -388,18 +398,26 @@ struct AttentionBackward: BackwardContext {
         }
 
         let blocks = p.rowBlocks
-        if blocks == 1 || L == 0 || S == 0 {
-            // Each item on one worker: dV, then dS in a scratch, dQ and dK.
+        if probabilityPointer == nil || blocks == 1 || L == 0 || S == 0 {
+            // Each item on one worker: P recomputed (unless kept), dS in a scratch, then dQ, dK and dV.
             Parallel.forEach(p.batch) { range in
                 let scratch = needsScores ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(L * S, 1)) : nil
-                defer { scratch?.deallocate() }
+                let recomputed = probabilityPointer == nil ? UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(L * S, 1)) : nil
+                defer { scratch?.deallocate(); recomputed?.deallocate() }
                 for item in range {
+                    let probabilitiesItem: UnsafePointer<Float>
+                    if let recomputed {
+                        if L > 0 && S > 0 { p.computeProbabilities(item: item, rows: 0..<L, into: recomputed) }
+                        probabilitiesItem = UnsafePointer(recomputed)
+                    } else {
+                        probabilitiesItem = probabilityPointer! + item * L * S
+                    }
                     guard let scores = scratch, L > 0, S > 0 else {
-                        keyGradients(item: item, keys: 0..<S, scores: nil)
+                        keyGradients(item: item, keys: 0..<S, scores: nil, probabilitiesItem: probabilitiesItem)
                         continue
                     }
-                    queryGradients(item: item, rows: 0..<L, scores: scores)
-                    keyGradients(item: item, keys: 0..<S, scores: scores)
+                    queryGradients(item: item, rows: 0..<L, scores: scores, probabilitiesItem: probabilitiesItem)
+                    keyGradients(item: item, keys: 0..<S, scores: scores, probabilitiesItem: probabilitiesItem)
                 }
             }
         } else {
@@ -411,7 +429,10 @@ struct AttentionBackward: BackwardContext {
                     for unit in range {
                         let item = unit / blocks
                         let rows = AttentionProblem.block(unit % blocks, of: blocks, L)
-                        if !rows.isEmpty { queryGradients(item: item, rows: rows, scores: scoresPointer + (item * L + rows.lowerBound) * S) }
+                        if !rows.isEmpty {
+                            queryGradients(item: item, rows: rows, scores: scoresPointer + (item * L + rows.lowerBound) * S,
+                                           probabilitiesItem: probabilityPointer! + item * L * S)
+                        }
                     }
                 }
             }
@@ -420,7 +441,10 @@ struct AttentionBackward: BackwardContext {
                 for unit in range {
                     let item = unit / keyBlocks
                     let keys = AttentionProblem.block(unit % keyBlocks, of: keyBlocks, S)
-                    if !keys.isEmpty { keyGradients(item: item, keys: keys, scores: scoresPointer.map { UnsafePointer($0 + item * L * S) }) }
+                    if !keys.isEmpty {
+                        keyGradients(item: item, keys: keys, scores: scoresPointer.map { UnsafePointer($0 + item * L * S) },
+                                     probabilitiesItem: probabilityPointer! + item * L * S)
+                    }
                 }
             }
             withExtendedLifetime(allScores) {}

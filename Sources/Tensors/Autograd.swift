@@ -24,15 +24,36 @@ public func noGrad<Result>(_ body: () throws -> Result) rethrows -> Result {
     return try body()
 }
 
-/// One recorded op: its backward rule (in `Operation`) and the inputs that
-/// need gradients (`nil` for those that do not).
-final class GradientNode {
-    let operation: Operation
-    let inputs: [Tensor?]
+/// Where a gradient flows from a recorded op: into the op that produced that
+/// input, or into a leaf tensor's `grad`.
+///
+/// Edges point at nodes, not at intermediate tensors, so the graph keeps an
+/// activation alive only when some backward rule saved it.
+enum GradientEdge {
+    case node(GradientNode)
+    case leaf(Tensor)
+}
 
-    init(operation: Operation, inputs: [Tensor?]) {
+/// One recorded op: its backward rule (in `Operation`) and an edge for every
+/// input (`nil` where the input needs no gradient).
+final class GradientNode {
+    var operation: Operation
+    var edges: [GradientEdge?]
+    let outputShape: [Int]
+    /// Set when a backward pass freed this node's saved tensors.
+    var isReleased = false
+
+    init(operation: Operation, edges: [GradientEdge?], outputShape: [Int]) {
         self.operation = operation
-        self.inputs = inputs
+        self.edges = edges
+        self.outputShape = outputShape
+    }
+
+    /// Drops the saved tensors and edges.
+    func release() {
+        operation = .identity
+        edges = []
+        isReleased = true
     }
 }
 
@@ -79,63 +100,96 @@ public func gradients(of output: Tensor, withRespectTo inputs: [Tensor], retainG
 }
 
 enum Autograd {
-    static func run(root: Tensor, seed: Tensor, retainGraph: Bool) {
-        // Topological order by iterative depth-first search (deep graphs must not
-        // overflow the stack).
-        var order: [Tensor] = []
-        var visited = Set<ObjectIdentifier>()
-        var stack: [(Tensor, Bool)] = [(root, false)]
-        while let (tensor, expanded) = stack.popLast() {
-            let id = ObjectIdentifier(tensor)
-            if expanded { order.append(tensor); continue }
-            if visited.contains(id) { continue }
-            visited.insert(id)
-            stack.append((tensor, true))
-            if let node = tensor.gradientNode {
-                for case let input? in node.inputs where !visited.contains(ObjectIdentifier(input)) {
-                    stack.append((input, false))
-                }
-            }
-        }
+    /// A stand-in passed to backward rules for "this input needs a gradient".
+    static let needed = Tensor.zeros([0])
 
-        var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(root): seed]
+    static func run(root: Tensor, seed: Tensor, retainGraph: Bool) {
+        var leafGradients: [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)] = [:]
         // How many times each gradient storage was handed out. A leaf adopts its
         // gradient without copying only when nothing else can see that memory
         // (the caller's seed counts as seen).
         var storageUses: [ObjectIdentifier: Int] = [ObjectIdentifier(seed.storage): 2]
-        for tensor in order.reversed() {
-            let id = ObjectIdentifier(tensor)
-            guard let gradient = pending.removeValue(forKey: id) else { continue }
-            guard let node = tensor.gradientNode else {
-                if tensor.requiresGrad {
-                    let shaped = gradient.shape == tensor.shape ? gradient : gradient.reshaped(tensor.shape)
-                    if let existing = tensor.grad {
-                        tensor.grad = existing + shaped
-                    } else if shaped.isContiguous && shaped.dataType == .float32 && storageUses[ObjectIdentifier(shaped.storage)] == 1 {
-                        tensor.grad = shaped
+
+        if let rootNode = root.gradientNode {
+            propagate(from: rootNode, seed: seed, retainGraph: retainGraph, storageUses: &storageUses, leafGradients: &leafGradients)
+            if !retainGraph { root.gradientNode = nil }
+        } else if root.requiresGrad {
+            leafGradients[ObjectIdentifier(root)] = (root, seed)
+        }
+
+        for (_, entry) in leafGradients {
+            let (leaf, gradient) = entry
+            let shaped = gradient.shape == leaf.shape ? gradient : gradient.reshapedView(leaf.shape)
+            if let existing = leaf.grad {
+                leaf.grad = existing + shaped
+            } else if shaped.isContiguous && shaped.dataType == .float32 && storageUses[ObjectIdentifier(shaped.storage)] == 1 {
+                leaf.grad = shaped
+            } else {
+                leaf.grad = shaped.contiguousCopy()
+            }
+        }
+    }
+
+    private static func propagate(from rootNode: GradientNode, seed: Tensor, retainGraph: Bool,
+                                  storageUses: inout [ObjectIdentifier: Int],
+                                  leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)]) {
+        // Topological order of the nodes by iterative depth-first search (deep
+        // graphs must not overflow the stack).
+        var order: [GradientNode] = []
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(GradientNode, Bool)] = [(rootNode, false)]
+        while let (node, expanded) = stack.popLast() {
+            if expanded { order.append(node); continue }
+            guard visited.insert(ObjectIdentifier(node)).inserted else { continue }
+            stack.append((node, true))
+            for case let .node(input)? in node.edges where !visited.contains(ObjectIdentifier(input)) {
+                stack.append((input, false))
+            }
+        }
+
+        var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(rootNode): seed]
+        for node in order.reversed() {
+            guard let gradient = pending.removeValue(forKey: ObjectIdentifier(node)) else { continue }
+            if node.isReleased {
+                fatalError("backward: this graph was already freed by an earlier backward(); pass retainGraph: true to the first call to run backward twice")
+            }
+            let markers = node.edges.map { $0 == nil ? nil : Autograd.needed }
+            let inputGradients = Gradients.backward(node.operation, gradient: gradient, inputs: markers)
+            let name = node.operation.name
+            // Count every hand-out first, so a tensor given to two inputs is never adopted by one.
+            for (edge, inputGradient) in zip(node.edges, inputGradients) where edge != nil {
+                if let inputGradient { storageUses[ObjectIdentifier(inputGradient.storage), default: 0] += 1 }
+            }
+            for (edge, inputGradient) in zip(node.edges, inputGradients) {
+                guard let edge, let inputGradient else { continue }
+                switch edge {
+                case .node(let input):
+                    if inputGradient.shape != input.outputShape {
+                        fatalError("autograd: backward of \(name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(input.outputShape)")
+                    }
+                    let inputID = ObjectIdentifier(input)
+                    if let existing = pending[inputID] {
+                        let sum = existing + inputGradient
+                        storageUses[ObjectIdentifier(sum.storage), default: 0] += 1
+                        pending[inputID] = sum
                     } else {
-                        tensor.grad = shaped.contiguousCopy()
+                        pending[inputID] = inputGradient
+                    }
+                case .leaf(let tensor):
+                    if inputGradient.count != tensor.count {
+                        fatalError("autograd: backward of \(name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(tensor.shape)")
+                    }
+                    let id = ObjectIdentifier(tensor)
+                    if let existing = leafGradients[id] {
+                        let sum = existing.gradient + inputGradient
+                        storageUses[ObjectIdentifier(sum.storage), default: 0] += 1
+                        leafGradients[id] = (tensor, sum)
+                    } else {
+                        leafGradients[id] = (tensor, inputGradient)
                     }
                 }
-                continue
             }
-            let inputGradients = Gradients.backward(node.operation, gradient: gradient, inputs: node.inputs)
-            for (input, inputGradient) in zip(node.inputs, inputGradients) {
-                guard let input, let inputGradient else { continue }
-                if inputGradient.shape != input.shape {
-                    fatalError("autograd: backward of \(node.operation.name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(input.shape)")
-                }
-                let inputID = ObjectIdentifier(input)
-                if let existing = pending[inputID] {
-                    let sum = existing + inputGradient
-                    storageUses[ObjectIdentifier(sum.storage), default: 0] += 1
-                    pending[inputID] = sum
-                } else {
-                    storageUses[ObjectIdentifier(inputGradient.storage), default: 0] += 1
-                    pending[inputID] = inputGradient
-                }
-            }
-            if !retainGraph { tensor.gradientNode = nil }
+            if !retainGraph { node.release() }
         }
     }
 }

@@ -1,3 +1,4 @@
+import CSystem
 import Foundation
 
 /// Recycles large tensor buffers.
@@ -25,6 +26,13 @@ public final class BufferPool: @unchecked Sendable {
     public var capacityBytes: Int
 
     init() {
+        #if os(Linux)
+        // A fixed mmap threshold: kernel scratch buffers of 128 KiB and more are
+        // mapped and unmapped, so memory freed by one step is returned to the
+        // system instead of lingering in (and fragmenting) glibc's heaps, whose
+        // threshold otherwise grows with every large free.
+        mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        #endif
         let megabytes = ProcessInfo.processInfo.environment["DIFFUSE_POOL_MB"].flatMap(Int.init) ?? 2048
         capacityBytes = Swift.max(0, megabytes) * 1024 * 1024
     }

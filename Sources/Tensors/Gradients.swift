@@ -14,7 +14,7 @@ enum Operation {
     case divide(lhs: Tensor, rhs: Tensor)
     case affine(scale: Float)
     case power(input: Tensor, exponent: Float)
-    case pointwise(PointwiseFunction, input: Tensor, output: Tensor)
+    case pointwise(PointwiseFunction, input: Tensor?, output: Tensor?)
     case clamp(input: Tensor, minimum: Float, maximum: Float)
     case select(mask: Tensor, lhsShape: [Int], rhsShape: [Int])
     case sum(inputShape: [Int], axes: [Int], keepDims: Bool)

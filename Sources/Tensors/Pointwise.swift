@@ -11,6 +11,16 @@ public enum PointwiseFunction: String, CaseIterable, Sendable {
     case quickGelu
 }
 
+extension PointwiseFunction {
+    /// True when d f / d x is computed from the output alone (so backward keeps only the output).
+    var derivativeUsesOutput: Bool {
+        switch self {
+        case .exp, .sqrt, .rsqrt, .tanh, .sigmoid: return true
+        default: return false
+        }
+    }
+}
+
 /// Plain scalar definitions: the reference the vector kernels are tested against.
 enum PointwiseReference {
     static let geluTanhScale: Float = 0.7978845608028654 // sqrt(2 / pi)
@@ -126,7 +136,10 @@ extension Tensor {
         let input = denseData()
         let result = Tensor(uninitializedShape: shape, strides: input.strides)
         Tensor.pointwiseKernel(function, UnsafePointer(input.floatPointer), result.floatPointer, count)
-        return Tensor.record(result, .pointwise(function, input: input.detach(), output: result.detach()), inputs: [self])
+        // Keep only what the derivative reads: the output for exp, sqrt, rsqrt, tanh and
+        // sigmoid, the input for the rest.
+        let savesOutput = function.derivativeUsesOutput
+        return Tensor.record(result, .pointwise(function, input: savesOutput ? nil : input.detach(), output: savesOutput ? result.detach() : nil), inputs: [self])
     }
 
     static func pointwiseKernel(_ function: PointwiseFunction, _ source: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>, _ count: Int) {
@@ -147,15 +160,18 @@ extension Tensor {
     }
 
     /// Gradient of a pointwise function: `gradient · f'(input)`.
-    static func pointwiseBackward(_ function: PointwiseFunction, input: Tensor, output: Tensor, gradient: Tensor) -> Tensor {
-        let grad = gradient.strides == input.strides && gradient.dataType == .float32 && gradient.isDense ? gradient : {
-            let copy = Tensor(uninitializedShape: input.shape, strides: input.strides)
+    static func pointwiseBackward(_ function: PointwiseFunction, input: Tensor?, output: Tensor?, gradient: Tensor) -> Tensor {
+        guard let saved = input ?? output else { fatalError("pointwise backward: nothing was saved") }
+        let grad = gradient.strides == saved.strides && gradient.dataType == .float32 && gradient.isDense ? gradient : {
+            let copy = Tensor(uninitializedShape: saved.shape, strides: saved.strides)
             copyElements(from: gradient, into: copy)
             return copy
         }()
-        let result = Tensor(uninitializedShape: input.shape, strides: input.strides)
-        let (x, y, g, out) = (UnsafePointer(input.floatPointer), UnsafePointer(output.floatPointer), UnsafePointer(grad.floatPointer), result.floatPointer)
-        Parallel.forEach(input.count, grain: 8192) { range in
+        let result = Tensor(uninitializedShape: saved.shape, strides: saved.strides)
+        // The missing one of x and y is never read by `derivative` for this function.
+        let x = UnsafePointer((input ?? saved).floatPointer), y = UnsafePointer((output ?? saved).floatPointer)
+        let (g, out) = (UnsafePointer(grad.floatPointer), result.floatPointer)
+        Parallel.forEach(saved.count, grain: 8192) { range in
             switch function {
             case .silu:
                 for index in range {

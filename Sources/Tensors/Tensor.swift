@@ -201,7 +201,11 @@ public final class Tensor {
         guard GradientMode.isEnabled, inputs.contains(where: { $0.requiresGrad || $0.gradientNode != nil }) else {
             return result
         }
-        result.gradientNode = GradientNode(operation: operation(), inputs: inputs.map { ($0.requiresGrad || $0.gradientNode != nil) ? $0 : nil })
+        let edges: [GradientEdge?] = inputs.map { input in
+            if let node = input.gradientNode { return .node(node) }
+            return input.requiresGrad ? .leaf(input) : nil
+        }
+        result.gradientNode = GradientNode(operation: operation(), edges: edges, outputShape: result.shape)
         return result
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Tensors
 import TestSupport
 import XCTest
@@ -159,18 +160,23 @@ final class GradientCheckTests: XCTestCase {
     }
 
     func testGraphIsFreedAfterBackward() {
-        weak var savedActivation: Tensor?
+        weak var savedStorage: Storage?
+        weak var unsavedStorage: Storage?
         let x = Tensor.ones([256, 256])
         x.requiresGrad = true
         let loss: Tensor
         do {
-            let hidden = (x * 2).exp()
-            savedActivation = hidden
+            let scaled = x * 2            // feeds exp, whose backward needs only its output
+            let hidden = scaled.exp()     // saved by the multiply below
+            unsavedStorage = scaled.storage
+            savedStorage = hidden.storage
             loss = (hidden * hidden).sum()
         }
-        XCTAssertNotNil(savedActivation, "the graph should hold the activation before backward")
+        XCTAssertNil(unsavedStorage, "the graph kept an activation no backward rule needs")
+        XCTAssertNotNil(savedStorage, "the graph should hold the saved activation before backward")
         loss.backward()
-        XCTAssertNil(savedActivation, "the graph kept an activation alive after backward")
+        XCTAssertNil(savedStorage, "the graph kept an activation alive after backward")
         XCTAssertTrue(loss.isLeaf)
+        XCTAssertEqual(x.grad!.toArray()[0], 4 * Foundation.exp(4), accuracy: 1e-2)
     }
 }
