@@ -664,6 +664,11 @@ enum ChannelsLastMath {
 /// Saved state of a group norm: the input in its layout, the affine weight and per-(sample, group) statistics.
 struct GroupNormBackward: BackwardContext {
     var name: String { "groupNorm" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        GroupNormBackward(input: transform(input), channelsLast: channelsLast, weight: weight, hasWeight: hasWeight, hasBias: hasBias,
+                          groupCount: groupCount, mean: mean, inverseStandardDeviation: inverseStandardDeviation)
+    }
     let input: Tensor
     let channelsLast: Bool
     let weight: Tensor?
@@ -860,6 +865,11 @@ enum LayerNormKernel {
 /// Saved state of a layer norm: the row-major input, the affine weight and per-row statistics.
 struct LayerNormBackward: BackwardContext {
     var name: String { "layerNorm" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        LayerNormBackward(input: transform(input), width: width, weight: weight, normalizedShape: normalizedShape, hasWeight: hasWeight,
+                          hasBias: hasBias, mean: mean, inverseStandardDeviation: inverseStandardDeviation)
+    }
     let input: Tensor
     let width: Int
     let weight: Tensor?
