@@ -7,8 +7,8 @@ import Foundation
 ///   two lower resolutions; 1.7 M parameters at one channel.
 /// - `course-butterflies`: the course's `TrainConfig` UNet for 128×128
 ///   butterflies: (128, 128, 256, 256, 512, 512), attention at the fifth level.
-/// - `small`: a fast UNet for CPU demos: (32, 64, 64), one layer per block,
-///   attention only in the middle block; ~0.6 M parameters.
+/// - `small`: a fast UNet for CPU demos (`make demo`): (16, 32, 64), one layer
+///   per block, attention only in the middle block; 0.63 M parameters.
 /// - `tiny`: a test-sized UNet: (8, 16), one layer per block, no attention.
 ///
 /// Every preset takes its `sample_size` from the image size and its input and
@@ -34,11 +34,11 @@ public enum ModelPresets {
             configuration.downBlockTypes = [.downBlock, .downBlock, .downBlock, .downBlock, .attentionDownBlock, .downBlock]
             configuration.upBlockTypes = [.upBlock, .attentionUpBlock, .upBlock, .upBlock, .upBlock, .upBlock]
         case "small":
-            configuration.blockOutChannels = [32, 64, 64]
+            configuration.blockOutChannels = [16, 32, 64]
             configuration.layersPerBlock = 1
             configuration.downBlockTypes = [.downBlock, .downBlock, .downBlock]
             configuration.upBlockTypes = [.upBlock, .upBlock, .upBlock]
-            configuration.normGroupCount = 16
+            configuration.normGroupCount = 8
         case "tiny":
             configuration.blockOutChannels = [8, 16]
             configuration.layersPerBlock = 1
