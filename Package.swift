@@ -17,6 +17,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
@@ -36,7 +37,7 @@ let package = Package(
         ),
         .target(
             name: "Diffusion",
-            dependencies: ["Tensors", "NN", "CZlib", "CPNG", "CJPEG"],
+            dependencies: ["Tensors", "NN", "CZlib", "CPNG", "CJPEG", .product(name: "Yams", package: "Yams")],
             swiftSettings: kernelSettings
         ),
         .executableTarget(

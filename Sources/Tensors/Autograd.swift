@@ -154,7 +154,8 @@ enum Autograd {
                 fatalError("backward: this graph was already freed by an earlier backward(); pass retainGraph: true to the first call to run backward twice")
             }
             let markers = node.edges.map { $0 == nil ? nil : Autograd.needed }
-            let inputGradients = Gradients.backward(node.operation, gradient: gradient, inputs: markers)
+            let operation = node.operation.mappingSavedActivations(SavedTensorPrecision.decompress)
+            let inputGradients = Gradients.backward(operation, gradient: gradient, inputs: markers)
             let name = node.operation.name
             // Count every hand-out first, so a tensor given to two inputs is never adopted by one.
             for (edge, inputGradient) in zip(node.edges, inputGradients) where edge != nil {

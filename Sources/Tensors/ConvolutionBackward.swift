@@ -34,6 +34,11 @@ struct ConvolutionBackward: BackwardContext {
 
     var name: String { "conv2d" }
 
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        ConvolutionBackward(geometry: geometry, algorithm: algorithm, input: input.map(transform), inputIsChannelsLast: inputIsChannelsLast, weight: weight,
+                            inputLayout: inputLayout, hasBias: hasBias)
+    }
+
     func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?] {
         let upstream = Convolution.channelsLast(gradient)
         var result: [Tensor?] = Array(repeating: nil, count: inputs.count)

@@ -51,6 +51,8 @@ protocol BackwardContext {
     /// Gradients for each input, in the order the inputs were recorded (`nil`
     /// where an input needs none).
     func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?]
+    /// The context with `transform` applied to its saved activations (`SavedTensorPrecision`).
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext
 }
 
 /// The table of backward rules.

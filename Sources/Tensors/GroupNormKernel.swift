@@ -290,6 +290,11 @@ enum GroupNormKernel {
 
 struct GroupNormBackward: BackwardContext {
     var name: String { "groupNorm" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        GroupNormBackward(input: transform(input), channelsLast: channelsLast, weight: weight, hasWeight: hasWeight, hasBias: hasBias,
+                          groupCount: groupCount, mean: mean, inverseStandardDeviation: inverseStandardDeviation)
+    }
     let input: Tensor
     let channelsLast: Bool
     let weight: Tensor?

@@ -171,6 +171,11 @@ enum LayerNormKernel {
 /// Saved state of a layer norm: the row-major input, the affine weight and per-row statistics.
 struct LayerNormBackward: BackwardContext {
     var name: String { "layerNorm" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        LayerNormBackward(input: transform(input), width: width, weight: weight, normalizedShape: normalizedShape, hasWeight: hasWeight,
+                          hasBias: hasBias, mean: mean, inverseStandardDeviation: inverseStandardDeviation)
+    }
     let input: Tensor
     let width: Int
     let weight: Tensor?

@@ -205,7 +205,9 @@ public final class Tensor {
             if let node = input.gradientNode { return .node(node) }
             return input.requiresGrad ? .leaf(input) : nil
         }
-        result.gradientNode = GradientNode(operation: operation(), edges: edges, outputShape: result.shape)
+        let recorded = SavedTensorPrecision.dataType == .float32
+            ? operation() : operation().mappingSavedActivations(SavedTensorPrecision.compress)
+        result.gradientNode = GradientNode(operation: recorded, edges: edges, outputShape: result.shape)
         return result
     }
 

@@ -1,33 +1,31 @@
 import ArgumentParser
 import Diffusion
 import Foundation
-import Tensors
 
+/// `diffuse demo` (what `make demo` runs): wiring to `DemoRun`.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a small conv denoiser on Fashion-MNIST for a few steps and print forward/backward timings.")
+        abstract: "Train a small class-conditional model on Fashion-MNIST for a few minutes, then sample one row per class with classifier-free guidance.",
+        discussion: "Needs the Debian package dataset-fashion-mnist (make demo installs it). Ctrl-C writes a checkpoint; --resume continues.")
 
-    @Option(help: "Training steps.") var steps = 30
-    @Option(help: "Images per batch.") var batchSize = 64
+    @Option(help: "Where the pipeline, checkpoints, samples and logs go.") var outputDir = "output/demo"
+    @Option(help: "Training steps (batches of 64).") var steps = 600
+    @Option(help: "Classifier-free guidance scale of the final grid.") var guidanceScale = 3.0
+    @Flag(help: "Continue an interrupted demo from its latest checkpoint.") var resume = false
+    @Flag(help: "No live progress line.") var noProgress = false
 
     func run() throws {
-        let data: (images: Tensor, labels: [Int])
-        do {
-            data = try FashionMNIST.load(training: true, limit: 4096)
-        } catch {
-            throw ValidationError("\(error)")
+        var options = DemoRun.Options()
+        options.outputDir = outputDir
+        options.steps = steps
+        options.guidanceScale = guidanceScale
+        options.resume = resume
+        try CommandFailure.report {
+            let outcome = try DemoRun.run(options) { trainer in
+                if noProgress { trainer.progressOutput = nil }
+            }
+            print("")
+            outcome.reportLines.forEach { print($0) }
         }
-        print("Fashion-MNIST: \(data.images.shape[0]) images of \(data.images.shape[2])×\(data.images.shape[3]) from \(FashionMNIST.directory)")
-        print("network: conv 3×3 (1→32) → group norm (8) → SiLU → conv 3×3 (32→1); predicts the added noise; \(Parallel.threadCount) threads")
-        let steps = EngineDemo.run(steps: steps, batchSize: batchSize, images: data.images) { step in
-            print(String(format: "step %3d  loss %.4f  forward %7.2f ms  backward+update %7.2f ms",
-                         step.index, step.loss, step.forwardMilliseconds, step.backwardMilliseconds))
-        }
-        let measured = steps.dropFirst(Swift.min(3, steps.count - 1))
-        let forward = measured.map(\.forwardMilliseconds).sorted()[measured.count / 2]
-        let backward = measured.map(\.backwardMilliseconds).sorted()[measured.count / 2]
-        let imagesPerSecond = Double(batchSize) / ((forward + backward) / 1000)
-        print(String(format: "median forward %.2f ms, backward+update %.2f ms, %.0f images/s", forward, backward, imagesPerSecond))
-        print(String(format: "loss %.4f → %.4f", steps.first?.loss ?? 0, steps.last?.loss ?? 0))
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
 import Tensors
 
-/// The engine demo behind `make demo` until training exists: a small conv
+/// A small engine benchmark (used by the memory test): a small conv
 /// denoiser learns to remove Gaussian noise from real Fashion-MNIST images,
 /// and every step's forward and backward time is printed.
 public enum EngineDemo {

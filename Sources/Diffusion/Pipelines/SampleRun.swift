@@ -1,0 +1,181 @@
+import Foundation
+import NN
+import Tensors
+
+/// `diffuse sample`: generate images from a pipeline folder and write a grid,
+/// optionally the raw final tensor and a trace strip.
+public struct SampleRequest: Sendable {
+    /// The pipeline folder (diffusers layout).
+    public var pipeline: String
+    /// A scheduler to use instead of the folder's (class name or short name).
+    public var scheduler: String?
+    /// Inference steps (nil: 1000 for DDPM, 50 for the others).
+    public var steps: Int?
+    /// DDIM's η (0: deterministic).
+    public var eta: Double?
+    /// Seed of the starting noise and stochastic steps.
+    public var seed: UInt64 = 0
+    /// Images to generate (nil: from `--init-noise` or the class list, else 16).
+    public var count: Int?
+    /// Class labels as typed: `3`, `0,1,2`, `0-9`, or class names from `classes.json`;
+    /// when `count` is a multiple of the list, each class is repeated in turn (one row per class).
+    public var classes: String?
+    /// Classifier-free guidance scale (0: unconditional, 1: plain conditional).
+    public var guidanceScale: Double = 1
+    /// The grid PNG.
+    public var output = "samples.png"
+    /// Images per grid row (nil: one row per class for a sorted class list, else 8).
+    public var columns: Int?
+    /// A safetensors file with unit-variance starting noise `[count, C, H, W]`.
+    public var initNoise: String?
+    /// Where to save the final samples (before conversion to pixels) as safetensors.
+    public var saveTensor: String?
+    /// Record x_t and the predicted x0 every this many steps into a strip (nil: no trace).
+    public var traceEvery: Int?
+    /// The trace strip PNG (nil: the grid's name with `-trace`).
+    public var traceOutput: String?
+
+    public init(pipeline: String) { self.pipeline = pipeline }
+}
+
+/// What a sampling run wrote.
+public struct SampleOutcome: Sendable {
+    public let gridPath: String
+    public let tracePath: String?
+    public let tensorPath: String?
+    public let count: Int
+    public let labels: [Int]?
+    public let schedulerName: String
+    public let steps: Int
+    public let seconds: Double
+    /// Class names from the pipeline's `classes.json`.
+    public let classNames: [String]
+
+    /// What to tell a person: what was sampled and where it went.
+    public var reportLines: [String] {
+        var lines = [String(format: "%d samples, %@, %d steps, %.1f s", count, schedulerName, steps, seconds)]
+        if let labels {
+            let described = labels.map { $0 < classNames.count ? "\($0) \(classNames[$0])" : "\($0)" }
+            var unique: [String] = []
+            for item in described where unique.last != item { unique.append(item) }
+            lines.append("classes:     " + unique.joined(separator: ", "))
+        }
+        lines.append("grid:        \(gridPath)")
+        if let tracePath { lines.append("trace:       \(tracePath) (rows: x_t, predicted x0)") }
+        if let tensorPath { lines.append("tensor:      \(tensorPath)") }
+        return lines
+    }
+}
+
+/// Runs a ``SampleRequest``.
+public enum SampleRun {
+    /// Loads the pipeline, samples and writes the files.
+    /// - Parameter progressOutput: where the live progress line goes (nil: none).
+    public static func run(_ request: SampleRequest, progressOutput: ProgressOutput? = nil) throws -> SampleOutcome {
+        let start = Date()
+        let folder = URL(fileURLWithPath: request.pipeline)
+        let pipeline = try DDPMPipeline.load(folder: folder)
+        pipeline.unet.eval()
+        var scheduler = pipeline.scheduler
+        if let name = request.scheduler {
+            guard let kind = SchedulerNames.kind(name) else {
+                throw GuidedSampler.RequestError("unknown scheduler \"\(name)\"; known: \(SchedulerNames.known)")
+            }
+            scheduler = try Schedulers.make(kind, configuration: pipeline.scheduler.configuration)
+        }
+        if let eta = request.eta {
+            guard let ddim = scheduler as? DDIMScheduler else {
+                throw GuidedSampler.RequestError("--eta applies to DDIMScheduler only; this run uses \(type(of: scheduler).className)")
+            }
+            ddim.eta = Float(eta)
+        }
+        let steps = request.steps ?? (scheduler is DDPMScheduler ? scheduler.trainTimesteps : 50)
+
+        let noise = try request.initNoise.map(loadNoise)
+        let classes = PipelineClasses.load(from: request.pipeline)
+        var labels = try request.classes.map { try parseClasses($0, names: classes?.names ?? []) }
+        let count = request.count ?? noise?.shape[0] ?? (labels.map { $0.count > 1 ? $0.count : nil } ?? nil) ?? 16
+        guard count >= 1 else { throw GuidedSampler.RequestError("--count must be at least 1") }
+        if let given = labels, given.count != count, count % given.count == 0 {
+            // Each class repeated in turn: `--class 0-9 --count 80` is one row of 8 per class.
+            labels = given.flatMap { Array(repeating: $0, count: count / given.count) }
+        }
+
+        var generator = RandomGenerator(seed: request.seed)
+        let traceEvery = request.traceEvery.map { $0 > 0 ? $0 : Swift.max(1, steps / 10) }
+        let bar = progressOutput.map { ProgressBar(total: steps, label: "sample", output: $0) }
+        let result = try GuidedSampler.sample(
+            unet: pipeline.unet, scheduler: scheduler, count: count, steps: steps, labels: labels,
+            guidanceScale: Float(request.guidanceScale), initialNoise: noise, generator: &generator,
+            traceEvery: traceEvery, onStep: { done, _ in bar?.update(step: done) })
+        bar?.finish()
+
+        let columns = request.columns ?? labels.flatMap(rowLength) ?? Swift.min(8, count)
+        try savePNG(result.samples, path: request.output, columns: columns)
+        var tensorPath: String?
+        if let path = request.saveTensor {
+            try Safetensors.save(["samples": result.samples], to: path, metadata: ["format": "pt"])
+            tensorPath = path
+        }
+        var tracePath: String?
+        if traceEvery != nil, let strip = GuidedSampler.traceStrip(result.trace) {
+            let path = request.traceOutput ?? defaultTracePath(request.output)
+            let clamped = noGrad { strip.images.clamped(min: -1, max: 1) }
+            try PNG.write(makeGrid(images: clamped, columns: strip.columns), to: path)
+            tracePath = path
+        }
+        return SampleOutcome(gridPath: request.output, tracePath: tracePath, tensorPath: tensorPath, count: count, labels: labels,
+                             schedulerName: type(of: scheduler).className, steps: steps, seconds: Date().timeIntervalSince(start),
+                             classNames: classes?.names ?? [])
+    }
+
+    /// `a.png` → `a-trace.png`.
+    static func defaultTracePath(_ output: String) -> String {
+        let url = URL(fileURLWithPath: output)
+        let base = url.deletingPathExtension().lastPathComponent
+        return url.deletingLastPathComponent().appendingPathComponent(base + "-trace.png").path
+    }
+
+    /// `3`, `0,1,2`, `0-9` or class names (`Sneaker,Bag`) into labels.
+    public static func parseClasses(_ text: String, names: [String]) throws -> [Int] {
+        var labels: [Int] = []
+        for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
+            if let label = Int(part) {
+                labels.append(label)
+            } else if let dash = part.firstIndex(of: "-"), let low = Int(part[..<dash]), let high = Int(part[part.index(after: dash)...]), low <= high {
+                labels.append(contentsOf: low...high)
+            } else if let index = names.firstIndex(where: { $0.caseInsensitiveCompare(part) == .orderedSame }) {
+                labels.append(index)
+            } else {
+                throw GuidedSampler.RequestError("--class \"\(part)\" is neither a class number nor a class name"
+                                                 + (names.isEmpty ? "" : " (\(names.joined(separator: ", ")))"))
+            }
+        }
+        guard !labels.isEmpty else { throw GuidedSampler.RequestError("--class needs at least one class") }
+        return labels
+    }
+
+    /// The length of equal runs when labels come in equal runs of at least two classes (one row per class).
+    static func rowLength(_ labels: [Int]) -> Int? {
+        guard let first = labels.first else { return nil }
+        let run = labels.prefix { $0 == first }.count
+        guard run < labels.count, labels.count % run == 0 else { return nil }
+        for start in stride(from: 0, to: labels.count, by: run) where Set(labels[start..<(start + run)]).count != 1 { return nil }
+        return run
+    }
+
+    /// The starting noise of a safetensors file: the tensor named `noise`,
+    /// `init_noise`, `latents` or `sample`, or its only tensor; `[C, H, W]` gets a batch axis.
+    public static func loadNoise(_ path: String) throws -> Tensor {
+        let tensors = try Safetensors.load(path: path, as: .float32)
+        let preferred = ["noise", "init_noise", "latents", "sample"].compactMap { tensors[$0] }.first
+        guard let tensor = preferred ?? (tensors.count == 1 ? tensors.values.first : nil) else {
+            throw GuidedSampler.RequestError("\(path) holds \(tensors.keys.sorted()); name the noise tensor \"noise\" or keep only one")
+        }
+        switch tensor.rank {
+        case 4: return tensor
+        case 3: return tensor.reshaped([1] + tensor.shape)
+        default: throw GuidedSampler.RequestError("the noise in \(path) has shape \(tensor.shape); expected [count, channels, height, width]")
+        }
+    }
+}

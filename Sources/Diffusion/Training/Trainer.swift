@@ -1,0 +1,314 @@
+import Foundation
+import NN
+import Tensors
+
+/// Trains a `UNet2DModel` the way diffusers' `train_unconditional.py` and the
+/// diffusion course's `TrainConfig` notebook do: AdamW with a warmed-up LR
+/// schedule, gradient accumulation and clipping, optional EMA, class labels
+/// with condition dropout for classifier-free guidance, checkpoints that a run
+/// resumes from exactly, sample grids and pipeline folders along the way.
+///
+/// ```swift
+/// let configuration = try TrainingConfiguration.load(contentsOf: URL(fileURLWithPath: "train.yaml"))
+/// let summary = try Trainer(configuration: configuration).run()
+/// print(summary.pipelinePath ?? "")
+/// ```
+///
+/// Reproducibility: every random draw of a run (data order, noise, timesteps,
+/// condition dropout, dropout layers) comes from generators seeded by `seed`
+/// and saved in checkpoints, so a run resumed from a checkpoint computes the
+/// same losses as one that was never stopped.
+public final class Trainer {
+    /// The run's configuration (as given; see the resolved values below).
+    public let configuration: TrainingConfiguration
+    /// The model being trained.
+    public let unet: UNet2DModel
+    /// The training noise schedule (a `DDPMScheduler`).
+    public let noiseScheduler: any Scheduler
+    /// The training data.
+    public let dataset: Dataset
+    /// Batches of `train_batch_size`, shuffled with `seed`, last partial batch dropped.
+    public let loader: DataLoader
+    /// AdamW over the trainable parameters.
+    public let optimizer: Adam
+    /// The learning-rate schedule over `totalSteps`.
+    public let schedule: LearningRateSchedule
+    /// The moving average of the weights (with `use_ema`).
+    public let ema: ExponentialMovingAverage?
+    /// The class names of a class-conditional run (empty otherwise).
+    public let classNames: [String]
+    /// Image side and channels.
+    public let imageSize: Int, channels: Int
+    /// Optimizer steps per epoch and in the whole run.
+    public let stepsPerEpoch: Int, totalSteps: Int
+    /// Epochs the run covers.
+    public let epochs: Int
+    /// Optimizer steps done.
+    public internal(set) var step = 0
+    /// Ctrl-C / SIGTERM handling; `install` is called by `run()` when `handleSignals` is true.
+    public let interruption = TrainingInterruption()
+    /// Whether `run()` catches SIGINT and SIGTERM.
+    public var handleSignals = true
+    /// Where the progress line goes (nil: none).
+    public var progressOutput: ProgressOutput? = FileDescriptorOutput()
+    /// Where messages go.
+    public var message: (String) -> Void = { print($0) }
+    /// Called after every optimizer step (and its log record and checkpoint) with the step number.
+    public var onStep: ((Int) -> Void)?
+
+    let trainableParameters: [Tensor]
+    var generator: RandomGenerator
+    var log: TrainingLog?
+    var lastCheckpoint: (step: Int, path: String)?
+    var lastImageStep = -1, lastPipelineStep = -1
+    var sampleImages: [String] = []
+
+    /// Builds the model, data loader and optimizer of `configuration`.
+    /// - Parameter dataset: the training data (default: `configuration.dataset` opened by name or path).
+    public init(configuration: TrainingConfiguration, dataset given: Dataset? = nil) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        let dataset = try given ?? Datasets.open(configuration.dataset, training: true, limit: configuration.datasetLimit)
+        self.dataset = dataset
+        guard dataset.count > 0 else { throw TrainingError.data("the dataset \(configuration.dataset) is empty") }
+        let first = try dataset.example(at: 0).image
+        let classCount: Int? = configuration.classConditional ? dataset.classNames.count : nil
+        if configuration.classConditional && dataset.classNames.count < 2 {
+            throw TrainingError.data("class_conditional needs a dataset with classes (sub-folders of an image folder, or a named dataset); \(configuration.dataset) has \(dataset.classNames.count)")
+        }
+        classNames = configuration.classConditional ? dataset.classNames : []
+
+        if let folder = configuration.fromPipeline {
+            let pipeline = try DDPMPipeline.load(folder: URL(fileURLWithPath: folder))
+            unet = pipeline.unet
+            var schedulerConfiguration = pipeline.scheduler.configuration
+            schedulerConfiguration.className = DDPMScheduler.className
+            noiseScheduler = try DDPMScheduler(configuration: schedulerConfiguration)
+            if let classCount, unet.configuration.classEmbeddingCount != classCount + 1 {
+                throw TrainingError.data("the pipeline's UNet has num_class_embeds \(unet.configuration.classEmbeddingCount.map(String.init) ?? "null"); class-conditional training on \(classCount) classes needs \(classCount + 1)")
+            }
+            channels = unet.configuration.inChannels
+            if case .square(let side)? = unet.configuration.sampleSize { imageSize = configuration.imageSize ?? side } else { imageSize = configuration.imageSize ?? 28 }
+        } else {
+            channels = configuration.channels ?? first.shape[0]
+            imageSize = configuration.imageSize ?? 28
+            let unetConfiguration = try ModelPresets.resolve(configuration.model, imageSize: imageSize, channels: channels, classCount: classCount)
+            Initialization.seed(configuration.seed)
+            unet = try UNet2DModel(configuration: unetConfiguration)
+            noiseScheduler = try DDPMScheduler(configuration: configuration.noiseSchedulerConfiguration)
+        }
+        for pattern in configuration.freeze { unet.freeze(matching: pattern) }
+        trainableParameters = unet.trainableParameters()
+        guard !trainableParameters.isEmpty else { throw TrainingError.data("every parameter is frozen (freeze: \(configuration.freeze))") }
+
+        let transform: ImageTransform? = first.shape == [channels, imageSize, imageSize] && !configuration.randomFlip
+            ? nil : ImageTransforms.standard(size: imageSize, channels: channels, randomFlip: configuration.randomFlip)
+        loader = DataLoader(dataset: dataset, batchSize: configuration.trainBatchSize, shuffle: true, seed: configuration.seed,
+                            dropLast: true, transform: transform, prefetchBatches: configuration.prefetchBatches)
+        guard loader.batchesPerEpoch > 0 else {
+            throw TrainingError.data("the dataset has \(dataset.count) examples, fewer than one batch of \(configuration.trainBatchSize)")
+        }
+        let accumulation = configuration.gradientAccumulationSteps
+        let perEpoch = (loader.batchesPerEpoch + accumulation - 1) / accumulation
+        stepsPerEpoch = perEpoch
+        totalSteps = configuration.maxTrainSteps ?? configuration.numEpochs * perEpoch
+        epochs = configuration.maxTrainSteps.map { ($0 + perEpoch - 1) / perEpoch } ?? configuration.numEpochs
+
+        optimizer = Adam.adamW(parameters: trainableParameters, learningRate: Float(configuration.learningRate),
+                               beta1: Float(configuration.adamBeta1), beta2: Float(configuration.adamBeta2),
+                               epsilon: Float(configuration.adamEpsilon), weightDecay: Float(configuration.adamWeightDecay))
+        schedule = LearningRateSchedule(configuration.lrScheduler, warmupSteps: configuration.lrWarmupSteps, trainingSteps: totalSteps)
+        ema = configuration.useEMA
+            ? ExponentialMovingAverage(parameters: unet.parameters(), maximumDecay: configuration.emaMaxDecay,
+                                       minimumDecay: configuration.emaMinDecay, updateAfterStep: configuration.emaUpdateAfterStep,
+                                       useWarmup: configuration.emaUseWarmup, inverseGamma: configuration.emaInvGamma,
+                                       power: configuration.emaPower)
+            : nil
+        generator = RandomGenerator(seed: configuration.seed &+ 0x5EED_0F_7EA1)
+    }
+
+    /// `output_dir`.
+    public var outputDir: String { configuration.outputDir }
+
+    /// The unconditional class index (the last class embedding) of a class-conditional run.
+    public var nullClass: Int? { classNames.isEmpty ? nil : classNames.count }
+
+    /// Trains until `totalSteps`, a signal, or a non-finite loss (which throws
+    /// ``TrainingError/nonFiniteLoss(step:value:lastCheckpoint:)``).
+    public func run() throws -> TrainingSummary {
+        let start = Date()
+        try prepareOutputFolder()
+        let log = try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message)
+        self.log = log
+        defer { log.finish(); self.log = nil; loader.stop() }
+        if handleSignals {
+            interruption.install()
+        }
+        defer { if handleSignals { interruption.uninstall() } }
+        let precision = MixedPrecisionScope(configuration.mixedPrecision)
+        defer { precision.end() }
+        describeRun(log)
+        log.startProgress(total: totalSteps, step: step)
+
+        var lastLoss: Float?
+        var interrupted = false
+        let accumulation = configuration.gradientAccumulationSteps
+        training: while step < totalSteps && loader.position.epoch < epochs {
+            let epoch = loader.position.epoch
+            var microBatches = 0, images = 0
+            var summedLoss: Float = 0
+            var stepStart = ProgressBar.monotonicSeconds()
+            var epochFinished = false
+            unet.train()
+            while step < totalSteps {
+                guard let batch = try loader.nextBatch() else { epochFinished = true; break }
+                summedLoss += try microStep(batch, scale: 1 / Float(accumulation))
+                microBatches += 1
+                images += batch.count
+                if microBatches == accumulation {
+                    lastLoss = summedLoss / Float(microBatches)
+                    let stop = try optimizerStep(loss: lastLoss!, epoch: epoch, images: images, started: stepStart)
+                    (microBatches, images, summedLoss, stepStart) = (0, 0, 0, ProgressBar.monotonicSeconds())
+                    if stop { interrupted = true; break training }
+                }
+            }
+            if microBatches > 0 {
+                // The epoch's last, partial accumulation still makes a step (as accelerate does).
+                lastLoss = summedLoss / Float(microBatches)
+                if try optimizerStep(loss: lastLoss!, epoch: epoch, images: images, started: stepStart) { interrupted = true; break training }
+            }
+            if epochFinished {
+                let isLast = epoch + 1 == epochs || step >= totalSteps
+                if (epoch + 1) % configuration.saveImageEpochs == 0 || isLast { try saveSampleGrid(name: String(format: "epoch-%04d", epoch + 1)) }
+                if (epoch + 1) % configuration.saveModelEpochs == 0 || isLast { try savePipeline() }
+            }
+        }
+        if !interrupted {
+            if lastImageStep != step { try saveSampleGrid(name: String(format: "step-%06d", step)) }
+            if lastPipelineStep != step { try savePipeline() }
+        }
+        if lastCheckpoint?.step != step && step > 0 { try saveCheckpoint() }
+        return TrainingSummary(
+            step: step, totalSteps: totalSteps, interrupted: interrupted, finalLoss: lastLoss, outputDir: outputDir,
+            pipelinePath: lastPipelineStep >= 0 ? outputDir : nil, lastCheckpoint: lastCheckpoint?.path,
+            sampleImages: sampleImages, logDirectory: log.directory, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Forward and backward of one micro-batch; returns its (unscaled) loss.
+    func microStep(_ batch: Batch, scale: Float) throws -> Float {
+        let clean = batch.images
+        let count = clean.shape[0]
+        var labels: [Int]?
+        if let nullClass {
+            guard let given = batch.classLabels else { throw TrainingError.data("a batch has examples without a class label") }
+            let dropout = Float(configuration.conditionDropout)
+            labels = given.map { label in generator.uniform() < dropout ? nullClass : label }
+        }
+        let prediction: Tensor, target: Tensor
+        if configuration.predictionType == .x0 {
+            let unit = noGrad { clean * 0.5 + 0.5 }
+            let amount = Tensor.rand([count], generator: &generator)
+            let noisy = noGrad { ToyDiffusion.corrupt(unit, amount: amount, generator: &generator) }
+            prediction = unet(noisy, timestep: 0, classLabels: labels)
+            target = unit
+        } else {
+            let noise = Tensor.randn(clean.shape, generator: &generator)
+            let timesteps = (0..<count).map { _ in Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
+            let noisy = noGrad { noiseScheduler.addNoise(clean, noise: noise, timesteps: timesteps) }
+            prediction = unet(noisy, timesteps: timesteps, classLabels: labels)
+            switch configuration.predictionType {
+            case .epsilon, .x0: target = noise
+            case .sample: target = clean
+            case .vPrediction: target = noGrad { noiseScheduler.velocity(clean, noise: noise, timesteps: timesteps) }
+            }
+        }
+        let loss = Tensor.mseLoss(prediction, target)
+        let value = loss.item
+        guard value.isFinite else { throw nonFinite(value) }
+        (scale == 1 ? loss : loss * scale).backward()
+        return value
+    }
+
+    /// Clips, steps the optimizer and EMA, logs, checkpoints; returns true when a signal asks to stop.
+    func optimizerStep(loss: Float, epoch: Int, images: Int, started: Double) throws -> Bool {
+        let maximumNorm = configuration.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
+        let norm = clipGradientNorm(trainableParameters, maximumNorm: maximumNorm)
+        guard norm.isFinite else { throw nonFinite(norm) }
+        let learningRate = schedule.learningRate(step: step, baseLearningRate: Float(configuration.learningRate))
+        optimizer.learningRate = learningRate
+        optimizer.step()
+        optimizer.zeroGradients()
+        ema?.step(unet.parameters())
+        step += 1
+        let seconds = Swift.max(ProgressBar.monotonicSeconds() - started, 1e-9)
+        try log?.record(.init(step: step, epoch: epoch, loss: loss, learningRate: learningRate, gradientNorm: norm,
+                              imagesPerSecond: Double(images) / seconds), epochs: epochs)
+        if configuration.checkpointingSteps > 0 && step % configuration.checkpointingSteps == 0 {
+            try saveCheckpoint()
+        }
+        onStep?(step)
+        if interruption.isRequested {
+            if lastCheckpoint?.step != step { try saveCheckpoint() }
+            log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
+            return true
+        }
+        return false
+    }
+
+    private func nonFinite(_ value: Float) -> TrainingError {
+        optimizer.zeroGradients()
+        let error = TrainingError.nonFiniteLoss(step: step + 1, value: value, lastCheckpoint: lastCheckpoint?.path ?? TrainingCheckpoint.list(in: outputDir).last?.path)
+        log?.event("stopped", step: step + 1, fields: [("reason", .string("non-finite loss")), ("value", .float(value))], text: "error: \(error)")
+        return error
+    }
+
+    private func describeRun(_ log: TrainingLog) {
+        let trainable = trainableParameters.reduce(0) { $0 + $1.count }
+        let frozen = unet.parameterCount - trainable
+        log.say("model: UNet2DModel, \(unet.parameterCount) parameters" + (frozen > 0 ? " (\(frozen) frozen)" : "")
+                + ", block_out_channels \(unet.configuration.blockOutChannels), \(imageSize)×\(imageSize)×\(channels)"
+                + (classNames.isEmpty ? "" : ", \(classNames.count) classes + unconditional"))
+        log.say("data: \(configuration.dataset), \(dataset.count) images, \(loader.batchesPerEpoch) batches of \(configuration.trainBatchSize) per epoch"
+                + (configuration.gradientAccumulationSteps > 1 ? ", \(configuration.gradientAccumulationSteps) per optimizer step" : ""))
+        log.say("training: \(totalSteps) steps over \(epochs) epoch(s), objective \(configuration.predictionType.rawValue), "
+                + "lr \(configuration.learningRate) (\(configuration.lrScheduler.rawValue), warm-up \(configuration.lrWarmupSteps))"
+                + (ema != nil ? ", EMA" : "") + (configuration.mixedPrecision != .no ? ", \(configuration.mixedPrecision.rawValue) saved activations" : "")
+                + (step > 0 ? ", resuming at step \(step)" : ""))
+        log.say("output: \(outputDir) (logs in \(log.directory))")
+    }
+}
+
+/// What a finished (or interrupted) run produced.
+public struct TrainingSummary: Sendable {
+    /// Optimizer steps done, and planned.
+    public let step: Int, totalSteps: Int
+    /// True when a signal stopped the run early (after writing a checkpoint).
+    public let interrupted: Bool
+    /// The loss of the last step.
+    public let finalLoss: Float?
+    /// `output_dir`, and the pipeline folder (the same, once a pipeline was saved).
+    public let outputDir: String, pipelinePath: String?
+    /// The newest checkpoint folder.
+    public let lastCheckpoint: String?
+    /// The sample grids written by this run.
+    public let sampleImages: [String]
+    /// TensorBoard and JSONL logs.
+    public let logDirectory: String
+    /// Wall time of `run()`.
+    public let seconds: Double
+}
+
+extension TrainingSummary {
+    /// What to tell a person at the end of a run: where everything is.
+    public var reportLines: [String] {
+        var lines: [String] = []
+        let loss = finalLoss.map { String(format: ", last loss %.4f", $0) } ?? ""
+        lines.append((interrupted ? "stopped at step \(step) of \(totalSteps)" : "trained \(step) steps")
+                     + loss + String(format: " in %.0f s", seconds))
+        if let pipelinePath { lines.append("pipeline:    \(pipelinePath)  (diffuse sample \(pipelinePath))") }
+        if let lastCheckpoint { lines.append("checkpoint:  \(lastCheckpoint)" + (interrupted ? "  (continue with --resume latest)" : "")) }
+        if let last = sampleImages.last { lines.append("samples:     \(last)" + (sampleImages.count > 1 ? " (and \(sampleImages.count - 1) earlier in the same folder)" : "")) }
+        lines.append("logs:        \(logDirectory)  (tensorboard --logdir \(logDirectory); train.jsonl)")
+        return lines
+    }
+}
