@@ -35,6 +35,7 @@ public enum DemoRun {
             learning_rate: 2.0e-3
             lr_scheduler: cosine
             lr_warmup_steps: 50
+            beta_schedule: squaredcos_cap_v2
             use_ema: true
             ema_power: 0.75
             checkpointing_steps: 100
