@@ -68,6 +68,18 @@ def attention():
     return run
 
 
+def attention_heads8():
+    # The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
+    q, k, v = (torch.randn(128, 196, 64, requires_grad=True) for _ in range(3))
+    upstream = torch.randn(128, 8, 196, 8)
+
+    def run():
+        split = lambda t: t.view(128, 196, 8, 8).transpose(1, 2)
+        F.scaled_dot_product_attention(split(q), split(k), split(v)).backward(upstream)
+        q.grad = k.grad = v.grad = None
+    return run
+
+
 def course_unet(channels=1, size=28):
     from diffusers import UNet2DModel
     torch.manual_seed(0)
@@ -134,6 +146,7 @@ WORKLOADS = {
     "conv-bwd-64c14": lambda: conv_backward(128, 64, 14),
     "groupnorm-fwdbwd": groupnorm,
     "attention-fwdbwd": attention,
+    "attention-heads8-fwdbwd": attention_heads8,
     "unet-mnist-fwd-b16": lambda: unet_forward(16),
     "unet-mnist-fwd-b64": lambda: unet_forward(64),
     "unet-mnist-train-b128": lambda: unet_train(course_unet(), 128, 1, 28),

@@ -87,6 +87,17 @@ var workloads: [Workload] = [
             for tensor in [query, key, value] { tensor.grad = nil }
         }
     },
+    Workload(name: "attention-heads8-fwdbwd") {
+        // The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
+        let query = randn([128, 196, 64]), key = randn([128, 196, 64]), value = randn([128, 196, 64])
+        let upstream = randn([128, 8, 196, 8])
+        for tensor in [query, key, value] { tensor.requiresGrad = true }
+        func split(_ tensor: Tensor) -> Tensor { tensor.reshaped([128, 196, 8, 8]).transposed(1, 2) }
+        return {
+            Tensor.scaledDotProductAttention(query: split(query), key: split(key), value: split(value)).backward(upstream)
+            for tensor in [query, key, value] { tensor.grad = nil }
+        }
+    },
     unetForward(batch: 16),
     unetForward(batch: 64),
     unetTraining("unet-mnist-train-b128", model: courseUNet, batch: 128, channels: 1, size: 28),
@@ -203,6 +214,14 @@ while let line = readLine() {
         print(String(format: "%.4f", Double(elapsed) / 1e6))
     case "rss":
         print(String(format: "%.1f", peakResidentMegabytes()))
+    case "profile":
+        // `profile NAME N`: N runs with the per-op profile on, then its table.
+        guard parts.count == 3, let body = prepared[parts[1]], let runs = Int(parts[2]) else { print("error profile NAME N"); continue }
+        OperationProfile.isEnabled = true
+        OperationProfile.reset()
+        for _ in 0..<runs { OperationProfile.mark(); body() }
+        print(OperationProfile.report())
+        OperationProfile.isEnabled = false
     case "quit":
         exit(0)
     default:

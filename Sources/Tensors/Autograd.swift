@@ -47,6 +47,7 @@ final class GradientNode {
         self.operation = operation
         self.edges = edges
         self.outputShape = outputShape
+        if OperationProfile.isEnabled { OperationProfile.recordForward(operation.name) }
     }
 
     /// Drops the saved tensors and edges.
@@ -155,8 +156,9 @@ enum Autograd {
             }
             let markers = node.edges.map { $0 == nil ? nil : Autograd.needed }
             let operation = node.operation.mappingSavedActivations(SavedTensorPrecision.decompress)
+            let started = OperationProfile.isEnabled ? OperationProfile.now() : 0
             let inputGradients = Gradients.backward(operation, gradient: gradient, inputs: markers)
-            let name = node.operation.name
+            if OperationProfile.isEnabled { OperationProfile.recordBackward(node.operation.name, nanoseconds: OperationProfile.now() - started) }
             // Count every hand-out first, so a tensor given to two inputs is never adopted by one.
             for (edge, inputGradient) in zip(node.edges, inputGradients) where edge != nil {
                 if let inputGradient { storageUses[ObjectIdentifier(inputGradient.storage), default: 0] += 1 }
@@ -166,7 +168,7 @@ enum Autograd {
                 switch edge {
                 case .node(let input):
                     if inputGradient.shape != input.outputShape {
-                        fatalError("autograd: backward of \(name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(input.outputShape)")
+                        fatalError("autograd: backward of \(node.operation.name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(input.outputShape)")
                     }
                     let inputID = ObjectIdentifier(input)
                     if let existing = pending[inputID] {
@@ -178,7 +180,7 @@ enum Autograd {
                     }
                 case .leaf(let tensor):
                     if inputGradient.count != tensor.count {
-                        fatalError("autograd: backward of \(name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(tensor.shape)")
+                        fatalError("autograd: backward of \(node.operation.name) produced a gradient of shape \(inputGradient.shape) for an input of shape \(tensor.shape)")
                     }
                     let id = ObjectIdentifier(tensor)
                     if let existing = leafGradients[id] {

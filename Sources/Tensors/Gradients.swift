@@ -36,10 +36,36 @@ enum Operation {
     /// An op whose backward kernel lives beside its forward kernel.
     case kernel(any BackwardContext)
 
+    /// The op's name, for error messages and profiles (never formats the saved tensors).
     var name: String {
         switch self {
         case .kernel(let context): return context.name
-        default: return String(describing: self).split(separator: "(").first.map(String.init) ?? "op"
+        case .identity: return "identity"
+        case .add: return "add"
+        case .subtract: return "subtract"
+        case .multiply: return "multiply"
+        case .divide: return "divide"
+        case .affine: return "affine"
+        case .power: return "power"
+        case .pointwise: return "pointwise"
+        case .clamp: return "clamp"
+        case .select: return "select"
+        case .sum: return "sum"
+        case .mean: return "mean"
+        case .variance: return "variance"
+        case .extremum: return "extremum"
+        case .reshape: return "reshape"
+        case .permute: return "permute"
+        case .expand: return "expand"
+        case .slice: return "slice"
+        case .indexSelect: return "indexSelect"
+        case .gather: return "gather"
+        case .concatenate: return "concatenate"
+        case .pad: return "pad"
+        case .matmul: return "matmul"
+        case .softmax: return "softmax"
+        case .logSoftmax: return "logSoftmax"
+        case .embedding: return "embedding"
         }
     }
 }
