@@ -1,0 +1,95 @@
+import Foundation
+
+/// The `config.json` of a ``NoiseAwareClassifier`` folder (snake_case keys,
+/// as diffusers writes its model configurations).
+public struct NoiseAwareClassifierConfiguration: Codable, Equatable, Sendable {
+    /// The model class written as `_class_name`.
+    public static let className = "NoiseAwareClassifier"
+
+    public var className = NoiseAwareClassifierConfiguration.className
+    /// Image channels.
+    public var inChannels = 1
+    /// Side of the square images it was trained on.
+    public var sampleSize = 28
+    /// Channels of each down block (each but the last halves the resolution).
+    public var blockOutChannels = [32, 64, 64]
+    /// Resnets per down block.
+    public var layersPerBlock = 1
+    /// Group-norm groups.
+    public var normGroupCount = 8
+    /// Group-norm epsilon.
+    public var normEpsilon = 1e-5
+    /// A resnet–resnet middle block after the down blocks.
+    public var addMidBlock = true
+    /// The sinusoidal time embedding's `flip_sin_to_cos` and `freq_shift` (UNet2DModel's defaults).
+    public var flipSinToCos = true
+    public var frequencyShift = 0
+    /// The class names, by label; their count is the number of outputs.
+    public var classNames: [String] = []
+    /// True when trained on noised images at random timesteps (for guidance);
+    /// false for a clean-image classifier (evaluated at timestep 0).
+    public var noiseAware = true
+    /// The noise schedule the noised training images were drawn from; guidance
+    /// checks that the sampling scheduler uses the same one.
+    public var numTrainTimesteps = 1000
+    public var betaSchedule = "linear"
+    public var betaStart = 0.0001
+    public var betaEnd = 0.02
+
+    /// Number of classes.
+    public var classCount: Int { classNames.count }
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case className = "_class_name"
+        case inChannels = "in_channels"
+        case sampleSize = "sample_size"
+        case blockOutChannels = "block_out_channels"
+        case layersPerBlock = "layers_per_block"
+        case normGroupCount = "norm_num_groups"
+        case normEpsilon = "norm_eps"
+        case addMidBlock = "add_mid_block"
+        case flipSinToCos = "flip_sin_to_cos"
+        case frequencyShift = "freq_shift"
+        case classNames = "class_names"
+        case noiseAware = "noise_aware"
+        case numTrainTimesteps = "num_train_timesteps"
+        case betaSchedule = "beta_schedule"
+        case betaStart = "beta_start"
+        case betaEnd = "beta_end"
+    }
+
+    /// Checks that the configuration builds a model, naming the key at fault.
+    public func validate() throws {
+        func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+            if !condition { throw GuidanceError("classifier config.json: " + message()) }
+        }
+        try require(className == Self.className, "_class_name is \"\(className)\", expected \"\(Self.className)\"")
+        try require(inChannels > 0, "in_channels must be positive")
+        try require(!blockOutChannels.isEmpty && blockOutChannels.allSatisfy { $0 > 0 }, "block_out_channels must be positive sizes")
+        try require(layersPerBlock > 0, "layers_per_block must be positive")
+        try require(normGroupCount > 0 && blockOutChannels.allSatisfy { $0 % normGroupCount == 0 },
+                    "norm_num_groups \(normGroupCount) must divide every block_out_channels entry \(blockOutChannels)")
+        try require(classNames.count >= 2, "class_names must name at least two classes")
+        try require(numTrainTimesteps > 0, "num_train_timesteps must be positive")
+    }
+
+    /// The noise schedule keys as a scheduler configuration.
+    public var schedulerConfiguration: SchedulerConfiguration {
+        get throws {
+            try SchedulerConfiguration(values: [
+                "num_train_timesteps": .int(numTrainTimesteps), "beta_schedule": .string(betaSchedule),
+                "beta_start": .double(betaStart), "beta_end": .double(betaEnd),
+            ])
+        }
+    }
+
+    /// Takes the noise schedule keys of a scheduler configuration (diffusers' defaults where it has none).
+    public mutating func adoptNoiseSchedule(of configuration: SchedulerConfiguration) {
+        if case .int(let value)? = configuration["num_train_timesteps"] { numTrainTimesteps = value }
+        if case .string(let value)? = configuration["beta_schedule"] { betaSchedule = value }
+        if let value = configuration["beta_start"]?.numberValue { betaStart = value }
+        if let value = configuration["beta_end"]?.numberValue { betaEnd = value }
+    }
+}
