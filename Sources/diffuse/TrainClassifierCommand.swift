@@ -22,6 +22,7 @@ struct TrainClassifier: ParsableCommand {
     @Option(help: "Where config.json and model.safetensors go.") var outputDir = "output/classifier"
     @Option(help: ArgumentHelp("Take the noise schedule, image size and channels from this pipeline folder.", valueName: "pipeline-dir"))
     var pipeline: String?
+    @Option(help: "The noise schedule without --pipeline: linear, scaled_linear, squaredcos_cap_v2, … (default linear).") var betaSchedule: String?
     @Flag(help: "Train on clean images only (timestep 0): a plain classifier, not for guidance.") var clean = false
     @Option(help: "Image side (default: the pipeline's sample_size, else 28).") var imageSize: Int?
     @Option(help: ArgumentHelp("Channels of the down blocks, comma-separated.", valueName: "32,64,64")) var blockOutChannels = "32,64,64"
@@ -45,6 +46,7 @@ struct TrainClassifier: ParsableCommand {
             options.datasetLimit = datasetLimit
             options.outputDir = outputDir
             options.pipeline = pipeline
+            options.betaSchedule = betaSchedule
             options.clean = clean
             options.imageSize = imageSize
             options.blockOutChannels = channels

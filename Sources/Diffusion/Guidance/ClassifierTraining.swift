@@ -20,6 +20,8 @@ public enum ClassifierTraining {
         /// A diffusers pipeline folder whose scheduler's noise schedule (and
         /// UNet's image size and channels) the classifier adopts (nil: DDPM's linear schedule).
         public var pipeline: String?
+        /// The noise schedule's `beta_schedule` when no pipeline gives it (nil: linear).
+        public var betaSchedule: String?
         /// Train on clean images only (timestep 0), for judging samples.
         public var clean = false
         /// Square image side (nil: the pipeline's sample size, else 28).
@@ -79,7 +81,9 @@ public enum ClassifierTraining {
         configuration.inChannels = try dataset.example(at: 0).image.shape[0]
         configuration.sampleSize = options.imageSize ?? 28
         var noiseConfiguration = SchedulerConfiguration()
+        if let betaSchedule = options.betaSchedule { try noiseConfiguration.set("beta_schedule", .string(betaSchedule)) }
         if let folder = options.pipeline {
+            if options.betaSchedule != nil { throw GuidanceError("give --pipeline or --beta-schedule, not both (the pipeline's scheduler sets the noise)") }
             let pipeline = try DDPMPipeline.load(folder: URL(fileURLWithPath: folder))
             noiseConfiguration = pipeline.scheduler.configuration
             configuration.inChannels = pipeline.unet.configuration.inChannels
