@@ -41,6 +41,8 @@ final class GuidanceSamplingTests: XCTestCase {
             XCTAssertEqual(reports.map(\.index), [0, 3, 6, 7], "\(mode): reports every 3 steps and the last")
             XCTAssertNotNil(reports.first?.loss)
             XCTAssertEqual(reports.first?.scaledLoss ?? 0, (reports.first?.loss ?? 0) * 60, accuracy: 1e-3)
+            // Only d/dx was computed: no parameter gradient, and the parameters are trainable again.
+            XCTAssertTrue(unet.parameters().allSatisfy { $0.grad == nil && $0.requiresGrad }, "\(mode): parameters touched")
         }
     }
 

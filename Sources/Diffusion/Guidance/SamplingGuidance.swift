@@ -1,4 +1,5 @@
 import Foundation
+import NN
 import Tensors
 
 /// The gradient guidance of one sampling run: loss guidance, classifier
@@ -38,6 +39,15 @@ public struct SamplingGuidance {
             if let logProbability { parts.append(String(format: "log p(y|x_t) %.3f (p %.3f)", logProbability, Foundation.exp(logProbability))) }
             return parts.joined(separator: "  ")
         }
+    }
+
+    /// Runs `body` with every parameter of `modules` not requiring gradients
+    /// (restored afterwards), so a guidance backward pass computes d/dx only.
+    public static func withFrozenParameters<Result>(_ modules: [Module], _ body: () throws -> Result) rethrows -> Result {
+        let parameters = modules.flatMap { $0.parameters() }.filter(\.requiresGrad)
+        parameters.forEach { $0.requiresGrad = false }
+        defer { parameters.forEach { $0.requiresGrad = true } }
+        return try body()
     }
 
     /// True when the model must run with gradients (loss guidance in `full` mode).

@@ -122,7 +122,9 @@ public enum GuidedSampler {
                                   model: model, report: onGuidance)
             }
         }
-        let samples = try SamplingLoop.run(
+        // Guidance differentiates with respect to x only: no parameter gradients are computed or kept.
+        let frozen = [unet as Module] + (guidance?.classifier.map { [$0.classifier as Module] } ?? [])
+        let samples = try SamplingGuidance.withFrozenParameters(frozen) { try SamplingLoop.run(
             scheduler: scheduler, initialNoise: noise, steps: steps, generator: &generator,
             model: { sample, timestep in noGrad { model(sample, timestep) } }, guide: guide,
             onStep: { state in
@@ -132,7 +134,7 @@ public enum GuidedSampler {
                 }
                 onStep?(state.index + 1, state.count)
                 return nil
-            })
+            }) }
         return Result(samples: samples, trace: trace)
     }
 
