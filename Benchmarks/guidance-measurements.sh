@@ -2,6 +2,7 @@
 # The four measurements of the guidance issue (#7), rerunnable:
 #   Benchmarks/guidance-measurements.sh train     trains the models (≈ 40 CPU-minutes on 2 cores)
 #   Benchmarks/guidance-measurements.sh measure   samples and measures (≈ 15 minutes); prints the tables
+#   (or one table: color, classifier, cfg)
 # Environment: DIFFUSE (the binary, default .build/release/diffuse), OUT (default output),
 # COUNT (samples per setting, default 100), STEPS (DDIM steps, default 25).
 # The golden comparison with PyTorch (measurement 4) is the test GuidanceGoldenTests
@@ -12,7 +13,7 @@ OUT=${OUT:-output}
 COUNT=${COUNT:-100}
 STEPS=${STEPS:-25}
 COLOR=${COLOR:-'#1AE680'}          # the notes' target (0.1, 0.9, 0.5)
-COLOR_SCALES=${COLOR_SCALES:-"3 10 30"}
+COLOR_SCALES=${COLOR_SCALES:-"3 10 30"}   # 100 already paints whole images the colour; 1000 overshoots
 RESULTS=$OUT/guidance-bench
 mkdir -p "$RESULTS"
 
@@ -43,7 +44,7 @@ timed_sample() {
         --save-tensor "$RESULTS/$name.safetensors" > "$RESULTS/$name.log"
 }
 
-measure() {
+measure_color() {
     echo "## 1. Colour guidance towards $COLOR ($COUNT samples, DDIM $STEPS steps, tinted Fashion-MNIST model)"
     echo "| setting | mean distance to colour | time (s) | peak RSS (MB) |"
     echo "|---|---|---|---|"
@@ -60,7 +61,9 @@ measure() {
         done
     done
 
-    echo
+}
+
+measure_classifier() {
     echo "## 2. Classifier guidance (demo model's unconditional class, --guidance-scale 0; classes 0-9, $COUNT samples)"
     echo "| classifier scale | judged accuracy | predicted class histogram |"
     echo "|---|---|---|"
@@ -72,7 +75,9 @@ measure() {
         echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') |"
     done
 
-    echo
+}
+
+measure_cfg() {
     echo "## 3. Classifier-free guidance (demo model, classes 0-9, $COUNT samples)"
     echo "| guidance scale | judged accuracy | predicted class histogram |"
     echo "|---|---|---|"
@@ -88,6 +93,9 @@ measure() {
 
 case "${1:-}" in
     train) train ;;
-    measure) measure ;;
-    *) echo "usage: $0 train|measure" >&2; exit 2 ;;
+    measure) measure_color; echo; measure_classifier; echo; measure_cfg ;;
+    color) measure_color ;;
+    classifier) measure_classifier ;;
+    cfg) measure_cfg ;;
+    *) echo "usage: $0 train|measure|color|classifier|cfg" >&2; exit 2 ;;
 esac
