@@ -65,29 +65,31 @@ measure_color() {
 
 measure_classifier() {
     echo "## 2. Classifier guidance (demo model's unconditional class, --guidance-scale 0; classes 0-9, $COUNT samples)"
-    echo "| classifier scale | judged accuracy | predicted class histogram |"
-    echo "|---|---|---|"
+    echo "| classifier scale | judged accuracy | predicted class histogram | time (s) | peak RSS (MB) |"
+    echo "|---|---|---|---|---|"
     for scale in 0 1 3 10; do
         name=classifier-$scale
         timed_sample "$name" "$OUT/demo" --scheduler ddim --steps "$STEPS" --count "$COUNT" --seed 2 --class 0-9 \
             --guidance-scale 0 --classifier "$OUT/classifier-fashion" --classifier-scale "$scale" -o "$RESULTS/$name.png"
         line=$($DIFFUSE measure "$RESULTS/$name.safetensors" --judge "$OUT/judge-fashion" --expect 0-9)
-        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') |"
+        read -r seconds kilobytes < "$RESULTS/$name.time"
+        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') | $seconds | $((kilobytes / 1024)) |"
     done
 
 }
 
 measure_cfg() {
     echo "## 3. Classifier-free guidance (demo model, classes 0-9, $COUNT samples)"
-    echo "| guidance scale | judged accuracy | predicted class histogram |"
-    echo "|---|---|---|"
+    echo "| guidance scale | judged accuracy | predicted class histogram | time (s) | peak RSS (MB) |"
+    echo "|---|---|---|---|---|"
     mkdir -p Benchmarks/guidance
     for scale in 0 1 3 7.5; do
         name=cfg-$scale
         timed_sample "$name" "$OUT/demo" --scheduler ddim --steps "$STEPS" --count "$COUNT" --seed 3 --class 0-9 \
             --guidance-scale "$scale" -o "Benchmarks/guidance/cfg-scale-$scale.png"
         line=$($DIFFUSE measure "$RESULTS/$name.safetensors" --judge "$OUT/judge-fashion" --expect 0-9)
-        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') |"
+        read -r seconds kilobytes < "$RESULTS/$name.time"
+        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') | $seconds | $((kilobytes / 1024)) |"
     done
 }
 
