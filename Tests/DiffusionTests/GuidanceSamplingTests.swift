@@ -175,6 +175,18 @@ final class GuidanceSamplingTests: XCTestCase {
         XCTAssertEqual(noGrad { loaded(input, timestep: 40) }.toArray(), noGrad { model(input, timestep: 40) }.toArray())
     }
 
+    func testClassifierConfigurationTakesDefaultsAndNamesBadKeys() throws {
+        let minimal = try JSONDecoder().decode(NoiseAwareClassifierConfiguration.self,
+                                               from: Data(#"{"class_names": ["a", "b"], "in_channels": 3}"#.utf8))
+        XCTAssertEqual(minimal.inChannels, 3)
+        XCTAssertEqual(minimal.blockOutChannels, NoiseAwareClassifierConfiguration().blockOutChannels)
+        XCTAssertNoThrow(try minimal.validate())
+        var bad = minimal
+        bad.normGroupCount = 5
+        XCTAssertThrowsError(try bad.validate()) { XCTAssertTrue("\($0)".contains("norm_num_groups"), "\($0)") }
+        XCTAssertThrowsError(try JSONDecoder().decode(NoiseAwareClassifierConfiguration.self, from: Data(#"{"in_channels": 3}"#.utf8)))
+    }
+
     func testTintedDatasetIsRGBAndStable() throws {
         let grey = InMemoryDataset(images: Tensor([-1, 1, 0, 0.5], shape: [1, 1, 2, 2]), labels: [0], classNames: ["a", "b"])
         let tinted = TintedDataset(base: grey)

@@ -60,6 +60,31 @@ public struct NoiseAwareClassifierConfiguration: Codable, Equatable, Sendable {
         case betaEnd = "beta_end"
     }
 
+    /// Reads a `config.json`; keys it lacks take the defaults above (`class_names` is required).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = NoiseAwareClassifierConfiguration()
+        func value<Value: Decodable>(_ key: CodingKeys, _ fallback: Value) throws -> Value {
+            try container.decodeIfPresent(Value.self, forKey: key) ?? fallback
+        }
+        className = try value(.className, defaults.className)
+        inChannels = try value(.inChannels, defaults.inChannels)
+        sampleSize = try value(.sampleSize, defaults.sampleSize)
+        blockOutChannels = try value(.blockOutChannels, defaults.blockOutChannels)
+        layersPerBlock = try value(.layersPerBlock, defaults.layersPerBlock)
+        normGroupCount = try value(.normGroupCount, defaults.normGroupCount)
+        normEpsilon = try value(.normEpsilon, defaults.normEpsilon)
+        addMidBlock = try value(.addMidBlock, defaults.addMidBlock)
+        flipSinToCos = try value(.flipSinToCos, defaults.flipSinToCos)
+        frequencyShift = try value(.frequencyShift, defaults.frequencyShift)
+        classNames = try container.decode([String].self, forKey: .classNames)
+        noiseAware = try value(.noiseAware, defaults.noiseAware)
+        numTrainTimesteps = try value(.numTrainTimesteps, defaults.numTrainTimesteps)
+        betaSchedule = try value(.betaSchedule, defaults.betaSchedule)
+        betaStart = try value(.betaStart, defaults.betaStart)
+        betaEnd = try value(.betaEnd, defaults.betaEnd)
+    }
+
     /// Checks that the configuration builds a model, naming the key at fault.
     public func validate() throws {
         func require(_ condition: Bool, _ message: @autoclosure () -> String) throws {
