@@ -17,6 +17,7 @@ public final class TintedDataset: Dataset {
     public var count: Int { base.count }
     public var classNames: [String] { base.classNames }
 
+    /// `base` (one-channel images) tinted with colours drawn from `seed` and each example's index.
     public init(base: Dataset, seed: UInt64 = 0) {
         self.base = base
         self.seed = seed

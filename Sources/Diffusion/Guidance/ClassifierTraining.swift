@@ -32,10 +32,15 @@ public enum ClassifierTraining {
         public var layersPerBlock = 1
         /// Group-norm groups.
         public var normGroupCount = 8
+        /// Images per optimizer step.
         public var batchSize = 64
+        /// Optimizer steps.
         public var steps = 1000
+        /// Peak AdamW learning rate (cosine schedule with a short warm-up).
         public var learningRate = 1e-3
+        /// AdamW decoupled weight decay.
         public var weightDecay = 0.01
+        /// Seed of initialisation, data order, timesteps and noise.
         public var seed: UInt64 = 0
         /// Print the running loss and accuracy every this many steps.
         public var logEvery = 50
@@ -47,13 +52,18 @@ public enum ClassifierTraining {
 
     /// What a run produced.
     public struct Outcome: Sendable {
+        /// Where the classifier folder was written.
         public let outputDir: String
+        /// Optimizer steps taken.
         public let steps: Int
+        /// Wall-clock seconds of the whole run.
         public let seconds: Double
+        /// The loss of the last step.
         public let finalLoss: Float
         /// Test-split accuracy by timestep (`[(0, 0.91), (250, 0.88), …]`); empty without a test split.
         public let accuracy: [(timestep: Int, accuracy: Double)]
 
+        /// What to tell a person.
         public var reportLines: [String] {
             var lines = [String(format: "trained %d steps in %.0f s, last loss %.4f", steps, seconds, finalLoss)]
             if !accuracy.isEmpty {

@@ -16,6 +16,7 @@ public struct ColorLoss: GuidanceLoss {
     /// The target colour, each channel in [0, 1].
     public let red: Float, green: Float, blue: Float
 
+    /// `colour loss`, for logs.
     public var name: String { "colour loss" }
 
     /// A target colour with channels in [0, 1].

@@ -24,6 +24,7 @@ public protocol GuidanceLoss {
 
 /// A ``GuidanceLoss`` made of a closure.
 public struct ClosureGuidanceLoss: GuidanceLoss {
+    /// A short name for logs.
     public let name: String
     private let body: (Tensor) -> Tensor
 
@@ -63,6 +64,7 @@ public struct LossGuidance {
     /// Gradient through the scheduler's x0 only, or through the model too.
     public var mode: GuidanceMode
 
+    /// Guidance lowering `loss` with step size `scale`, differentiated in `mode`.
     public init(loss: any GuidanceLoss, scale: Float, mode: GuidanceMode = .shortcut) {
         self.loss = loss
         self.scale = scale
@@ -89,7 +91,9 @@ public struct LossGuidance {
 
 /// A guidance request that cannot run, with the reason.
 public struct GuidanceError: Error, CustomStringConvertible, Equatable {
+    /// What is wrong and what to do instead.
     public let message: String
+    /// An error with `message`.
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }

@@ -16,12 +16,18 @@ import Tensors
 /// let logits = noGrad { classifier(noisyImages, timesteps: [500]) }   // [N, classes]
 /// ```
 public final class NoiseAwareClassifier: Module {
+    /// `conv_in`: image channels to the first block's.
     public let convIn: Conv2d
+    /// `time_proj` and `time_embedding`: the sinusoidal timestep features and their MLP.
     public let timeProjection: Timesteps
     public let timeEmbedding: TimestepEmbedding
+    /// `down_blocks`: diffusers `DownBlock2D`s (each but the last halves the resolution).
     public let downBlocks: [UNetDownBlock]
+    /// `mid_block`: two resnets without attention (nil with `add_mid_block` false).
     public let midBlock: UNetMidBlock2D?
+    /// `conv_norm_out`: the group norm before SiLU and pooling.
     public let convNormOut: GroupNorm
+    /// `head`: pooled features to one logit per class.
     public let head: Linear
 
     public override class var stateDictKeys: [String: String] {

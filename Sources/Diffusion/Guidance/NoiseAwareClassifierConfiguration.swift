@@ -6,6 +6,7 @@ public struct NoiseAwareClassifierConfiguration: Codable, Equatable, Sendable {
     /// The model class written as `_class_name`.
     public static let className = "NoiseAwareClassifier"
 
+    /// `_class_name`.
     public var className = NoiseAwareClassifierConfiguration.className
     /// Image channels.
     public var inChannels = 1
@@ -21,24 +22,29 @@ public struct NoiseAwareClassifierConfiguration: Codable, Equatable, Sendable {
     public var normEpsilon = 1e-5
     /// A resnet–resnet middle block after the down blocks.
     public var addMidBlock = true
-    /// The sinusoidal time embedding's `flip_sin_to_cos` and `freq_shift` (UNet2DModel's defaults).
+    /// The sinusoidal time embedding's `flip_sin_to_cos` (UNet2DModel's default).
     public var flipSinToCos = true
+    /// The sinusoidal time embedding's `freq_shift` (UNet2DModel's default).
     public var frequencyShift = 0
     /// The class names, by label; their count is the number of outputs.
     public var classNames: [String] = []
     /// True when trained on noised images at random timesteps (for guidance);
     /// false for a clean-image classifier (evaluated at timestep 0).
     public var noiseAware = true
-    /// The noise schedule the noised training images were drawn from; guidance
-    /// checks that the sampling scheduler uses the same one.
+    /// The noise schedule the noised training images were drawn from (diffusers'
+    /// scheduler keys); guidance checks that the sampling scheduler uses the same one.
     public var numTrainTimesteps = 1000
+    /// `beta_schedule` of that noise schedule.
     public var betaSchedule = "linear"
+    /// `beta_start` of that noise schedule.
     public var betaStart = 0.0001
+    /// `beta_end` of that noise schedule.
     public var betaEnd = 0.02
 
     /// Number of classes.
     public var classCount: Int { classNames.count }
 
+    /// The defaults above (no classes: set `classNames`).
     public init() {}
 
     enum CodingKeys: String, CodingKey {

@@ -15,6 +15,7 @@ public struct SamplingGuidance {
     /// Report every this many steps (and the last); 0 never.
     public var reportEvery: Int
 
+    /// Guidance by `loss`, `classifier`, or both, reporting every `reportEvery` steps.
     public init(loss: LossGuidance? = nil, classifier: ClassifierGuidance? = nil, reportEvery: Int = 10) {
         self.loss = loss
         self.classifier = classifier
