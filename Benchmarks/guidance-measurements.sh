@@ -26,9 +26,13 @@ train() {
         --eval-inference-steps 25 --output-dir "$OUT/rgb" --overwrite-output-dir --no-progress > "$OUT/rgb.log" 2>&1 &
     # 3. The class-conditional Fashion-MNIST model of `make demo` (its null class is the unconditional model of 2).
     DIFFUSE_NUM_THREADS=1 $DIFFUSE demo --no-progress > "$OUT/demo.log" 2>&1 &
-    # 2./3. The judge: a clean-image classifier, trained independently (other widths, other seed, no noise).
+    # 2./3. The judges: clean-image classifiers, trained independently (other widths, other seeds, no noise).
+    #    judge-fashion-strong (88.7% test accuracy) is the one the tables report; judge-fashion (78.9%) the second column.
     DIFFUSE_NUM_THREADS=1 $DIFFUSE train-classifier --dataset fashion-mnist --clean --block-out-channels 16,32,64 \
         --steps 400 --seed 7 --output-dir "$OUT/judge-fashion" --log-every 100 > "$OUT/judge-fashion.log" 2>&1 &
+    DIFFUSE_NUM_THREADS=1 $DIFFUSE train-classifier --dataset fashion-mnist --clean --block-out-channels 24,48,96 \
+        --steps 1200 --seed 11 --learning-rate 2e-3 --output-dir "$OUT/judge-fashion-strong" --log-every 200 \
+        > "$OUT/judge-fashion-strong.log" 2>&1 &
     # 2. The noise-aware classifier, on the demo's noise schedule (squaredcos_cap_v2).
     DIFFUSE_NUM_THREADS=1 $DIFFUSE train-classifier --dataset fashion-mnist --beta-schedule squaredcos_cap_v2 \
         --block-out-channels 32,64,64 --steps 500 --output-dir "$OUT/classifier-fashion" --log-every 100 \
@@ -42,6 +46,14 @@ timed_sample() {
     local name=$1; shift
     /usr/bin/time -f "%e %M" -o "$RESULTS/$name.time" $DIFFUSE sample "$@" --no-progress \
         --save-tensor "$RESULTS/$name.safetensors" > "$RESULTS/$name.log"
+}
+
+# "| accuracy (strong judge) | accuracy (small judge) | histogram (strong judge) |" cells for samples NAME.
+judged() {
+    local strong small
+    strong=$($DIFFUSE measure "$RESULTS/$1.safetensors" --judge "$OUT/judge-fashion-strong" --expect 0-9)
+    small=$($DIFFUSE measure "$RESULTS/$1.safetensors" --judge "$OUT/judge-fashion" --expect 0-9)
+    echo "$(echo "$strong" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$small" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$strong" | sed 's/.*predicted=//')"
 }
 
 measure_color() {
@@ -65,31 +77,29 @@ measure_color() {
 
 measure_classifier() {
     echo "## 2. Classifier guidance (demo model's unconditional class, --guidance-scale 0; classes 0-9, $COUNT samples)"
-    echo "| classifier scale | judged accuracy | predicted class histogram | time (s) | peak RSS (MB) |"
-    echo "|---|---|---|---|---|"
+    echo "| classifier scale | accuracy (judge 88.7%) | accuracy (judge 78.9%) | predicted class histogram | time (s) | peak RSS (MB) |"
+    echo "|---|---|---|---|---|---|"
     for scale in 0 1 3 10; do
         name=classifier-$scale
         timed_sample "$name" "$OUT/demo" --scheduler ddim --steps "$STEPS" --count "$COUNT" --seed 2 --class 0-9 \
             --guidance-scale 0 --classifier "$OUT/classifier-fashion" --classifier-scale "$scale" -o "$RESULTS/$name.png"
-        line=$($DIFFUSE measure "$RESULTS/$name.safetensors" --judge "$OUT/judge-fashion" --expect 0-9)
         read -r seconds kilobytes < "$RESULTS/$name.time"
-        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') | $seconds | $((kilobytes / 1024)) |"
+        echo "| $scale | $(judged "$name") | $seconds | $((kilobytes / 1024)) |"
     done
 
 }
 
 measure_cfg() {
     echo "## 3. Classifier-free guidance (demo model, classes 0-9, $COUNT samples)"
-    echo "| guidance scale | judged accuracy | predicted class histogram | time (s) | peak RSS (MB) |"
-    echo "|---|---|---|---|---|"
+    echo "| guidance scale | accuracy (judge 88.7%) | accuracy (judge 78.9%) | predicted class histogram | time (s) | peak RSS (MB) |"
+    echo "|---|---|---|---|---|---|"
     mkdir -p Benchmarks/guidance
     for scale in 0 1 3 7.5; do
         name=cfg-$scale
         timed_sample "$name" "$OUT/demo" --scheduler ddim --steps "$STEPS" --count "$COUNT" --seed 3 --class 0-9 \
             --guidance-scale "$scale" -o "Benchmarks/guidance/cfg-scale-$scale.png"
-        line=$($DIFFUSE measure "$RESULTS/$name.safetensors" --judge "$OUT/judge-fashion" --expect 0-9)
         read -r seconds kilobytes < "$RESULTS/$name.time"
-        echo "| $scale | $(echo "$line" | sed 's/.*class_accuracy=\([^ ]*\).*/\1/') | $(echo "$line" | sed 's/.*predicted=//') | $seconds | $((kilobytes / 1024)) |"
+        echo "| $scale | $(judged "$name") | $seconds | $((kilobytes / 1024)) |"
     done
 }
 
