@@ -12,7 +12,12 @@ struct Sample: ParsableCommand {
         EulerAncestralDiscreteScheduler, HeunDiscreteScheduler, DPMSolverMultistepScheduler, \
         UniPCMultistepScheduler, or ddpm, ddim, pndm, lms, euler, euler-ancestral, heun, dpm, unipc). \
         For a class-conditional model, --class picks the classes and --guidance-scale applies \
-        classifier-free guidance: uncond + s·(cond − uncond), one batched model call per step.
+        classifier-free guidance: uncond + s·(cond − uncond), one batched model call per step. \
+        --guide color=#RRGGBB steers an RGB model towards a colour: before each step x moves by \
+        −scale·∇ colour_loss(x0), the gradient taken through the scheduler's x0 only (--guide-mode \
+        shortcut) or through the UNet too (full). --classifier DIR (from `diffuse train-classifier`) \
+        with --class K moves x by +scale·∇ log p(K | x_t). A guided run prints the guidance loss \
+        every --guidance-report-every steps.
         """)
 
     @Argument(help: "The pipeline folder (model_index.json, unet/, scheduler/).") var pipeline: String
@@ -32,6 +37,15 @@ struct Sample: ParsableCommand {
     var saveTensor: String?
     @Flag(help: "Also write a strip of x_t and the predicted x0 every k steps (GRID-trace.png).") var trace = false
     @Option(help: "The trace's k (default: steps / 10).") var traceEvery: Int?
+    @Option(help: ArgumentHelp("Loss guidance: color=#RRGGBB (the notes' colour loss; RGB models).", valueName: "color=#RRGGBB"))
+    var guide: String?
+    @Option(help: "Loss guidance scale (step size on the gradient of the per-image loss).") var guideScale: Double = 40
+    @Option(help: ArgumentHelp("shortcut: gradient through the scheduler's x0 only; full: through the UNet too.", valueName: "shortcut|full"))
+    var guideMode: String = "shortcut"
+    @Option(help: ArgumentHelp("A noise-aware classifier folder (diffuse train-classifier) for classifier guidance towards --class.", valueName: "dir"))
+    var classifier: String?
+    @Option(help: "Classifier guidance scale: x_t += s·∇ log p(class | x_t); 0 is unguided.") var classifierScale: Double = 1
+    @Option(help: "Print the guidance loss every N steps (0: never).") var guidanceReportEvery = 10
     @Flag(help: "No live progress line.") var noProgress = false
 
     func run() throws {
@@ -48,8 +62,17 @@ struct Sample: ParsableCommand {
         request.initNoise = initNoise
         request.saveTensor = saveTensor
         if trace || traceEvery != nil { request.traceEvery = traceEvery ?? 0 }
+        request.guide = guide
+        request.guideScale = guideScale
+        request.classifier = classifier
+        request.classifierScale = classifierScale
+        request.guidanceReportEvery = guidanceReportEvery
         try CommandFailure.report {
-            let outcome = try SampleRun.run(request, progressOutput: noProgress ? nil : FileDescriptorOutput())
+            guard let mode = GuidanceMode(rawValue: guideMode.lowercased()) else {
+                throw GuidanceError("--guide-mode \"\(guideMode)\" is not shortcut or full")
+            }
+            request.guideMode = mode
+            let outcome = try SampleRun.run(request, progressOutput: noProgress ? nil : FileDescriptorOutput(), log: { print($0) })
             outcome.reportLines.forEach { print($0) }
         }
     }

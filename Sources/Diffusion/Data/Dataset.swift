@@ -42,11 +42,13 @@ extension Dataset {
 /// Datasets by name or path, as the command line takes them.
 public enum Datasets {
     /// The names `open(_:)` knows.
-    public static let names = ["mnist", "fashion-mnist"]
+    public static let names = ["mnist", "fashion-mnist", "tinted-mnist", "tinted-fashion-mnist"]
 
     /// `"mnist"` (after `make data`), `"fashion-mnist"` (the Debian package
-    /// `dataset-fashion-mnist`), or the path of an image folder (PNG/JPEG, class
-    /// labels from sub-folders, captions from `metadata.jsonl`).
+    /// `dataset-fashion-mnist`), `"tinted-mnist"` / `"tinted-fashion-mnist"` (the
+    /// same made RGB with random colours per example, see ``TintedDataset``), or
+    /// the path of an image folder (PNG/JPEG, class labels from sub-folders,
+    /// captions from `metadata.jsonl`).
     /// - Parameters:
     ///   - training: for the named datasets, the training split, else the test split.
     ///   - limit: for the named datasets, keep only the first `limit` examples.
@@ -54,6 +56,8 @@ public enum Datasets {
         switch nameOrPath.lowercased() {
         case "mnist": return try MNIST.dataset(training: training, limit: limit)
         case "fashion-mnist", "fashion_mnist", "fashionmnist": return try FashionMNIST.dataset(training: training, limit: limit)
+        case "tinted-mnist": return TintedDataset(base: try MNIST.dataset(training: training, limit: limit))
+        case "tinted-fashion-mnist": return TintedDataset(base: try FashionMNIST.dataset(training: training, limit: limit))
         default:
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: nameOrPath, isDirectory: &isDirectory), isDirectory.boolValue else {

@@ -46,29 +46,32 @@ public enum GuidedSampler {
         return count - 1
     }
 
-    /// The model output for `sample` at `timestep` with guidance applied.
+    /// The model output for `sample` at `timestep` with guidance applied, under `noGrad`.
     ///
     /// - Parameters:
     ///   - labels: one class per example (nil: an unconditional model, or all null classes).
     ///   - guidanceScale: `s` of `uncond + s · (cond − uncond)`.
     public static func guidedOutput(unet: UNet2DModel, sample: Tensor, timestep: Float, labels: [Int]?, guidanceScale: Float) -> Tensor {
-        noGrad {
-            guard let labels, let null = nullClass(of: unet) else {
-                if let null = nullClass(of: unet) {
-                    return unet(sample, timestep: timestep, classLabels: Array(repeating: null, count: sample.shape[0]))
-                }
-                return unet(sample, timestep: timestep)
+        noGrad { conditionedOutput(unet: unet, sample: sample, timestep: timestep, labels: labels, guidanceScale: guidanceScale) }
+    }
+
+    /// As `guidedOutput`, recording the graph when gradients are on (full-mode loss guidance).
+    public static func conditionedOutput(unet: UNet2DModel, sample: Tensor, timestep: Float, labels: [Int]?, guidanceScale: Float) -> Tensor {
+        guard let labels, let null = nullClass(of: unet) else {
+            if let null = nullClass(of: unet) {
+                return unet(sample, timestep: timestep, classLabels: Array(repeating: null, count: sample.shape[0]))
             }
-            if guidanceScale == 1 { return unet(sample, timestep: timestep, classLabels: labels) }
-            let unconditional = Array(repeating: null, count: labels.count)
-            if guidanceScale == 0 { return unet(sample, timestep: timestep, classLabels: unconditional) }
-            let batch = sample.shape[0]
-            let doubled = Tensor.concatenate([sample, sample], axis: 0)
-            let output = unet(doubled, timestep: timestep, classLabels: labels + unconditional)
-            let conditionalOutput = output.narrowed(axis: 0, start: 0, length: batch)
-            let unconditionalOutput = output.narrowed(axis: 0, start: batch, length: batch)
-            return unconditionalOutput + (conditionalOutput - unconditionalOutput) * guidanceScale
+            return unet(sample, timestep: timestep)
         }
+        if guidanceScale == 1 { return unet(sample, timestep: timestep, classLabels: labels) }
+        let unconditional = Array(repeating: null, count: labels.count)
+        if guidanceScale == 0 { return unet(sample, timestep: timestep, classLabels: unconditional) }
+        let batch = sample.shape[0]
+        let doubled = Tensor.concatenate([sample, sample], axis: 0)
+        let output = unet(doubled, timestep: timestep, classLabels: labels + unconditional)
+        let conditionalOutput = output.narrowed(axis: 0, start: 0, length: batch)
+        let unconditionalOutput = output.narrowed(axis: 0, start: batch, length: batch)
+        return unconditionalOutput + (conditionalOutput - unconditionalOutput) * guidanceScale
     }
 
     /// Checks labels against the model: every label must be a real class.
@@ -85,8 +88,13 @@ public enum GuidedSampler {
     /// Runs `steps` scheduler steps from `initialNoise` (unit variance; scaled
     /// by the scheduler's `initNoiseSigma`) or from noise drawn from
     /// `generator`, of `count` images of the model's `sample_size`.
+    ///
+    /// - Parameters:
+    ///   - guidance: loss and/or classifier guidance applied to x_t before every step.
+    ///   - onGuidance: receives the guidance's periodic reports (the notes' `i loss: …` lines).
     public static func sample(unet: UNet2DModel, scheduler: any Scheduler, count: Int, steps: Int, labels: [Int]? = nil,
                               guidanceScale: Float = 1, initialNoise: Tensor? = nil, generator: inout RandomGenerator,
+                              guidance: SamplingGuidance? = nil, onGuidance: ((SamplingGuidance.Report) -> Void)? = nil,
                               traceEvery: Int? = nil, onStep: ((Int, Int) -> Void)? = nil) throws -> Result {
         try checkLabels(labels, unet: unet)
         if let labels, labels.count != count {
@@ -102,10 +110,23 @@ public enum GuidedSampler {
         } else {
             noise = Tensor.randn(shape, generator: &generator)
         }
+        try guidance?.check(scheduler: scheduler, sampleShape: shape)
         var trace: [TraceFrame] = []
-        let samples = try SamplingLoop.run(
+        let model = { (sample: Tensor, timestep: Float) -> Tensor in
+            conditionedOutput(unet: unet, sample: sample, timestep: timestep, labels: labels, guidanceScale: guidanceScale)
+        }
+        var guide: ((Int, Float, Tensor) throws -> (sample: Tensor, modelOutput: Tensor))?
+        if let guidance {
+            guide = { index, timestep, sample in
+                try guidance.step(index: index, count: scheduler.timesteps.count, timestep: timestep, sample: sample, scheduler: scheduler,
+                                  model: model, report: onGuidance)
+            }
+        }
+        // Guidance differentiates with respect to x only: no parameter gradients are computed or kept.
+        let frozen = [unet as Module] + (guidance?.classifier.map { [$0.classifier as Module] } ?? [])
+        let samples = try SamplingGuidance.withFrozenParameters(frozen) { try SamplingLoop.run(
             scheduler: scheduler, initialNoise: noise, steps: steps, generator: &generator,
-            model: { sample, timestep in guidedOutput(unet: unet, sample: sample, timestep: timestep, labels: labels, guidanceScale: guidanceScale) },
+            model: { sample, timestep in noGrad { model(sample, timestep) } }, guide: guide,
             onStep: { state in
                 if let traceEvery, traceEvery > 0, state.index % traceEvery == 0 || state.index == state.count - 1 {
                     trace.append(TraceFrame(index: state.index, timestep: state.timestep,
@@ -113,7 +134,7 @@ public enum GuidedSampler {
                 }
                 onStep?(state.index + 1, state.count)
                 return nil
-            })
+            }) }
         return Result(samples: samples, trace: trace)
     }
 

@@ -34,6 +34,18 @@ public struct SampleRequest: Sendable {
     public var traceEvery: Int?
     /// The trace strip PNG (nil: the grid's name with `-trace`).
     public var traceOutput: String?
+    /// Loss guidance as typed: `color=#RRGGBB` (nil: none).
+    public var guide: String?
+    /// The loss guidance scale.
+    public var guideScale: Double = 40
+    /// Where the loss guidance gradient is taken.
+    public var guideMode: GuidanceMode = .shortcut
+    /// A classifier folder from `diffuse train-classifier` for classifier guidance (nil: none).
+    public var classifier: String?
+    /// The classifier guidance scale (0: unguided).
+    public var classifierScale: Double = 1
+    /// Print the guidance loss every this many steps (0: never).
+    public var guidanceReportEvery = 10
 
     public init(pipeline: String) { self.pipeline = pipeline }
 }
@@ -48,8 +60,10 @@ public struct SampleOutcome: Sendable {
     public let schedulerName: String
     public let steps: Int
     public let seconds: Double
-    /// Class names from the pipeline's `classes.json`.
+    /// Class names from the pipeline's `classes.json` (or the classifier's).
     public let classNames: [String]
+    /// What the guidance did, e.g. `colour guidance #1AE680, scale 40, shortcut: final colour loss 0.2412`.
+    public let guidanceSummary: String?
 
     /// What to tell a person: what was sampled and where it went.
     public var reportLines: [String] {
@@ -60,6 +74,7 @@ public struct SampleOutcome: Sendable {
             for item in described where unique.last != item { unique.append(item) }
             lines.append("classes:     " + unique.joined(separator: ", "))
         }
+        if let guidanceSummary { lines.append("guidance:    " + guidanceSummary) }
         lines.append("grid:        \(gridPath)")
         if let tracePath { lines.append("trace:       \(tracePath) (rows: x_t, predicted x0)") }
         if let tensorPath { lines.append("tensor:      \(tensorPath)") }
@@ -70,8 +85,10 @@ public struct SampleOutcome: Sendable {
 /// Runs a ``SampleRequest``.
 public enum SampleRun {
     /// Loads the pipeline, samples and writes the files.
-    /// - Parameter progressOutput: where the live progress line goes (nil: none).
-    public static func run(_ request: SampleRequest, progressOutput: ProgressOutput? = nil) throws -> SampleOutcome {
+    /// - Parameters:
+    ///   - progressOutput: where the live progress line goes (nil: none).
+    ///   - log: receives the guidance loss lines printed every few steps.
+    public static func run(_ request: SampleRequest, progressOutput: ProgressOutput? = nil, log: ((String) -> Void)? = nil) throws -> SampleOutcome {
         let start = Date()
         let folder = URL(fileURLWithPath: request.pipeline)
         let pipeline = try DDPMPipeline.load(folder: folder)
@@ -92,8 +109,12 @@ public enum SampleRun {
         let steps = request.steps ?? (scheduler is DDPMScheduler ? scheduler.trainTimesteps : 50)
 
         let noise = try request.initNoise.map(loadNoise)
-        let classes = PipelineClasses.load(from: request.pipeline)
-        var labels = try request.classes.map { try parseClasses($0, names: classes?.names ?? []) }
+        let classifier = try request.classifier.map { try NoiseAwareClassifier.load(folder: URL(fileURLWithPath: $0)) }
+        let classNames = classifier?.configuration.classNames ?? PipelineClasses.load(from: request.pipeline)?.names ?? []
+        if classifier != nil && request.classes == nil {
+            throw GuidanceError("--classifier needs --class: the class(es) to steer towards")
+        }
+        var labels = try request.classes.map { try parseClasses($0, names: classNames) }
         let count = request.count ?? noise?.shape[0] ?? (labels.map { $0.count > 1 ? $0.count : nil } ?? nil) ?? 16
         guard count >= 1 else { throw GuidedSampler.RequestError("--count must be at least 1") }
         if let given = labels, given.count != count, count % given.count == 0 {
@@ -101,14 +122,46 @@ public enum SampleRun {
             labels = given.flatMap { Array(repeating: $0, count: count / given.count) }
         }
 
+        var guidance: SamplingGuidance?
+        var guidanceDescription: [String] = []
+        if let text = request.guide {
+            let loss = try guidanceLoss(text, channels: pipeline.unet.configuration.inChannels)
+            guidance = SamplingGuidance(loss: LossGuidance(loss: loss, scale: Float(request.guideScale), mode: request.guideMode))
+            guidanceDescription.append("\(text), scale \(request.guideScale), \(request.guideMode.rawValue)")
+        }
+        if let classifier, let labels {
+            var combined = guidance ?? SamplingGuidance()
+            combined.classifier = try ClassifierGuidance(classifier: classifier, labels: labels, scale: Float(request.classifierScale))
+            guidance = combined
+            guidanceDescription.append("classifier \(request.classifier ?? ""), scale \(request.classifierScale)")
+        }
+        guidance?.reportEvery = request.guidanceReportEvery
+        // Class labels steer the UNet only when it is class-conditional; with a classifier they steer the classifier.
+        let unetLabels = classifier != nil && GuidedSampler.nullClass(of: pipeline.unet) == nil ? nil : labels
+        if unetLabels == nil && classifier != nil && request.guidanceScale != 1 {
+            throw GuidanceError("--guidance-scale (classifier-free guidance) needs a class-conditional model; this one is unconditional, "
+                                + "so only --classifier-scale applies")
+        }
+
         var generator = RandomGenerator(seed: request.seed)
         let traceEvery = request.traceEvery.map { $0 > 0 ? $0 : Swift.max(1, steps / 10) }
         let bar = progressOutput.map { ProgressBar(total: steps, label: "sample", output: $0) }
+        var lastReport: SamplingGuidance.Report?
+        let lossName = guidance?.loss?.loss.name ?? "loss"
         let result = try GuidedSampler.sample(
-            unet: pipeline.unet, scheduler: scheduler, count: count, steps: steps, labels: labels,
+            unet: pipeline.unet, scheduler: scheduler, count: count, steps: steps, labels: unetLabels,
             guidanceScale: Float(request.guidanceScale), initialNoise: noise, generator: &generator,
+            guidance: guidance, onGuidance: { report in
+                lastReport = report
+                log?(report.line(lossName: lossName))
+            },
             traceEvery: traceEvery, onStep: { done, _ in bar?.update(step: done) })
         bar?.finish()
+        var guidanceSummary: String?
+        if !guidanceDescription.isEmpty {
+            guidanceSummary = guidanceDescription.joined(separator: "; ")
+            if let lastReport { guidanceSummary! += "; last step: " + lastReport.line(lossName: lossName) }
+        }
 
         let columns = request.columns ?? labels.flatMap(rowLength) ?? Swift.min(8, count)
         try savePNG(result.samples, path: request.output, columns: columns)
@@ -126,7 +179,20 @@ public enum SampleRun {
         }
         return SampleOutcome(gridPath: request.output, tracePath: tracePath, tensorPath: tensorPath, count: count, labels: labels,
                              schedulerName: type(of: scheduler).className, steps: steps, seconds: Date().timeIntervalSince(start),
-                             classNames: classes?.names ?? [])
+                             classNames: classNames, guidanceSummary: guidanceSummary)
+    }
+
+    /// The loss of `--guide`: `color=#RRGGBB` (or `colour=`), for an RGB model.
+    public static func guidanceLoss(_ text: String, channels: Int) throws -> any GuidanceLoss {
+        let parts = text.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count == 2, ["color", "colour"].contains(parts[0].lowercased()) else {
+            throw GuidanceError("--guide \"\(text)\" is not understood; the built-in guidance is color=#RRGGBB "
+                                + "(custom losses go through the Swift API: LossGuidance with a GuidanceLoss)")
+        }
+        guard channels == 3 else {
+            throw GuidanceError("--guide color needs an RGB model; this model makes \(channels)-channel images")
+        }
+        return try ColorLoss(hex: parts[1])
     }
 
     /// `a.png` → `a-trace.png`.

@@ -21,6 +21,11 @@ import Tensors
 /// differentiate a loss on `state.predictedOriginal` with respect to
 /// `state.sample` and return an adjusted next sample. The model itself always
 /// runs without gradients.
+///
+/// Guidance before the step (the notes' loss and classifier guidance): a
+/// `guide` replaces the model call; it gets the step number, the timestep and
+/// x_t, and returns the x_t to step from (moved along a gradient) with the
+/// model output to step with. See ``SamplingGuidance``.
 public enum SamplingLoop {
     /// What the callback sees after each scheduler step.
     public struct State {
@@ -46,17 +51,27 @@ public enum SamplingLoop {
     ///
     /// - Parameters:
     ///   - model: the denoiser, `(sample, timestep) -> output`, called without gradients.
+    ///   - guide: when given, called instead of `model` before every step with
+    ///     (step number, timestep, x_t); returns the x_t to step from and the model output.
     ///   - onStep: called after every step; return a tensor to replace the next
     ///     sample (e.g. after guidance), or nil to keep the scheduler's.
     public static func run(scheduler: any Scheduler, initialNoise: Tensor, steps: Int,
                            generator: inout RandomGenerator, guidance: Bool = false,
                            model: (Tensor, Float) -> Tensor,
+                           guide: ((Int, Float, Tensor) throws -> (sample: Tensor, modelOutput: Tensor))? = nil,
                            onStep: ((State) -> Tensor?)? = nil) throws -> Tensor {
         try scheduler.setTimesteps(steps)
         let timesteps = scheduler.timesteps
         var sample = noGrad { initialNoise * scheduler.initNoiseSigma }
         for (index, timestep) in timesteps.enumerated() {
-            let output = noGrad { model(scheduler.scaleModelInput(sample, timestep: timestep), timestep) }
+            let output: Tensor
+            if let guide {
+                let guided = try guide(index, timestep, sample)
+                sample = guided.sample.detach()
+                output = guided.modelOutput.detach()
+            } else {
+                output = noGrad { model(scheduler.scaleModelInput(sample, timestep: timestep), timestep) }
+            }
             let current: Tensor
             if guidance {
                 current = sample.detach()
@@ -85,6 +100,6 @@ public enum SamplingLoop {
                            onStep: ((State) -> Tensor?)? = nil) throws -> Tensor {
         let noise = Tensor.randn(shape, generator: &generator)
         return try run(scheduler: scheduler, initialNoise: noise, steps: steps, generator: &generator,
-                       guidance: guidance, model: model, onStep: onStep)
+                       guidance: guidance, model: model, guide: nil, onStep: onStep)
     }
 }
