@@ -52,7 +52,10 @@ public final class Trainer {
     /// Where the progress line goes (nil: none).
     public var progressOutput: ProgressOutput? = FileDescriptorOutput()
     /// Where messages go.
-    public var message: (String) -> Void = { print($0) }
+    public var message: (String) -> Void = { text in
+        print(text)
+        fflush(stdout)
+    }
     /// Called after every optimizer step (and its log record and checkpoint) with the step number.
     public var onStep: ((Int) -> Void)?
 
