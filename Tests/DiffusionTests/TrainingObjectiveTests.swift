@@ -27,4 +27,23 @@ final class TrainingObjectiveTests: XCTestCase {
         let clipped = try losses([("snr_gamma", "5")])
         XCTAssertNotEqual(clipped[0], plain[0])
     }
+
+    func testFineTuneFromAPipelineKeepsFrozenWeights() throws {
+        let base = try TrainingFixtures.temporaryFolder(self)
+        _ = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: base, steps: 2, checkpointing: 0)).run()
+        let tuned = try TrainingFixtures.temporaryFolder(self)
+        let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: tuned, steps: 4, checkpointing: 0),
+                                                   overrides: [("from_pipeline", base), ("freeze", "[\"down_blocks.*\", \"/conv_in\\\\..*/\"]"),
+                                                               ("use_ema", "false")])
+        XCTAssertLessThan(trainer.optimizer.parameters.count, trainer.unet.parameters().count)
+        _ = try trainer.run()
+        let before = try DDPMPipeline.load(folder: URL(fileURLWithPath: base)).unet.stateDict()
+        let after = try DDPMPipeline.load(folder: URL(fileURLWithPath: tuned)).unet.stateDict()
+        for (name, tensor) in after {
+            let frozen = name.hasPrefix("down_blocks.") || name.hasPrefix("conv_in.")
+            let same = tensor.toArray() == before[name]?.toArray()
+            if frozen { XCTAssertTrue(same, "\(name) is frozen but changed") }
+            if name == "conv_out.weight" { XCTAssertFalse(same, "\(name) did not train") }
+        }
+    }
 }
