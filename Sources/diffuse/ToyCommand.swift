@@ -28,7 +28,10 @@ struct Toy: ParsableCommand {
         options.samplingSteps = steps
         options.output = output
         try CommandFailure.report {
-            let outcome = try ToyTraining.run(options) { print($0) }
+            let outcome = try ToyTraining.run(options) { line in
+                print(line)
+                fflush(stdout)
+            }
             print("grid:   \(outcome.gridPath)")
             print("steps:  \(outcome.stepsPath) (rows: x, prediction, for each of 5 steps)")
         }

@@ -44,6 +44,7 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("beta-start"), help: "First beta (0.0001).") var betaStart: Double?
     @Option(name: .customLong("beta-end"), help: "Last beta (0.02).") var betaEnd: Double?
     @Option(name: .customLong("prediction-type"), help: "Objective: epsilon, sample, v_prediction, or the toy x0 (corrupt).") var predictionType: String?
+    @Option(name: .customLong("snr-gamma"), help: "Min-SNR loss weighting gamma (e.g. 5; default: plain MSE).") var snrGamma: Double?
     @Option(name: .customLong("dataset"), help: "mnist, fashion-mnist, or an image folder.") var dataset: String?
     @Option(name: .customLong("dataset-limit"), help: "Use only the first N images of a named dataset.") var datasetLimit: Int?
     @Option(name: .customLong("channels"), help: "Image channels (default: the data's).") var channels: Int?
@@ -92,6 +93,7 @@ struct Train: ParsableCommand {
             ("beta_start", betaStart.map { "\($0)" }),
             ("beta_end", betaEnd.map { "\($0)" }),
             ("prediction_type", predictionType.map(quotedYAML)),
+            ("snr_gamma", snrGamma.map { "\($0)" }),
             ("dataset", dataset.map(quotedYAML)),
             ("dataset_limit", datasetLimit.map { "\($0)" }),
             ("channels", channels.map { "\($0)" }),

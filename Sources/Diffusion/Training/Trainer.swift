@@ -52,7 +52,10 @@ public final class Trainer {
     /// Where the progress line goes (nil: none).
     public var progressOutput: ProgressOutput? = FileDescriptorOutput()
     /// Where messages go.
-    public var message: (String) -> Void = { print($0) }
+    public var message: (String) -> Void = { text in
+        print(text)
+        fflush(stdout)
+    }
     /// Called after every optimizer step (and its log record and checkpoint) with the step number.
     public var onStep: ((Int) -> Void)?
 
@@ -205,6 +208,7 @@ public final class Trainer {
             labels = given.map { label in generator.uniform() < dropout ? nullClass : label }
         }
         let prediction: Tensor, target: Tensor
+        var timesteps: [Float]?
         if configuration.predictionType == .x0 {
             let unit = noGrad { clean * 0.5 + 0.5 }
             let amount = Tensor.rand([count], generator: &generator)
@@ -213,20 +217,38 @@ public final class Trainer {
             target = unit
         } else {
             let noise = Tensor.randn(clean.shape, generator: &generator)
-            let timesteps = (0..<count).map { _ in Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
-            let noisy = noGrad { noiseScheduler.addNoise(clean, noise: noise, timesteps: timesteps) }
-            prediction = unet(noisy, timesteps: timesteps, classLabels: labels)
+            let drawn = (0..<count).map { _ in Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
+            timesteps = drawn
+            let noisy = noGrad { noiseScheduler.addNoise(clean, noise: noise, timesteps: drawn) }
+            prediction = unet(noisy, timesteps: drawn, classLabels: labels)
             switch configuration.predictionType {
             case .epsilon, .x0: target = noise
             case .sample: target = clean
-            case .vPrediction: target = noGrad { noiseScheduler.velocity(clean, noise: noise, timesteps: timesteps) }
+            case .vPrediction: target = noGrad { noiseScheduler.velocity(clean, noise: noise, timesteps: drawn) }
             }
         }
-        let loss = Tensor.mseLoss(prediction, target)
+        let loss = weightedLoss(prediction, target, timesteps: timesteps)
         let value = loss.item
         guard value.isFinite else { throw nonFinite(value) }
         (scale == 1 ? loss : loss * scale).backward()
         return value
+    }
+
+    /// The MSE, or with `snr_gamma` the Min-SNR weighted mean of the per-example MSEs.
+    func weightedLoss(_ prediction: Tensor, _ target: Tensor, timesteps: [Float]?) -> Tensor {
+        guard let gamma = configuration.snrGamma, let timesteps else { return Tensor.mseLoss(prediction, target) }
+        let cumulative = noiseScheduler.noiseSchedule.alphasCumprod
+        let weights: [Float] = timesteps.map { timestep in
+            let alpha = Double(cumulative[Int(timestep)])
+            let snr = alpha / Swift.max(1 - alpha, 1e-12)
+            switch configuration.predictionType {
+            case .epsilon, .x0: return Float(Swift.min(snr, gamma) / snr)
+            case .vPrediction: return Float(Swift.min(snr, gamma) / (snr + 1))
+            case .sample: return Float(Swift.min(snr, gamma))
+            }
+        }
+        let perExample = (prediction - target).square().mean(axes: Array(1..<prediction.rank))
+        return (perExample * Tensor(weights)).mean()
     }
 
     /// Clips, steps the optimizer and EMA, logs, checkpoints; returns true when a signal asks to stop.

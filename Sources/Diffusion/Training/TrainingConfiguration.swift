@@ -71,6 +71,9 @@ public struct TrainingConfiguration: Equatable, Sendable {
     public var betaEnd = 0.02
     /// `prediction_type`: the objective (see ``TrainingObjective``).
     public var predictionType = TrainingObjective.epsilon
+    /// `snr_gamma`: Min-SNR loss weighting (Hang et al. 2023), `min(SNR, γ)/SNR` per example for
+    /// epsilon, `min(SNR, γ)/(SNR + 1)` for v_prediction, `min(SNR, γ)` for sample (nil: plain MSE).
+    public var snrGamma: Double? = nil
 
     // MARK: Data
 
@@ -216,6 +219,7 @@ extension TrainingConfiguration {
         try require(BetaSchedule(rawValue: betaSchedule) != nil,
                     "beta_schedule \"\(betaSchedule)\" is not one of \(BetaSchedule.allCases.map(\.rawValue).joined(separator: ", "))")
         try require((0...1).contains(conditionDropout), "condition_dropout must be in [0, 1], got \(conditionDropout)")
+        try require((snrGamma ?? 1) > 0, "snr_gamma must be positive")
         try require(checkpointingSteps >= 0, "checkpointing_steps must not be negative")
         try require((checkpointsTotalLimit ?? 1) >= 1, "checkpoints_total_limit must be at least 1")
         try require(evalInferenceSteps >= 1, "eval_inference_steps must be at least 1")

@@ -11,7 +11,7 @@ extension TrainingConfiguration {
         "image_size", "train_batch_size", "eval_batch_size", "num_epochs", "max_train_steps",
         "gradient_accumulation_steps", "learning_rate", "lr_warmup_steps", "save_image_epochs", "save_model_epochs",
         "mixed_precision", "output_dir", "overwrite_output_dir", "seed",
-        "model", "from_pipeline", "freeze", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+        "model", "from_pipeline", "freeze", "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "snr_gamma",
         "dataset", "dataset_limit", "channels", "random_flip", "prefetch_batches",
         "lr_scheduler", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "max_grad_norm",
         "use_ema", "ema_max_decay", "ema_min_decay", "ema_inv_gamma", "ema_power", "ema_use_warmup", "ema_update_after_step",
@@ -92,6 +92,7 @@ extension TrainingConfiguration {
         betaStart = try read.number("beta_start", betaStart)
         betaEnd = try read.number("beta_end", betaEnd)
         predictionType = try read.choice("prediction_type", predictionType)
+        snrGamma = try read.optionalNumber("snr_gamma", snrGamma)
         dataset = try read.string("dataset", dataset)
         datasetLimit = try read.optionalInteger("dataset_limit", datasetLimit)
         channels = try read.optionalInteger("channels", channels)
@@ -135,7 +136,8 @@ extension TrainingConfiguration {
             "seed": .int(Int(truncatingIfNeeded: seed)), "model": model.jsonValue, "from_pipeline": optional(fromPipeline),
             "freeze": .array(freeze.map { .string($0) }), "num_train_timesteps": .int(numTrainTimesteps),
             "beta_schedule": .string(betaSchedule), "beta_start": .double(betaStart), "beta_end": .double(betaEnd),
-            "prediction_type": .string(predictionType.rawValue), "dataset": .string(dataset),
+            "prediction_type": .string(predictionType.rawValue), "snr_gamma": snrGamma.map { .double($0) } ?? .null,
+            "dataset": .string(dataset),
             "dataset_limit": optional(datasetLimit), "channels": optional(channels), "random_flip": .bool(randomFlip),
             "prefetch_batches": .int(prefetchBatches), "lr_scheduler": .string(lrScheduler.rawValue),
             "adam_beta1": .double(adamBeta1), "adam_beta2": .double(adamBeta2),
