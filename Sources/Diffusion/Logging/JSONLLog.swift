@@ -1,4 +1,5 @@
 import Foundation
+import NN
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,26 +41,10 @@ public enum JSONScalar: Equatable, Sendable, ExpressibleByStringLiteral, Express
         }
     }
 
-    /// `string` as a JSON string literal: quotes, backslashes and control
-    /// characters escaped, everything else left as UTF-8.
+    /// `string` as a JSON string literal: quotes, backslashes, control characters,
+    /// DEL, U+2028 and U+2029 escaped, everything else left as UTF-8.
     public static func quoted(_ string: String) -> String {
-        var result = "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case "\u{08}": result += "\\b"
-            case "\u{0C}": result += "\\f"
-            case "\u{00}"..."\u{1F}", "\u{7F}", "\u{2028}", "\u{2029}":
-                let hex = String(scalar.value, radix: 16)
-                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
+        JSONStringLiteral.quoted(string, escaping: .javaScriptSafe)
     }
 
     private static func nonFinite(_ value: Double) -> String {

@@ -1,4 +1,5 @@
 import Foundation
+import NN
 
 /// A JSON value as Python's `json` module reads and writes it.
 ///
@@ -101,27 +102,9 @@ enum JSONText {
         output += "\n" + String(repeating: " ", count: indent * level)
     }
 
+    /// As Python's `json.dumps` with `ensure_ascii`, as diffusers writes its configs.
     private static func writeString(_ text: String, into output: inout String) {
-        output += "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": output += "\\\""
-            case "\\": output += "\\\\"
-            case "\n": output += "\\n"
-            case "\r": output += "\\r"
-            case "\t": output += "\\t"
-            case "\u{08}": output += "\\b"
-            case "\u{0C}": output += "\\f"
-            default:
-                if scalar.value < 0x20 || scalar.value > 0x7E {
-                    // ensure_ascii: \uXXXX, astral characters as a surrogate pair.
-                    for unit in String(scalar).utf16 { output += String(format: "\\u%04x", unit) }
-                } else {
-                    output.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        output += "\""
+        JSONStringLiteral.append(text, escaping: .asciiOnly, to: &output)
     }
 
     /// Python's `repr(float)`: the shortest digits that round-trip, in
