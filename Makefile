@@ -22,6 +22,7 @@ deps:
 bench-deps:
 	@python3 -c "import torch" 2>/dev/null || { \
 		if [ -n "$(TORCH_WHEEL)" ]; then pip install -q "$(TORCH_WHEEL)"; else pip install -q torch; fi; }
+	@python3 -c "import diffusers" 2>/dev/null || pip install -q diffusers
 
 build: deps
 	swift build
