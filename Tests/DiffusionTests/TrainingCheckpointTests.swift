@@ -61,6 +61,19 @@ final class TrainingCheckpointTests: XCTestCase {
         for path in summary.sampleImages { XCTAssertTrue(FileManager.default.fileExists(atPath: path), path) }
     }
 
+    func testARunOfWholeEpochsNamesEveryGridByItsEpoch() throws {
+        // The last step of the last epoch comes before the loader reports the epoch's end;
+        // its grid is still the epoch's (it was once written as step-NNNNNN.png instead).
+        let folder = try TrainingFixtures.temporaryFolder(self)
+        let yaml = TrainingFixtures.yaml(outputDir: folder, steps: 1, checkpointing: 1000)
+            .replacingOccurrences(of: "max_train_steps: 1\n", with: "num_epochs: 2\n")
+            .replacingOccurrences(of: "save_image_epochs: 100", with: "save_image_epochs: 1")
+        let trainer = try TrainingFixtures.trainer(yaml: yaml)
+        let summary = try trainer.run()
+        XCTAssertEqual(summary.step, 2 * trainer.stepsPerEpoch)
+        XCTAssertEqual(summary.sampleImages.map { ($0 as NSString).lastPathComponent }, ["epoch-0001.png", "epoch-0002.png"])
+    }
+
     func testAnEarlierRunIsKeptUnlessOverwriting() throws {
         let folder = try TrainingFixtures.temporaryFolder(self)
         _ = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 2, checkpointing: 2)).run()

@@ -180,6 +180,9 @@ public final class Trainer {
                 lastLoss = summedLoss / Float(microBatches)
                 if try optimizerStep(loss: lastLoss!, epoch: epoch, images: images, started: stepStart) { interrupted = true; break training }
             }
+            // A run of whole epochs ends on its last step before the loader reports the
+            // end of that epoch; it is an epoch end all the same (for its grid's name).
+            if !epochFinished && step >= totalSteps && step % stepsPerEpoch == 0 { epochFinished = true }
             if epochFinished {
                 let isLast = epoch + 1 == epochs || step >= totalSteps
                 if (epoch + 1) % configuration.saveImageEpochs == 0 || isLast { try saveSampleGrid(name: String(format: "epoch-%04d", epoch + 1)) }
