@@ -2,7 +2,8 @@
 """Compares the course's MNIST run in Diffuse with the PyTorch + diffusers run (issue 6, point 1).
 
     python3 Benchmarks/compare_mnist_runs.py \
-        --diffuse output/mnist/logs/train.jsonl --pytorch output/torch-mnist.jsonl
+        --diffuse output/mnist/logs/train.jsonl --pytorch output/torch-mnist.jsonl \
+        --plot Benchmarks/mnist/loss.png
 
 Prints the mean training loss per epoch of each run, the mean loss over windows of equal
 steps side by side, and the median seconds per step of each (Diffuse's from the wall-clock
@@ -56,11 +57,50 @@ def epoch_means(steps):
     return {epoch: (statistics.fmean(losses), len(losses)) for epoch, losses in sorted(epochs.items())}
 
 
+def plot(path, diffuse, pytorch, smoothing=10):
+    """Both loss curves (running means over `smoothing` steps, log scale) as a PNG, with Pillow."""
+    import math
+    from PIL import Image, ImageDraw
+    width, height, margin = 720, 360, 48
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    last = max(diffuse)
+    low, high = math.log10(0.01), math.log10(2.0)
+
+    def point(step, loss):
+        x = margin + (width - 2 * margin) * (step - 1) / max(last - 1, 1)
+        y = height - margin - (height - 2 * margin) * (math.log10(max(loss, 0.01)) - low) / (high - low)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    for loss in (0.01, 0.03, 0.1, 0.3, 1.0):
+        _, y = point(1, loss)
+        draw.line([margin, y, width - margin, y], fill=(225, 225, 225))
+        draw.text((4, y - 6), f"{loss:g}", fill="black")
+    for epoch in range(1, last // STEPS_PER_EPOCH + 1):
+        x, _ = point(epoch * STEPS_PER_EPOCH, 1)
+        draw.line([x, margin, x, height - margin], fill=(225, 225, 225))
+        draw.text((x - 20, height - margin + 6), f"epoch {epoch}", fill="black")
+    for steps, colour, label, row in ((diffuse, (200, 60, 20), "Diffuse", 0), (pytorch, (30, 90, 200), "PyTorch + diffusers", 1)):
+        ordered = sorted(steps.items())
+        points = []
+        for index in range(len(ordered)):
+            window = ordered[max(0, index - smoothing + 1):index + 1]
+            points.append(point(ordered[index][0], statistics.fmean(loss for _, (loss, _) in window)))
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        draw.text((width - margin - 150, margin + 8 + 14 * row), label, fill=colour)
+    draw.text((margin, 16), f"training loss (mean of {smoothing} steps, log scale) by step, batch 128", fill="black")
+    image.save(path)
+    print(f"\nplot: {path}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--diffuse", default="output/mnist/logs/train.jsonl")
     parser.add_argument("--pytorch", default="output/torch-mnist.jsonl")
     parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--plot", help="write both loss curves to this PNG (needs Pillow)")
     arguments = parser.parse_args()
     diffuse, segments = read_diffuse(arguments.diffuse)
     pytorch = read_pytorch(arguments.pytorch)
@@ -97,6 +137,8 @@ def main():
         mine, other = statistics.median(longest[1]), statistics.median(theirs)
         print(f"median seconds per step: diffuse {mine:.2f} (steps {longest[0][0]}-{longest[0][1]}), "
               f"pytorch {other:.2f} ({len(theirs)} steps), ratio {mine / other:.2f}")
+    if arguments.plot:
+        plot(arguments.plot, diffuse, pytorch)
 
 
 if __name__ == "__main__":
