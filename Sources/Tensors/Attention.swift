@@ -46,13 +46,19 @@ extension Tensor {
         var inputs = [query, key, value]
         if let mask { inputs.append(mask) }
         let recording = GradientMode.isEnabled && inputs.contains { $0.needsGradient }
+        if AttentionKernels.allowsSmallHead && SmallHeadAttention.applies(to: problem) {
+            let (output, logSumExp) = SmallHeadAttention.forward(problem)
+            guard recording else { return output }
+            return record(output, .kernel(AttentionBackward(problem: problem, probabilities: nil, logSumExp: logSumExp,
+                                                            inputShapes: inputs.map(\.shape))), inputs: inputs)
+        }
         // With many items the backward pass recomputes each item's probabilities in a
         // scratch buffer (as flash attention does): keeping them costs L·S floats per
         // item, 157 MB per layer for the course UNet at batch 128.
         let keep = recording && problem.rowBlocks > 1
         let (output, probabilities) = problem.forward(keepProbabilities: keep)
         guard recording else { return output }
-        return record(output, .kernel(AttentionBackward(problem: problem, probabilities: probabilities,
+        return record(output, .kernel(AttentionBackward(problem: problem, probabilities: probabilities, logSumExp: nil,
                                                         inputShapes: inputs.map(\.shape))), inputs: inputs)
     }
 
@@ -72,6 +78,14 @@ extension Tensor {
         }
         return result
     }
+}
+
+/// Which attention kernels may run.
+public enum AttentionKernels {
+    /// Whether heads of depth 8 (no mask, many items) take the fused kernel
+    /// `SmallHeadAttention`; off, they take the GEMM path it is tested against.
+    /// `DIFFUSE_ATTENTION=gemm` turns it off for a whole process.
+    public nonisolated(unsafe) static var allowsSmallHead = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"
 }
 
 /// One input of attention as a BLAS operand per batch item: the last two
@@ -335,6 +349,8 @@ struct AttentionBackward: BackwardContext {
     var name: String { "scaledDotProductAttention" }
     let problem: AttentionProblem
     let probabilities: Tensor?
+    /// Each score row's log-sum-exp when the forward pass ran `SmallHeadAttention`.
+    let logSumExp: Tensor?
     /// Shapes of query, key, value (and mask), to sum broadcast gradients back.
     let inputShapes: [[Int]]
 
@@ -344,6 +360,11 @@ struct AttentionBackward: BackwardContext {
         let needsQuery = inputs[0] != nil, needsKey = inputs[1] != nil, needsValue = inputs[2] != nil
         let needsMask = inputs.count > 3 && inputs[3] != nil
         let outputGradient = gradient.contiguousData()
+        if let logSumExp {
+            let (dQ, dK, dV) = SmallHeadAttention.backward(p, logSumExp: logSumExp, outputGradient: outputGradient,
+                                                           needsQuery: needsQuery, needsKey: needsKey, needsValue: needsValue)
+            return [dQ?.summed(toShape: inputShapes[0]), dK?.summed(toShape: inputShapes[1]), dV?.summed(toShape: inputShapes[2])]
+        }
         let queryGradient = needsQuery ? Tensor(uninitializedShape: p.batchShape + [L, E]) : nil
         let keyGradient = needsKey ? Tensor(uninitializedShape: p.batchShape + [S, E]) : nil
         let valueGradient = needsValue ? Tensor(uninitializedShape: p.batchShape + [S, Ev]) : nil

@@ -170,3 +170,78 @@ final class AttentionTests: XCTestCase {
         XCTAssertEqual(recorded.toArray(), inference.toArray())
     }
 }
+
+/// The fused depth-8 kernel against the GEMM path, at the course UNet's sizes and awkward ones.
+final class SmallHeadAttentionTests: XCTestCase {
+    private func run(_ inputs: [Tensor], smallHead: Bool, prepare: ([Tensor]) -> [Tensor]) -> [Tensor] {
+        let saved = AttentionKernels.allowsSmallHead
+        AttentionKernels.allowsSmallHead = smallHead
+        defer { AttentionKernels.allowsSmallHead = saved }
+        let leaves = inputs.map { input -> Tensor in
+            let leaf = input.contiguousCopy()
+            leaf.requiresGrad = true
+            return leaf
+        }
+        let p = prepare(leaves)
+        let output = Tensor.scaledDotProductAttention(query: p[0], key: p[1], value: p[2])
+        var generator = RandomGenerator(seed: 5)
+        (output * Tensor.randn(output.shape, generator: &generator)).sum().backward()
+        return [output.detach()] + leaves.map { $0.grad! }
+    }
+
+    private func compare(_ inputs: [Tensor], file: StaticString = #filePath, line: UInt = #line,
+                         prepare: ([Tensor]) -> [Tensor] = { $0 }) {
+        let fast = run(inputs, smallHead: true, prepare: prepare)
+        let reference = run(inputs, smallHead: false, prepare: prepare)
+        for (index, (actual, expected)) in zip(fast, reference).enumerated() {
+            assertClose(actual, expected, relative: 1e-4, absolute: 1e-5, index == 0 ? "output" : "gradient \(index - 1)", file: file, line: line)
+        }
+    }
+
+    func testCourseUNetShapes() {
+        var generator = RandomGenerator(seed: 21)
+        // [batch, heads, tokens, 8] split from [batch, tokens, heads·8], as diffusers' Attention does.
+        compare([Tensor.randn([4, 49, 64], generator: &generator), Tensor.randn([4, 49, 64], generator: &generator),
+                 Tensor.randn([4, 49, 64], generator: &generator)]) { xs in
+            xs.map { $0.reshaped([4, 49, 8, 8]).permuted(0, 2, 1, 3) }
+        }
+        compare([Tensor.randn([2, 4, 196, 8], generator: &generator) * 3, Tensor.randn([2, 4, 196, 8], generator: &generator),
+                 Tensor.randn([2, 4, 196, 8], generator: &generator)])
+    }
+
+    func testLengthsThatAreNotWholeBlocks() {
+        var generator = RandomGenerator(seed: 22)
+        // Query rows not a multiple of 4, keys not a multiple of 8 or 16.
+        compare([Tensor.randn([6, 13, 8], generator: &generator), Tensor.randn([6, 37, 8], generator: &generator),
+                 Tensor.randn([6, 37, 8], generator: &generator)])
+        compare([Tensor.randn([4, 1, 8], generator: &generator), Tensor.randn([4, 5, 8], generator: &generator),
+                 Tensor.randn([4, 5, 8], generator: &generator)])
+        compare([Tensor.randn([2, 3, 8], generator: &generator) * 4, Tensor.randn([2, 16, 8], generator: &generator),
+                 Tensor.randn([2, 16, 8], generator: &generator)])
+        // Broadcast key and value: their gradients sum over the query's batch.
+        compare([Tensor.randn([2, 4, 9, 8], generator: &generator), Tensor.randn([4, 11, 8], generator: &generator),
+                 Tensor.randn([4, 11, 8], generator: &generator)])
+        // A transposed key (column-major item): read through the gathering path.
+        compare([Tensor.randn([4, 10, 8], generator: &generator), Tensor.randn([4, 8, 10], generator: &generator),
+                 Tensor.randn([4, 10, 8], generator: &generator)]) { xs in
+            [xs[0], xs[1].transposed(1, 2), xs[2]]
+        }
+    }
+
+    /// The fast path is really taken (a kernel that silently fell back would make the comparison vacuous).
+    func testFastPathIsTakenForDepthEight() {
+        var generator = RandomGenerator(seed: 23)
+        let query = Tensor.randn([4, 9, 8], generator: &generator)
+        // Large scores: the GEMM path and the fused path round differently, so equal bits would mean one path ran twice.
+        let key = Tensor.randn([4, 9, 8], generator: &generator) * 10
+        let value = Tensor.randn([4, 9, 8], generator: &generator)
+        let saved = AttentionKernels.allowsSmallHead
+        defer { AttentionKernels.allowsSmallHead = saved }
+        AttentionKernels.allowsSmallHead = true
+        let fast = Tensor.scaledDotProductAttention(query: query, key: key, value: value).toArray()
+        AttentionKernels.allowsSmallHead = false
+        let reference = Tensor.scaledDotProductAttention(query: query, key: key, value: value).toArray()
+        XCTAssertNotEqual(fast, reference)
+        assertClose(fast, reference, relative: 1e-4, absolute: 1e-5)
+    }
+}
