@@ -222,6 +222,10 @@ while let line = readLine() {
         for _ in 0..<runs { OperationProfile.mark(); body() }
         print(OperationProfile.report())
         OperationProfile.isEnabled = false
+    case "pool":
+        // Buffer-pool counters since the start: hits, misses, bytes evicted, bytes cached.
+        let pool = BufferPool.shared
+        print("hits=\(pool.hits) misses=\(pool.misses) evicted_mb=\(pool.evictedBytes >> 20) cached_mb=\(pool.cachedBytes >> 20)")
     case "quit":
         exit(0)
     default:

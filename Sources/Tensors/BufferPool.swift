@@ -8,10 +8,15 @@ import Foundation
 /// kernel zeroes every page) and lets glibc's heap fragment, so the process
 /// grows step after step. The pool keeps freed blocks of 64 KiB and more, by
 /// size rounded up to 4 KiB, and hands them out again; memory then stays flat
-/// after the first step. When a size is missing, as much cached memory of other
-/// sizes is freed as the new block takes, so the pool never adds to the peak
-/// footprint by more than what the next step will reuse. It holds at most
-/// `capacityBytes` of free blocks (`DIFFUSE_POOL_MB`, default 2048).
+/// after the first step.
+///
+/// Live plus cached bytes never exceed the most bytes ever live at once (the
+/// high-water mark): a miss frees cached blocks of other sizes only as far as
+/// it must to stay under that mark, largest cached size first. So the pool
+/// never raises the process's peak, yet keeps what the next step will ask for.
+/// (Freeing as much as each miss takes, the earlier rule, emptied the cache
+/// within every step: 2.2 GB of fresh pages per step of the course UNet.)
+/// It holds at most `capacityBytes` of free blocks (`DIFFUSE_POOL_MB`, default 2048).
 public final class BufferPool: @unchecked Sendable {
     public static let shared = BufferPool()
 
@@ -21,6 +26,12 @@ public final class BufferPool: @unchecked Sendable {
 
     private var freeBlocks: [Int: [UnsafeMutableRawPointer]] = [:]
     private var freeBytes = 0
+    /// Bytes of pooled sizes handed out and not yet given back, and their most ever.
+    private var liveBytes = 0, peakLiveBytes = 0
+    /// Requests of pooled sizes served from the cache, and those that were not.
+    public private(set) var hits = 0, misses = 0
+    /// Bytes of cached blocks freed to make room on a miss.
+    public private(set) var evictedBytes = 0
     private let lock = NSLock()
     /// Most bytes of free blocks kept.
     public var capacityBytes: Int
@@ -47,26 +58,30 @@ public final class BufferPool: @unchecked Sendable {
         let size = BufferPool.blockSize(for: byteCount)
         if size >= BufferPool.minimumPooledBytes {
             lock.lock()
+            liveBytes += size
+            peakLiveBytes = Swift.max(peakLiveBytes, liveBytes)
             if var blocks = freeBlocks[size], let block = blocks.popLast() {
                 freeBlocks[size] = blocks.isEmpty ? nil : blocks
                 freeBytes -= size
+                hits += 1
                 lock.unlock()
                 return block
             }
-            // A miss: give back at least as much cached memory of other sizes as
-            // this block takes, so the footprint stays live memory plus one
-            // step's worth of cache instead of growing with every new size.
-            var evicted: [(UnsafeMutableRawPointer)] = []
-            var evictedBytes = 0
-            while evictedBytes < size, let (blockSize, blocks) = freeBlocks.first(where: { _ in true }) {
-                var remaining = blocks
-                while evictedBytes < size, let block = remaining.popLast() {
+            misses += 1
+            // A miss: free cached blocks of other sizes, largest first, until live
+            // plus cached memory is back under the high-water mark.
+            var evicted: [UnsafeMutableRawPointer] = []
+            var excess = liveBytes + freeBytes - peakLiveBytes
+            while excess > 0, let largest = freeBlocks.keys.max() {
+                var remaining = freeBlocks[largest]!
+                while excess > 0, let block = remaining.popLast() {
                     evicted.append(block)
-                    evictedBytes += blockSize
+                    excess -= largest
+                    freeBytes -= largest
+                    evictedBytes += largest
                 }
-                freeBlocks[blockSize] = remaining.isEmpty ? nil : remaining
+                freeBlocks[largest] = remaining.isEmpty ? nil : remaining
             }
-            freeBytes -= evictedBytes
             lock.unlock()
             for block in evicted { block.deallocate() }
         }
@@ -77,6 +92,7 @@ public final class BufferPool: @unchecked Sendable {
         let size = BufferPool.blockSize(for: byteCount)
         if size >= BufferPool.minimumPooledBytes {
             lock.lock()
+            liveBytes -= size
             if freeBytes + size <= capacityBytes {
                 freeBlocks[size, default: []].append(block)
                 freeBytes += size
@@ -102,5 +118,34 @@ public final class BufferPool: @unchecked Sendable {
         freeBytes = 0
         lock.unlock()
         for (_, list) in blocks { for block in list { block.deallocate() } }
+    }
+}
+
+/// Scratch memory for kernels (Winograd tiles, im2col columns, packed GEMM panels),
+/// recycled through `BufferPool.shared` like tensor buffers.
+///
+/// A training step asks for the same scratch sizes every step; fresh blocks of
+/// 128 KiB and more are mapped by the system each time, and every page of them
+/// faults and is zeroed on first touch (about 5% of the course UNet's step).
+/// A block's size sits in a 64-byte header before the floats, so `release`
+/// needs only the pointer.
+enum ScratchMemory {
+    static let headerBytes = 64
+
+    /// `count` floats, 64-byte aligned, zeroed when asked.
+    static func floats(_ count: Int, zeroed: Bool = false) -> UnsafeMutablePointer<Float> {
+        let capacity = Swift.max(count, 1)
+        let byteCount = capacity * MemoryLayout<Float>.stride + headerBytes
+        let block = BufferPool.shared.allocate(byteCount: byteCount)
+        block.storeBytes(of: byteCount, as: Int.self)
+        let pointer = (block + headerBytes).bindMemory(to: Float.self, capacity: capacity)
+        if zeroed { pointer.initialize(repeating: 0, count: count) }
+        return pointer
+    }
+
+    /// Gives back a block from `floats`.
+    static func release(_ pointer: UnsafeMutablePointer<Float>) {
+        let block = UnsafeMutableRawPointer(pointer) - headerBytes
+        BufferPool.shared.release(block, byteCount: block.load(as: Int.self))
     }
 }

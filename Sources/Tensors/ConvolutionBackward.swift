@@ -54,7 +54,7 @@ struct ConvolutionBackward: BackwardContext {
                                         outputTile: tile, blockBytes: Convolution.forwardBlockBytes)
                 let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
                                                            outputTile: tile, forDataGradient: true)
-                defer { transformed.deallocate() }
+                defer { ScratchMemory.release(transformed) }
                 inputGradient = Convolution.channelsLastTensor(geometry.inputShape)
                 Winograd.convolve(input: upstream.floatPointer, inputIsChannelsLast: true, plan: plan,
                                   transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)

@@ -16,7 +16,7 @@ extension Convolution {
                                     outputTile: winogradTile, blockBytes: forwardBlockBytes)
             let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
                                                        outputTile: winogradTile, forDataGradient: false)
-            defer { transformed.deallocate() }
+            defer { ScratchMemory.release(transformed) }
             Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan,
                               transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
         case .pointwise, .im2col:
@@ -76,8 +76,8 @@ extension Convolution {
         weight.withUnsafeBufferPointer { weightBuffer in
             let weights = weightBuffer.baseAddress!
             forEachBlock(blocks) { next in
-                let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
-                defer { columns?.deallocate() }
+                let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
+                defer { columns.map(ScratchMemory.release) }
                 while let block = next() {
                     let first = block * blockRows, count = Swift.min(blockRows, rows - first)
                     let target = output + first * outChannels

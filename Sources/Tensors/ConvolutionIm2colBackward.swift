@@ -43,14 +43,13 @@ extension Convolution {
         let pointwise = geometry.isPointwise
         let blockRows = blockRows(geometry)
         let blocks = (rows + blockRows - 1) / blockRows
-        let total = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * patch)
-        total.initialize(repeating: 0, count: outChannels * patch)
-        defer { total.deallocate() }
+        let total = ScratchMemory.floats(outChannels * patch, zeroed: true)
+        defer { ScratchMemory.release(total) }
         let lock = NSLock()
         forEachBlock(blocks) { next in
-            let columns = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
-            let partial = UnsafeMutablePointer<Float>.allocate(capacity: outChannels * patch)
-            defer { columns?.deallocate(); partial.deallocate() }
+            let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
+            let partial = ScratchMemory.floats(outChannels * patch)
+            defer { columns.map(ScratchMemory.release); ScratchMemory.release(partial) }
             var started = false
             while let block = next() {
                 let first = block * blockRows, count = Swift.min(blockRows, rows - first)
@@ -122,8 +121,8 @@ extension Convolution {
                 } else {
                     target = output
                 }
-                let columns = UnsafeMutablePointer<Float>.allocate(capacity: blockRows * patch)
-                defer { columns.deallocate() }
+                let columns = ScratchMemory.floats(blockRows * patch)
+                defer { ScratchMemory.release(columns) }
                 while let unit = next() {
                     let firstRow = privateCopies ? unit * blockRows : unit * pixelsPerImage
                     let endRow = privateCopies ? Swift.min(rows, firstRow + blockRows) : firstRow + pixelsPerImage

@@ -152,15 +152,15 @@ enum PackedGemm {
         }
         guard k > 0 else { return }
         let workers = Swift.max(1, threads)
-        let packedB = UnsafeMutablePointer<Float>.allocate(capacity: depthBlock * (columnBlock + columnsPerStrip))
-        defer { packedB.deallocate() }
+        let packedB = ScratchMemory.floats(depthBlock * (columnBlock + columnsPerStrip))
+        defer { ScratchMemory.release(packedB) }
         let rowBlocks = (m + rowBlock - 1) / rowBlock
         let splitRows = rowBlocks >= 2 * workers || workers == 1
         // Small M: pack all of A once per depth block and split the column strips instead.
-        let sharedA = splitRows ? nil : UnsafeMutablePointer<Float>.allocate(capacity: (rowBlocks * rowBlock + rowsPerStrip) * depthBlock)
-        defer { sharedA?.deallocate() }
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: workers * ((rowBlock + rowsPerStrip) * depthBlock + rowsPerStrip * columnsPerStrip))
-        defer { scratch.deallocate() }
+        let sharedA = splitRows ? nil : ScratchMemory.floats((rowBlocks * rowBlock + rowsPerStrip) * depthBlock)
+        defer { sharedA.map(ScratchMemory.release) }
+        let scratch = ScratchMemory.floats(workers * ((rowBlock + rowsPerStrip) * depthBlock + rowsPerStrip * columnsPerStrip))
+        defer { ScratchMemory.release(scratch) }
         let scratchStride = (rowBlock + rowsPerStrip) * depthBlock + rowsPerStrip * columnsPerStrip
 
         for column0 in stride(from: 0, to: n, by: columnBlock) {

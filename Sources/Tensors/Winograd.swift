@@ -133,7 +133,7 @@ enum Winograd {
             let transformed = allocateZeroed(plan.positions * inPlane)
             let products = allocateZeroed(plan.positions * outPlane)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
-            defer { transformed.deallocate(); products.deallocate(); reader.deallocate() }
+            defer { ScratchMemory.release(transformed); ScratchMemory.release(products); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
@@ -166,7 +166,7 @@ enum Winograd {
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
         let weightPlane = plan.inPadded * plan.outPadded
         let total = allocateZeroed(positions * weightPlane)
-        defer { total.deallocate() }
+        defer { ScratchMemory.release(total) }
         let lock = NSLock()
         let rows = (plan.inChannels + 3) / 4 * 4
         Convolution.forEachBlock(blocks) { next in
@@ -174,7 +174,7 @@ enum Winograd {
             let upstream = allocateZeroed(positions * outPlane)
             let partial = allocateZeroed(positions * weightPlane)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
-            defer { transformed.deallocate(); upstream.deallocate(); partial.deallocate(); reader.deallocate() }
+            defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); ScratchMemory.release(partial); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 if plan.outputTile == 2 {
@@ -229,9 +229,8 @@ enum Winograd {
         return result
     }
 
+    /// Zeroed scratch from the pool; give it back with `ScratchMemory.release`.
     static func allocateZeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
-        let pointer = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(count, 1) * 4, alignment: 64).bindMemory(to: Float.self, capacity: Swift.max(count, 1))
-        pointer.initialize(repeating: 0, count: count)
-        return pointer
+        ScratchMemory.floats(count, zeroed: true)
     }
 }

@@ -20,7 +20,7 @@ extension Winograd {
             staging = channelsLast ? nil : allocateZeroed((plan.outputTile + 2) * plan.width * plan.inPadded)
         }
 
-        func deallocate() { staging?.deallocate() }
+        func deallocate() { staging.map(ScratchMemory.release) }
 
         /// The memory of the tile whose rows start at `firstRow` in image `item`: image
         /// row y, column x, channel c is at `base + (y − firstRow)·rowStride + x·pixelStride + c`.
