@@ -168,13 +168,16 @@ extension Tensor {
         let batch = Shape.count(batchShape)
         // A batched lhs times a shared 2-d rhs is one tall GEMM.
         if rhsBatch.isEmpty || Shape.count(rhsBatch) == 1 && lhsBatch.count >= rhsBatch.count {
-            let left = lhs.contiguousData()
+            // A 2-d lhs may be a transposed view (Xᵀ in Linear's weight gradient Xᵀ·G):
+            // BLAS reads it as it lies instead of a strided copy.
+            let left = lhsBatch.isEmpty ? matrixOperand(lhs)
+                : MatrixOperand(tensor: lhs.contiguousData(), transposed: false, leadingDimension: Swift.max(k, 1))
             let right = matrixOperand(rhs.reshapedOrView([k, n]))
             let result = Tensor(uninitializedShape: batchShape + [m, n])
             if result.count == 0 { return result }
             if k == 0 { memset(result.storage.bytes, 0, result.count * 4); return result }
-            Gemm.parallel(GemmArguments(transposeB: right.transposed, m: batch * m, n: n, k: k,
-                                        a: left.floatPointer, lda: k, b: right.tensor.floatPointer, ldb: right.leadingDimension,
+            Gemm.parallel(GemmArguments(transposeA: left.transposed, transposeB: right.transposed, m: batch * m, n: n, k: k,
+                                        a: left.tensor.floatPointer, lda: left.leadingDimension, b: right.tensor.floatPointer, ldb: right.leadingDimension,
                                         c: result.floatPointer, ldc: n))
             return result
         }
