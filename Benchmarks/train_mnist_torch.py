@@ -9,7 +9,7 @@ decay over the run's 3 epochs, gradient clipping at 1.0, images scaled to [-1, 1
 (Random streams differ from Diffuse's, so losses agree in trend, not digit for digit.)
 
 Writes one JSON line per step (step, loss, seconds) to --log and prints the mean loss every 50 steps.
-    python3 Benchmarks/train_mnist_torch.py --max-steps 469 --log output/torch-mnist.jsonl
+    python3 Benchmarks/train_mnist_torch.py --max-steps 468 --log output/torch-mnist.jsonl
 Needs `make data` (MNIST in data/mnist/) and torch + diffusers.
 """
 import argparse
@@ -34,7 +34,7 @@ def read_images(path):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="data/mnist/train-images-idx3-ubyte.gz")
-    parser.add_argument("--max-steps", type=int, default=469, help="steps to run (469 = one epoch)")
+    parser.add_argument("--max-steps", type=int, default=468, help="steps to run (468 = one epoch: 60,000 images, batches of 128, the last partial one dropped)")
     parser.add_argument("--epochs", type=int, default=3, help="length of the LR schedule, in epochs")
     parser.add_argument("--log", default="output/torch-mnist.jsonl")
     arguments = parser.parse_args()
