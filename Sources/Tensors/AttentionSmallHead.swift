@@ -46,7 +46,7 @@ enum SmallHeadAttention {
     /// Row `row` (8 elements) of an item's operand.
     @inline(__always)
     static func row(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), _ row: Int) -> Vector {
-        if !layout.transposed { return load(base + row * layout.leadingDimension) }
+        if !layout.transposed { return MicroKernels.load(base + row * layout.leadingDimension) }
         var result = Vector()
         for e in 0..<8 { result[e] = base[e * layout.leadingDimension + row] }
         return result
@@ -69,8 +69,8 @@ enum SmallHeadAttention {
     @inline(__always)
     static func pack(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), keys: Int, paddedKeys: Int,
                      into rows: UnsafeMutablePointer<Float>) {
-        for s in 0..<keys { store(row(base, layout, s), rows + s * 8) }
-        for s in keys..<paddedKeys { store(Vector(), rows + s * 8) }
+        for s in 0..<keys { MicroKernels.store(row(base, layout, s), rows + s * 8) }
+        for s in keys..<paddedKeys { MicroKernels.store(Vector(), rows + s * 8) }
     }
 
     /// `block[r]` = `scale` · query row `first + r`, zero past the last row; returns how many are real.
@@ -78,9 +78,30 @@ enum SmallHeadAttention {
     static func loadQueryBlock(_ item: Item, first: Int, length: Int, scale: Float, into block: UnsafeMutablePointer<Float>) -> Int {
         let count = Swift.min(rows, length - first)
         for r in 0..<rows {
-            store(r < count ? row(item.query, item.queryLayout, first + r) * scale : Vector(), block + r * 8)
+            MicroKernels.store(r < count ? row(item.query, item.queryLayout, first + r) * scale : Vector(), block + r * 8)
         }
         return count
+    }
+
+    /// Stores the first `count` of a block's four rows of 8, one after another from `target`.
+    @inline(__always)
+    static func storeRows(_ block: (Vector, Vector, Vector, Vector), count: Int, to target: UnsafeMutablePointer<Float>) {
+        MicroKernels.store(block.0, target)
+        if count > 1 { MicroKernels.store(block.1, target + 8) }
+        if count > 2 { MicroKernels.store(block.2, target + 16) }
+        if count > 3 { MicroKernels.store(block.3, target + 24) }
+    }
+
+    /// `target[0..<8] += Σᵣ weights.r · vectors.r`: one key's row of dK or dV gets the 4 query rows' share.
+    @inline(__always)
+    static func accumulate(_ target: UnsafeMutablePointer<Float>, weights: (Float, Float, Float, Float),
+                           vectors: (Vector, Vector, Vector, Vector)) {
+        var sum = MicroKernels.load(target)
+        sum = sum.addingProduct(Vector(repeating: weights.0), vectors.0)
+        sum = sum.addingProduct(Vector(repeating: weights.1), vectors.1)
+        sum = sum.addingProduct(Vector(repeating: weights.2), vectors.2)
+        sum = sum.addingProduct(Vector(repeating: weights.3), vectors.3)
+        MicroKernels.store(sum, target)
     }
 
     // MARK: Kernels
@@ -95,7 +116,7 @@ enum SmallHeadAttention {
             var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
             var b0 = Vector(), b1 = Vector(), b2 = Vector(), b3 = Vector()
             for e in 0..<8 {
-                let k0 = load(transposed + e * paddedKeys + chunk), k1 = load(transposed + e * paddedKeys + chunk + 8)
+                let k0 = MicroKernels.load(transposed + e * paddedKeys + chunk), k1 = MicroKernels.load(transposed + e * paddedKeys + chunk + 8)
                 var q = Vector(repeating: block[e])
                 a0 = a0.addingProduct(q, k0); b0 = b0.addingProduct(q, k1)
                 q = Vector(repeating: block[8 + e])
@@ -105,23 +126,23 @@ enum SmallHeadAttention {
                 q = Vector(repeating: block[24 + e])
                 a3 = a3.addingProduct(q, k0); b3 = b3.addingProduct(q, k1)
             }
-            store(a0, out + chunk); store(b0, out + chunk + 8)
-            store(a1, out + paddedKeys + chunk); store(b1, out + paddedKeys + chunk + 8)
-            store(a2, out + 2 * paddedKeys + chunk); store(b2, out + 2 * paddedKeys + chunk + 8)
-            store(a3, out + 3 * paddedKeys + chunk); store(b3, out + 3 * paddedKeys + chunk + 8)
+            MicroKernels.store(a0, out + chunk); MicroKernels.store(b0, out + chunk + 8)
+            MicroKernels.store(a1, out + paddedKeys + chunk); MicroKernels.store(b1, out + paddedKeys + chunk + 8)
+            MicroKernels.store(a2, out + 2 * paddedKeys + chunk); MicroKernels.store(b2, out + 2 * paddedKeys + chunk + 8)
+            MicroKernels.store(a3, out + 3 * paddedKeys + chunk); MicroKernels.store(b3, out + 3 * paddedKeys + chunk + 8)
             chunk += 16
         }
         if chunk < paddedKeys {
             var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
             for e in 0..<8 {
-                let k = load(transposed + e * paddedKeys + chunk)
+                let k = MicroKernels.load(transposed + e * paddedKeys + chunk)
                 a0 = a0.addingProduct(Vector(repeating: block[e]), k)
                 a1 = a1.addingProduct(Vector(repeating: block[8 + e]), k)
                 a2 = a2.addingProduct(Vector(repeating: block[16 + e]), k)
                 a3 = a3.addingProduct(Vector(repeating: block[24 + e]), k)
             }
-            store(a0, out + chunk); store(a1, out + paddedKeys + chunk)
-            store(a2, out + 2 * paddedKeys + chunk); store(a3, out + 3 * paddedKeys + chunk)
+            MicroKernels.store(a0, out + chunk); MicroKernels.store(a1, out + paddedKeys + chunk)
+            MicroKernels.store(a2, out + 2 * paddedKeys + chunk); MicroKernels.store(a3, out + 3 * paddedKeys + chunk)
         }
     }
 
@@ -133,7 +154,7 @@ enum SmallHeadAttention {
         let w0 = weights, w1 = weights + paddedKeys, w2 = weights + 2 * paddedKeys, w3 = weights + 3 * paddedKeys
         var s = 0
         while s < paddedKeys {  // paddedKeys is a multiple of 8
-            let v0 = load(rows + s * 8), v1 = load(rows + s * 8 + 8)
+            let v0 = MicroKernels.load(rows + s * 8), v1 = MicroKernels.load(rows + s * 8 + 8)
             a0 = a0.addingProduct(Vector(repeating: w0[s]), v0); b0 = b0.addingProduct(Vector(repeating: w0[s + 1]), v1)
             a1 = a1.addingProduct(Vector(repeating: w1[s]), v0); b1 = b1.addingProduct(Vector(repeating: w1[s + 1]), v1)
             a2 = a2.addingProduct(Vector(repeating: w2[s]), v0); b2 = b2.addingProduct(Vector(repeating: w2[s + 1]), v1)
@@ -151,7 +172,7 @@ enum SmallHeadAttention {
         var lanes = Vector(repeating: -.infinity)
         var chunk = 0
         while chunk < paddedKeys {
-            let value = load(row + chunk)
+            let value = MicroKernels.load(row + chunk)
             lanes.replace(with: value, where: value .> lanes)
             chunk += 8
         }
@@ -160,8 +181,8 @@ enum SmallHeadAttention {
         var sum = Vector()
         chunk = 0
         while chunk < paddedKeys {
-            let value = AttentionKernel.exp(load(row + chunk) - shift)
-            store(value, row + chunk)
+            let value = AttentionKernel.exp(MicroKernels.load(row + chunk) - shift)
+            MicroKernels.store(value, row + chunk)
             sum += value
             chunk += 8
         }
@@ -204,11 +225,8 @@ enum SmallHeadAttention {
                         }
                     }
                     let (o0, o1, o2, o3) = weightedSums(scores, paddedKeys: paddedKeys, rows: values)
-                    let target = out + (itemIndex * L + first) * 8
-                    store(o0 * inverse[0], target)
-                    if count > 1 { store(o1 * inverse[1], target + 8) }
-                    if count > 2 { store(o2 * inverse[2], target + 16) }
-                    if count > 3 { store(o3 * inverse[3], target + 24) }
+                    storeRows((o0 * inverse[0], o1 * inverse[1], o2 * inverse[2], o3 * inverse[3]), count: count,
+                              to: out + (itemIndex * L + first) * 8)
                     first += rows
                 }
             }
@@ -256,7 +274,7 @@ enum SmallHeadAttention {
                     // The block's scaled queries and output gradients (zero rows past the end).
                     let count = loadQueryBlock(item, first: first, length: L, scale: scale, into: block)
                     for r in 0..<rows {
-                        store(r < count ? load(dO + (itemIndex * L + first + r) * 8) : Vector(), outputBlock + r * 8)
+                        MicroKernels.store(r < count ? MicroKernels.load(dO + (itemIndex * L + first + r) * 8) : Vector(), outputBlock + r * 8)
                     }
                     // P = exp(scores − lse): the forward pass's probabilities, recomputed.
                     products(block, transposedKeys, paddedKeys: paddedKeys, into: probabilities)
@@ -266,7 +284,7 @@ enum SmallHeadAttention {
                         let shift = Vector(repeating: lse[itemIndex * L + first + r])
                         var chunk = 0
                         while chunk < paddedKeys {
-                            store(AttentionKernel.exp(load(row + chunk) - shift), row + chunk)
+                            MicroKernels.store(AttentionKernel.exp(MicroKernels.load(row + chunk) - shift), row + chunk)
                             chunk += 8
                         }
                         for s in S..<paddedKeys { row[s] = 0 }
@@ -279,31 +297,17 @@ enum SmallHeadAttention {
                     // dQ rows = scale · dS·K.
                     if let dQ {
                         let (g0, g1, g2, g3) = weightedSums(scoreGradients, paddedKeys: paddedKeys, rows: keys)
-                        let target = dQ + (itemIndex * L + first) * 8
-                        let factor = Vector(repeating: scale)
-                        store(g0 * factor, target)
-                        if count > 1 { store(g1 * factor, target + 8) }
-                        if count > 2 { store(g2 * factor, target + 16) }
-                        if count > 3 { store(g3 * factor, target + 24) }
+                        storeRows((g0 * scale, g1 * scale, g2 * scale, g3 * scale), count: count, to: dQ + (itemIndex * L + first) * 8)
                     }
                     // dK += dSᵀ·(scale·Q) and dV += Pᵀ·dO, key by key.
-                    let q0 = load(block), q1 = load(block + 8), q2 = load(block + 16), q3 = load(block + 24)
-                    let o0 = load(outputBlock), o1 = load(outputBlock + 8), o2 = load(outputBlock + 16), o3 = load(outputBlock + 24)
+                    let queries = (MicroKernels.load(block), MicroKernels.load(block + 8), MicroKernels.load(block + 16), MicroKernels.load(block + 24))
+                    let outputs = (MicroKernels.load(outputBlock), MicroKernels.load(outputBlock + 8),
+                                   MicroKernels.load(outputBlock + 16), MicroKernels.load(outputBlock + 24))
                     let g0 = scoreGradients, g1 = scoreGradients + paddedKeys, g2 = scoreGradients + 2 * paddedKeys, g3 = scoreGradients + 3 * paddedKeys
                     let p0 = probabilities, p1 = probabilities + paddedKeys, p2 = probabilities + 2 * paddedKeys, p3 = probabilities + 3 * paddedKeys
                     for s in 0..<S {
-                        var k = load(keySums + s * 8)
-                        k = k.addingProduct(Vector(repeating: g0[s]), q0)
-                        k = k.addingProduct(Vector(repeating: g1[s]), q1)
-                        k = k.addingProduct(Vector(repeating: g2[s]), q2)
-                        k = k.addingProduct(Vector(repeating: g3[s]), q3)
-                        store(k, keySums + s * 8)
-                        var v = load(valueSums + s * 8)
-                        v = v.addingProduct(Vector(repeating: p0[s]), o0)
-                        v = v.addingProduct(Vector(repeating: p1[s]), o1)
-                        v = v.addingProduct(Vector(repeating: p2[s]), o2)
-                        v = v.addingProduct(Vector(repeating: p3[s]), o3)
-                        store(v, valueSums + s * 8)
+                        accumulate(keySums + s * 8, weights: (g0[s], g1[s], g2[s], g3[s]), vectors: queries)
+                        accumulate(valueSums + s * 8, weights: (p0[s], p1[s], p2[s], p3[s]), vectors: outputs)
                     }
                     first += rows
                 }
@@ -312,18 +316,5 @@ enum SmallHeadAttention {
             }
         }
         return (queryGradient, keyGradient, valueGradient)
-    }
-
-    @inline(__always)
-    static func load(_ pointer: UnsafePointer<Float>) -> Vector {
-        UnsafeRawPointer(pointer).loadUnaligned(as: Vector.self)
-    }
-
-    @inline(__always)
-    static func load(_ pointer: UnsafeMutablePointer<Float>) -> Vector { load(UnsafePointer(pointer)) }
-
-    @inline(__always)
-    static func store(_ value: Vector, _ pointer: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: Vector.self)
     }
 }

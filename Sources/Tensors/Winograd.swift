@@ -74,7 +74,7 @@ enum Winograd {
 
     /// `G g Gᵀ` for every channel pair, laid out `[positions][inPadded][outPadded]` (zero padded).
     /// With `forDataGradient` the kernel is flipped and its channels swapped, giving the
-    /// weight of the convolution that maps dY to dX.
+    /// weight of the convolution that maps dY to dX. Pool scratch: give it back with `ScratchMemory.release`.
     static func transformWeight(_ weight: UnsafePointer<Float>, outChannels: Int, inChannels: Int,
                                 outputTile: Int, forDataGradient: Bool) -> UnsafeMutablePointer<Float> {
         let rows = forDataGradient ? outChannels : inChannels
@@ -82,7 +82,7 @@ enum Winograd {
         let rowsPadded = (rows + 7) / 8 * 8, columnsPadded = (columns + 7) / 8 * 8
         let plane = rowsPadded * columnsPadded
         let size = outputTile + 2
-        let result = allocateZeroed(size * size * plane)
+        let result = ScratchMemory.floats(size * size * plane, zeroed: true)
         let matrix = (outputTile == 2 ? kernelMatrix2 : kernelMatrix4).map {
             (Vector(repeating: $0.0), Vector(repeating: $0.1), Vector(repeating: $0.2))
         }
@@ -130,8 +130,8 @@ enum Winograd {
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
         let weightPlane = plan.inPadded * plan.outPadded
         Convolution.forEachBlock(blocks) { next in
-            let transformed = allocateZeroed(plan.positions * inPlane)
-            let products = allocateZeroed(plan.positions * outPlane)
+            let transformed = ScratchMemory.floats(plan.positions * inPlane, zeroed: true)
+            let products = ScratchMemory.floats(plan.positions * outPlane, zeroed: true)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
             defer { ScratchMemory.release(transformed); ScratchMemory.release(products); reader.deallocate() }
             while let block = next() {
@@ -165,14 +165,14 @@ enum Winograd {
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
         let weightPlane = plan.inPadded * plan.outPadded
-        let total = allocateZeroed(positions * weightPlane)
+        let total = ScratchMemory.floats(positions * weightPlane, zeroed: true)
         defer { ScratchMemory.release(total) }
         let lock = NSLock()
         let rows = (plan.inChannels + 3) / 4 * 4
         Convolution.forEachBlock(blocks) { next in
-            let transformed = allocateZeroed(positions * inPlane)
-            let upstream = allocateZeroed(positions * outPlane)
-            let partial = allocateZeroed(positions * weightPlane)
+            let transformed = ScratchMemory.floats(positions * inPlane, zeroed: true)
+            let upstream = ScratchMemory.floats(positions * outPlane, zeroed: true)
+            let partial = ScratchMemory.floats(positions * weightPlane, zeroed: true)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
             defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); ScratchMemory.release(partial); reader.deallocate() }
             while let block = next() {
@@ -227,10 +227,5 @@ enum Winograd {
             }
         }
         return result
-    }
-
-    /// Zeroed scratch from the pool; give it back with `ScratchMemory.release`.
-    static func allocateZeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
-        ScratchMemory.floats(count, zeroed: true)
     }
 }

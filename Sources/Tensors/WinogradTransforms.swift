@@ -17,7 +17,7 @@ extension Winograd {
             self.input = input
             self.channelsLast = channelsLast
             self.plan = plan
-            staging = channelsLast ? nil : allocateZeroed((plan.outputTile + 2) * plan.width * plan.inPadded)
+            staging = channelsLast ? nil : ScratchMemory.floats((plan.outputTile + 2) * plan.width * plan.inPadded, zeroed: true)
         }
 
         func deallocate() { staging.map(ScratchMemory.release) }
