@@ -349,7 +349,7 @@ struct AttentionBackward: BackwardContext {
     var name: String { "scaledDotProductAttention" }
     let problem: AttentionProblem
     let probabilities: Tensor?
-    /// Each score row's log-sum-exp when the forward pass ran `SmallHeadAttention`.
+    /// Each score row's base-2 log-sum-exp when the forward pass ran `SmallHeadAttention`.
     let logSumExp: Tensor?
     /// Shapes of query, key, value (and mask), to sum broadcast gradients back.
     let inputShapes: [[Int]]

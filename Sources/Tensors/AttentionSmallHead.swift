@@ -4,11 +4,18 @@ import Foundation
 /// UNet's 64 channels are 8 heads of 8). With 8 products per score the GEMM path
 /// (`AttentionProblem.forward`, two BLAS calls per item) spends its time packing and
 /// writing an L×S score matrix per item that the softmax then reads and writes again.
-/// Here four query rows at a time are done in registers and a 4×S buffer that stays in
-/// L1: the scores 16 keys at a time from a transposed copy of K, the softmax, then `P·V`
-/// as broadcast multiply-adds over V's rows of 8. The backward pass recomputes each
-/// row block's probabilities from the log-sum-exp saved by the forward pass (flash
-/// attention's scheme) and accumulates dK and dV of an item in two S×8 buffers.
+///
+/// Here the 8 SIMD lanes are 8 query rows ("key-major"): a block of 8 queries is held
+/// transposed in 8 registers (one per depth element), and each key's 8 scores are one
+/// vector, `Σₑ Qᵀₑ · K[s, e]`, 8 multiply-adds with the key's elements broadcast from
+/// memory. The softmax over keys is then lane-wise (a running maximum and sum across the
+/// key vectors, no horizontal reductions, no padding of S), and `P·V` accumulates the
+/// output transposed in 8 registers the same way. Scores are kept in base 2 (the queries
+/// carry `scale · log₂ e`) so the exponential is 2ˣ.
+///
+/// The backward pass recomputes each block's probabilities from the base-2 log-sum-exp
+/// saved by the forward pass (flash attention's scheme); P, dS, dQᵀ, dV and dK are each a
+/// pass over the keys with at most 10 vectors live, so nothing spills.
 ///
 /// Used when depth and value depth are 8, there is no mask and the items alone keep
 /// every worker busy (`AttentionProblem.rowBlocks == 1`); the GEMM path stays the
@@ -17,8 +24,10 @@ enum SmallHeadAttention {
     typealias Vector = SIMD8<Float>
     /// The one depth handled here.
     static let depth = 8
-    /// Query rows per block.
-    static let rows = 4
+    /// Query rows per block: the lanes of a vector.
+    static let rows = 8
+    /// log₂ e: scores are kept in base-2 units; the saved log-sum-exp too.
+    static let log2e: Float = 1.4426950408889634
 
     /// Whether `problem` takes this path.
     static func applies(to problem: AttentionProblem) -> Bool {
@@ -26,7 +35,7 @@ enum SmallHeadAttention {
             && problem.queryLength > 0 && problem.keyLength > 0 && problem.rowBlocks == 1
     }
 
-    /// Pointers and sizes of one item, read once so the loops see no reference counting.
+    /// Pointers and layouts of one item, read once so the loops see no reference counting.
     struct Item {
         let query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>
         let queryLayout: (transposed: Bool, leadingDimension: Int)
@@ -43,6 +52,11 @@ enum SmallHeadAttention {
         }
     }
 
+    /// Eight vectors: a block's 8 rows, or its 8 columns.
+    typealias Block = (Vector, Vector, Vector, Vector, Vector, Vector, Vector, Vector)
+
+    // MARK: Loading and storing
+
     /// Row `row` (8 elements) of an item's operand.
     @inline(__always)
     static func row(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), _ row: Int) -> Vector {
@@ -52,30 +66,16 @@ enum SmallHeadAttention {
         return result
     }
 
-    /// `transposed[e · paddedKeys + s]` = element (s, e), zero for the padding keys.
+    /// `rows[s · 8 + e]` = element (s, e) of an item's K or V.
     @inline(__always)
-    static func packTransposed(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), keys: Int, paddedKeys: Int,
-                               into transposed: UnsafeMutablePointer<Float>) {
-        for s in 0..<keys {
-            let vector = row(base, layout, s)
-            for e in 0..<8 { transposed[e * paddedKeys + s] = vector[e] }
-        }
-        for s in keys..<paddedKeys {
-            for e in 0..<8 { transposed[e * paddedKeys + s] = 0 }
-        }
-    }
-
-    /// `rows[s · 8 + e]` = element (s, e), zero for the padding keys.
-    @inline(__always)
-    static func pack(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), keys: Int, paddedKeys: Int,
+    static func pack(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), count: Int,
                      into rows: UnsafeMutablePointer<Float>) {
-        for s in 0..<keys { MicroKernels.store(row(base, layout, s), rows + s * 8) }
-        for s in keys..<paddedKeys { MicroKernels.store(Vector(), rows + s * 8) }
+        for s in 0..<count { MicroKernels.store(row(base, layout, s), rows + s * 8) }
     }
 
-    /// `block[r]` = `scale` · query row `first + r`, zero past the last row; returns how many are real.
+    /// `block[r · 8 + e]` = `scale` · query row `first + r`, zero past the end; returns how many rows are real.
     @inline(__always)
-    static func loadQueryBlock(_ item: Item, first: Int, length: Int, scale: Float, into block: UnsafeMutablePointer<Float>) -> Int {
+    static func loadQueryRows(_ item: Item, first: Int, length: Int, scale: Float, into block: UnsafeMutablePointer<Float>) -> Int {
         let count = Swift.min(rows, length - first)
         for r in 0..<rows {
             MicroKernels.store(r < count ? row(item.query, item.queryLayout, first + r) * scale : Vector(), block + r * 8)
@@ -83,150 +83,139 @@ enum SmallHeadAttention {
         return count
     }
 
-    /// Stores the first `count` of a block's four rows of 8, one after another from `target`.
+    /// The 8 vectors at `pointer`, `pointer + 8`, ….
     @inline(__always)
-    static func storeRows(_ block: (Vector, Vector, Vector, Vector), count: Int, to target: UnsafeMutablePointer<Float>) {
-        MicroKernels.store(block.0, target)
-        if count > 1 { MicroKernels.store(block.1, target + 8) }
-        if count > 2 { MicroKernels.store(block.2, target + 16) }
-        if count > 3 { MicroKernels.store(block.3, target + 24) }
+    static func loadBlock(_ pointer: UnsafePointer<Float>) -> Block {
+        (MicroKernels.load(pointer), MicroKernels.load(pointer + 8), MicroKernels.load(pointer + 16), MicroKernels.load(pointer + 24),
+         MicroKernels.load(pointer + 32), MicroKernels.load(pointer + 40), MicroKernels.load(pointer + 48), MicroKernels.load(pointer + 56))
     }
 
-    /// `target[0..<8] += Σᵣ weights.r · vectors.r`: one key's row of dK or dV gets the 4 query rows' share.
+    /// The columns of the 8×8 matrix stored row by row at `pointer`.
     @inline(__always)
-    static func accumulate(_ target: UnsafeMutablePointer<Float>, weights: (Float, Float, Float, Float),
-                           vectors: (Vector, Vector, Vector, Vector)) {
-        var sum = MicroKernels.load(target)
-        sum = sum.addingProduct(Vector(repeating: weights.0), vectors.0)
-        sum = sum.addingProduct(Vector(repeating: weights.1), vectors.1)
-        sum = sum.addingProduct(Vector(repeating: weights.2), vectors.2)
-        sum = sum.addingProduct(Vector(repeating: weights.3), vectors.3)
-        MicroKernels.store(sum, target)
-    }
-
-    // MARK: Kernels
-
-    /// `out[r · paddedKeys + s] = Σₑ block[r · 8 + e] · transposed[e · paddedKeys + s]` for the 4
-    /// rows of `block` and every (padded) key: 16 keys at a time, 8 accumulators.
-    @inline(__always)
-    static func products(_ block: UnsafePointer<Float>, _ transposed: UnsafePointer<Float>, paddedKeys: Int,
-                         into out: UnsafeMutablePointer<Float>) {
-        var chunk = 0
-        while chunk + 16 <= paddedKeys {
-            var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
-            var b0 = Vector(), b1 = Vector(), b2 = Vector(), b3 = Vector()
-            for e in 0..<8 {
-                let k0 = MicroKernels.load(transposed + e * paddedKeys + chunk), k1 = MicroKernels.load(transposed + e * paddedKeys + chunk + 8)
-                var q = Vector(repeating: block[e])
-                a0 = a0.addingProduct(q, k0); b0 = b0.addingProduct(q, k1)
-                q = Vector(repeating: block[8 + e])
-                a1 = a1.addingProduct(q, k0); b1 = b1.addingProduct(q, k1)
-                q = Vector(repeating: block[16 + e])
-                a2 = a2.addingProduct(q, k0); b2 = b2.addingProduct(q, k1)
-                q = Vector(repeating: block[24 + e])
-                a3 = a3.addingProduct(q, k0); b3 = b3.addingProduct(q, k1)
-            }
-            MicroKernels.store(a0, out + chunk); MicroKernels.store(b0, out + chunk + 8)
-            MicroKernels.store(a1, out + paddedKeys + chunk); MicroKernels.store(b1, out + paddedKeys + chunk + 8)
-            MicroKernels.store(a2, out + 2 * paddedKeys + chunk); MicroKernels.store(b2, out + 2 * paddedKeys + chunk + 8)
-            MicroKernels.store(a3, out + 3 * paddedKeys + chunk); MicroKernels.store(b3, out + 3 * paddedKeys + chunk + 8)
-            chunk += 16
+    static func loadColumns(_ pointer: UnsafePointer<Float>) -> Block {
+        var c0 = Vector(), c1 = Vector(), c2 = Vector(), c3 = Vector(), c4 = Vector(), c5 = Vector(), c6 = Vector(), c7 = Vector()
+        for r in 0..<8 {
+            let row = pointer + r * 8
+            c0[r] = row[0]; c1[r] = row[1]; c2[r] = row[2]; c3[r] = row[3]
+            c4[r] = row[4]; c5[r] = row[5]; c6[r] = row[6]; c7[r] = row[7]
         }
-        if chunk < paddedKeys {
-            var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
-            for e in 0..<8 {
-                let k = MicroKernels.load(transposed + e * paddedKeys + chunk)
-                a0 = a0.addingProduct(Vector(repeating: block[e]), k)
-                a1 = a1.addingProduct(Vector(repeating: block[8 + e]), k)
-                a2 = a2.addingProduct(Vector(repeating: block[16 + e]), k)
-                a3 = a3.addingProduct(Vector(repeating: block[24 + e]), k)
-            }
-            MicroKernels.store(a0, out + chunk); MicroKernels.store(a1, out + paddedKeys + chunk)
-            MicroKernels.store(a2, out + 2 * paddedKeys + chunk); MicroKernels.store(a3, out + 3 * paddedKeys + chunk)
+        return (c0, c1, c2, c3, c4, c5, c6, c7)
+    }
+
+    /// Rows `0..<count` of the 8×8 matrix whose columns are `columns`, each times `factor`, to `target`, `target + 8`, ….
+    @inline(__always)
+    static func storeTransposed(_ columns: Block, count: Int, factor: Vector, to target: UnsafeMutablePointer<Float>) {
+        let c = (columns.0 * factor, columns.1 * factor, columns.2 * factor, columns.3 * factor,
+                 columns.4 * factor, columns.5 * factor, columns.6 * factor, columns.7 * factor)
+        for r in 0..<count {
+            let row = target + r * 8
+            row[0] = c.0[r]; row[1] = c.1[r]; row[2] = c.2[r]; row[3] = c.3[r]
+            row[4] = c.4[r]; row[5] = c.5[r]; row[6] = c.6[r]; row[7] = c.7[r]
         }
     }
 
-    /// The 4 rows `Σₛ weights[r · paddedKeys + s] · rows[s]` (rows of 8), over the padded keys.
+    // MARK: Arithmetic
+
+    /// 2ˣ for x ≤ 0 (x below −125, −∞ included, gives about 2⁻¹²⁵, which is 0 for every use here):
+    /// x = n + f with n = round(x), 2ᶠ by a degree-5 polynomial on [−½, ½] (relative error under
+    /// 2·10⁻⁷ in float32, fitted on Chebyshev nodes), 2ⁿ added to the exponent bits.
     @inline(__always)
-    static func weightedSums(_ weights: UnsafePointer<Float>, paddedKeys: Int, rows: UnsafePointer<Float>) -> (Vector, Vector, Vector, Vector) {
-        var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector()
-        var b0 = Vector(), b1 = Vector(), b2 = Vector(), b3 = Vector()
-        let w0 = weights, w1 = weights + paddedKeys, w2 = weights + 2 * paddedKeys, w3 = weights + 3 * paddedKeys
-        var s = 0
-        while s < paddedKeys {  // paddedKeys is a multiple of 8
-            let v0 = MicroKernels.load(rows + s * 8), v1 = MicroKernels.load(rows + s * 8 + 8)
-            a0 = a0.addingProduct(Vector(repeating: w0[s]), v0); b0 = b0.addingProduct(Vector(repeating: w0[s + 1]), v1)
-            a1 = a1.addingProduct(Vector(repeating: w1[s]), v0); b1 = b1.addingProduct(Vector(repeating: w1[s + 1]), v1)
-            a2 = a2.addingProduct(Vector(repeating: w2[s]), v0); b2 = b2.addingProduct(Vector(repeating: w2[s + 1]), v1)
-            a3 = a3.addingProduct(Vector(repeating: w3[s]), v0); b3 = b3.addingProduct(Vector(repeating: w3[s + 1]), v1)
-            s += 2
-        }
-        return (a0 + b0, a1 + b1, a2 + b2, a3 + b3)
+    static func exp2(_ input: Vector) -> Vector {
+        let floor = Vector(repeating: -125)
+        let x = input.replacing(with: floor, where: input .< floor)
+        // Adding 1.5·2²³ rounds to an integer and leaves n in the low mantissa bits; shifted
+        // left by 23 those bits are n's exponent field (the shifter's own bits shift out).
+        let shifter = Vector(repeating: 12582912)
+        let biased = x + shifter
+        let f = x - (biased - shifter)
+        var p = Vector(repeating: 1.3264722656458616e-3)
+        p = Vector(repeating: 9.671512991189957e-3).addingProduct(p, f)
+        p = Vector(repeating: 5.550733581185341e-2).addingProduct(p, f)
+        p = Vector(repeating: 2.4022242426872253e-1).addingProduct(p, f)
+        p = Vector(repeating: 6.931470036506653e-1).addingProduct(p, f)
+        p = Vector(repeating: 1).addingProduct(p, f)
+        let exponent = unsafeBitCast(biased, to: SIMD8<Int32>.self) &<< 23
+        return unsafeBitCast(unsafeBitCast(p, to: SIMD8<Int32>.self) &+ exponent, to: Vector.self)
     }
 
-    /// In place `row[s] ← exp(row[s] − m)` over the real keys and 0 over the padding, `m` the
-    /// row's largest score; returns `m` and the sum.
+    /// `Σₑ columns.e · row[e]`: the 8 lanes' dot products with one row of 8 (broadcast from memory),
+    /// in four short chains (latency, not throughput, limits these loops).
     @inline(__always)
-    static func exponentiate(_ row: UnsafeMutablePointer<Float>, keys: Int, paddedKeys: Int) -> (largest: Float, total: Float) {
-        for s in keys..<paddedKeys { row[s] = -.infinity }
-        var lanes = Vector(repeating: -.infinity)
-        var chunk = 0
-        while chunk < paddedKeys {
-            let value = MicroKernels.load(row + chunk)
-            lanes.replace(with: value, where: value .> lanes)
-            chunk += 8
-        }
-        let largest = lanes.max()
-        let shift = Vector(repeating: largest)
-        var sum = Vector()
-        chunk = 0
-        while chunk < paddedKeys {
-            let value = AttentionKernel.exp(MicroKernels.load(row + chunk) - shift)
-            MicroKernels.store(value, row + chunk)
-            sum += value
-            chunk += 8
-        }
-        return (largest, sum.sum())
+    static func dot(_ columns: Block, _ row: UnsafePointer<Float>) -> Vector {
+        let a = (columns.0 * Vector(repeating: row[0])).addingProduct(columns.4, Vector(repeating: row[4]))
+        let b = (columns.1 * Vector(repeating: row[1])).addingProduct(columns.5, Vector(repeating: row[5]))
+        let c = (columns.2 * Vector(repeating: row[2])).addingProduct(columns.6, Vector(repeating: row[6]))
+        let d = (columns.3 * Vector(repeating: row[3])).addingProduct(columns.7, Vector(repeating: row[7]))
+        return (a + b) + (c + d)
+    }
+
+    /// `sums.e += lanes · row[e]` for the 8 elements of one row (broadcast from memory).
+    @inline(__always)
+    static func accumulate(_ sums: inout Block, _ lanes: Vector, _ row: UnsafePointer<Float>) {
+        sums.0 = sums.0.addingProduct(lanes, Vector(repeating: row[0]))
+        sums.1 = sums.1.addingProduct(lanes, Vector(repeating: row[1]))
+        sums.2 = sums.2.addingProduct(lanes, Vector(repeating: row[2]))
+        sums.3 = sums.3.addingProduct(lanes, Vector(repeating: row[3]))
+        sums.4 = sums.4.addingProduct(lanes, Vector(repeating: row[4]))
+        sums.5 = sums.5.addingProduct(lanes, Vector(repeating: row[5]))
+        sums.6 = sums.6.addingProduct(lanes, Vector(repeating: row[6]))
+        sums.7 = sums.7.addingProduct(lanes, Vector(repeating: row[7]))
+    }
+
+    /// `target[0..<8] += Σᵣ weights[r] · rows.r`: one key's row of dK or dV gets the block's share.
+    @inline(__always)
+    static func accumulateRow(_ target: UnsafeMutablePointer<Float>, weights: UnsafePointer<Float>, rows: Block) {
+        let a = (rows.0 * Vector(repeating: weights[0])).addingProduct(rows.4, Vector(repeating: weights[4]))
+        let b = (rows.1 * Vector(repeating: weights[1])).addingProduct(rows.5, Vector(repeating: weights[5]))
+        let c = (rows.2 * Vector(repeating: weights[2])).addingProduct(rows.6, Vector(repeating: weights[6]))
+        let d = (rows.3 * Vector(repeating: weights[3])).addingProduct(rows.7, Vector(repeating: weights[7]))
+        MicroKernels.store(MicroKernels.load(target) + ((a + b) + (c + d)), target)
     }
 
     // MARK: Forward
 
-    /// The output `[…, L, 8]` and the log-sum-exp of every score row `[…, L]`.
+    /// The output `[…, L, 8]` and the log-sum-exp of every score row `[…, L]`, in base 2
+    /// (log₂ Σₛ 2^(scores · log₂ e)), which is what `backward` takes.
     static func forward(_ problem: AttentionProblem) -> (output: Tensor, logSumExp: Tensor) {
         let (L, S) = (problem.queryLength, problem.keyLength)
-        let paddedKeys = (S + 7) / 8 * 8
-        let scale = problem.scale
+        let scale = problem.scale * log2e
         let output = Tensor(uninitializedShape: problem.batchShape + [L, depth])
         let logSumExp = Tensor(uninitializedShape: problem.batchShape + [L])
         let out = output.floatPointer, lse = logSumExp.floatPointer
         Parallel.forEach(problem.batch) { items in
-            let transposedKeys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: rows * paddedKeys)
-            let block = UnsafeMutablePointer<Float>.allocate(capacity: rows * 8)
-            defer { transposedKeys.deallocate(); values.deallocate(); scores.deallocate(); block.deallocate() }
+            let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let block = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+            defer { keys.deallocate(); values.deallocate(); scores.deallocate(); block.deallocate() }
             for itemIndex in items {
                 let item = Item(problem, itemIndex)
-                packTransposed(item.key, item.keyLayout, keys: S, paddedKeys: paddedKeys, into: transposedKeys)
-                pack(item.value, item.valueLayout, keys: S, paddedKeys: paddedKeys, into: values)
+                pack(item.key, item.keyLayout, count: S, into: keys)
+                pack(item.value, item.valueLayout, count: S, into: values)
                 var first = 0
                 while first < L {
-                    let count = loadQueryBlock(item, first: first, length: L, scale: scale, into: block)
-                    products(block, transposedKeys, paddedKeys: paddedKeys, into: scores)
-                    var inverse = Vector()
-                    for r in 0..<rows {
-                        let row = scores + r * paddedKeys
-                        if r < count {
-                            let (largest, total) = exponentiate(row, keys: S, paddedKeys: paddedKeys)
-                            lse[itemIndex * L + first + r] = largest + Foundation.log(total)
-                            inverse[r] = 1 / total
-                        } else {
-                            row.update(repeating: 0, count: paddedKeys)
-                        }
+                    let count = loadQueryRows(item, first: first, length: L, scale: scale, into: block)
+                    // Scores, one key (8 rows) at a time, and each row's largest.
+                    let queries = loadColumns(block)
+                    var largest = Vector(repeating: -.infinity)
+                    for s in 0..<S {
+                        let score = dot(queries, keys + s * 8)
+                        MicroKernels.store(score, scores + s * 8)
+                        largest = largest.replacing(with: score, where: score .> largest)
                     }
-                    let (o0, o1, o2, o3) = weightedSums(scores, paddedKeys: paddedKeys, rows: values)
-                    storeRows((o0 * inverse[0], o1 * inverse[1], o2 * inverse[2], o3 * inverse[3]), count: count,
-                              to: out + (itemIndex * L + first) * 8)
+                    // P = 2^(scores − largest) in place and its row sums (a pass of its own: the
+                    // exponential's long dependency chain would stall the accumulation below).
+                    var sum = Vector()
+                    for s in 0..<S {
+                        let probability = exp2(MicroKernels.load(scores + s * 8) - largest)
+                        MicroKernels.store(probability, scores + s * 8)
+                        sum += probability
+                    }
+                    // Oᵀ = Vᵀ·Pᵀ, unnormalised.
+                    var outputColumns: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
+                    for s in 0..<S { accumulate(&outputColumns, MicroKernels.load(scores + s * 8), values + s * 8) }
+                    storeTransposed(outputColumns, count: count, factor: 1 / sum, to: out + (itemIndex * L + first) * 8)
+                    for r in 0..<count { lse[itemIndex * L + first + r] = largest[r] + Foundation.log2(sum[r]) }
                     first += rows
                 }
             }
@@ -236,11 +225,13 @@ enum SmallHeadAttention {
 
     // MARK: Backward
 
-    /// dQ, dK and dV (each `nil` unless asked for), shaped `[…, L, 8]`, `[…, S, 8]`, `[…, S, 8]`.
+    /// dQ, dK and dV (each `nil` unless asked for), shaped `[…, L, 8]`, `[…, S, 8]`, `[…, S, 8]`,
+    /// from `forward`'s base-2 log-sum-exp. Per block of 8 query rows, passes over the keys:
+    /// P = 2^(scores − lse); dP = dO·Vᵀ with D = rowsum(P ∘ dP); dS = P ∘ (dP − D);
+    /// dQᵀ = scale · Kᵀ·dSᵀ; dV += Pᵀ·dO; dK += scale · dSᵀ·Q.
     static func backward(_ problem: AttentionProblem, logSumExp: Tensor, outputGradient: Tensor,
                          needsQuery: Bool, needsKey: Bool, needsValue: Bool) -> (Tensor?, Tensor?, Tensor?) {
         let (L, S) = (problem.queryLength, problem.keyLength)
-        let paddedKeys = (S + 7) / 8 * 8
         let scale = problem.scale
         let queryGradient = needsQuery ? Tensor(uninitializedShape: problem.batchShape + [L, depth]) : nil
         let keyGradient = needsKey ? Tensor(uninitializedShape: problem.batchShape + [S, depth]) : nil
@@ -248,71 +239,76 @@ enum SmallHeadAttention {
         let dO = UnsafePointer(outputGradient.floatPointer), lse = UnsafePointer(logSumExp.floatPointer)
         let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
         Parallel.forEach(problem.batch) { items in
-            let transposedKeys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let transposedValues = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let keySums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let valueSums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * paddedKeys)
-            let probabilities = UnsafeMutablePointer<Float>.allocate(capacity: rows * paddedKeys)
-            let scoreGradients = UnsafeMutablePointer<Float>.allocate(capacity: rows * paddedKeys)
-            let block = UnsafeMutablePointer<Float>.allocate(capacity: rows * 8)
-            let outputBlock = UnsafeMutablePointer<Float>.allocate(capacity: rows * 8)
+            let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let probabilities = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let scoreGradients = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let block = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+            let gradientBlock = UnsafeMutablePointer<Float>.allocate(capacity: 64)
             defer {
-                for buffer in [transposedKeys, transposedValues, keys, keySums, valueSums, probabilities, scoreGradients, block, outputBlock] {
-                    buffer.deallocate()
-                }
+                for buffer in [keys, values, probabilities, scoreGradients, block, gradientBlock] { buffer.deallocate() }
             }
             for itemIndex in items {
                 let item = Item(problem, itemIndex)
-                packTransposed(item.key, item.keyLayout, keys: S, paddedKeys: paddedKeys, into: transposedKeys)
-                packTransposed(item.value, item.valueLayout, keys: S, paddedKeys: paddedKeys, into: transposedValues)
-                if dQ != nil { pack(item.key, item.keyLayout, keys: S, paddedKeys: paddedKeys, into: keys) }
-                keySums.update(repeating: 0, count: 8 * paddedKeys)
-                valueSums.update(repeating: 0, count: 8 * paddedKeys)
+                pack(item.key, item.keyLayout, count: S, into: keys)
+                pack(item.value, item.valueLayout, count: S, into: values)
+                // dK and dV accumulate in the gradients' own rows (each item's belong to one worker).
+                let keySums = dK.map { $0 + itemIndex * S * 8 }, valueSums = dV.map { $0 + itemIndex * S * 8 }
+                keySums?.update(repeating: 0, count: S * 8)
+                valueSums?.update(repeating: 0, count: S * 8)
                 var first = 0
                 while first < L {
-                    // The block's scaled queries and output gradients (zero rows past the end).
-                    let count = loadQueryBlock(item, first: first, length: L, scale: scale, into: block)
+                    // The block's queries (times scale · log₂ e) and output gradients, zero rows past the
+                    // end, whose lse is +∞ so that their P (2⁻¹²⁵) and dS (P · 0) add nothing.
+                    let count = loadQueryRows(item, first: first, length: L, scale: scale * log2e, into: block)
+                    var shifts = Vector(repeating: .infinity)
                     for r in 0..<rows {
-                        MicroKernels.store(r < count ? MicroKernels.load(dO + (itemIndex * L + first + r) * 8) : Vector(), outputBlock + r * 8)
+                        guard r < count else { MicroKernels.store(Vector(), gradientBlock + r * 8); continue }
+                        let index = itemIndex * L + first + r
+                        MicroKernels.store(MicroKernels.load(dO + index * 8), gradientBlock + r * 8)
+                        shifts[r] = lse[index]
                     }
-                    // P = exp(scores − lse): the forward pass's probabilities, recomputed.
-                    products(block, transposedKeys, paddedKeys: paddedKeys, into: probabilities)
-                    for r in 0..<rows {
-                        let row = probabilities + r * paddedKeys
-                        guard r < count else { row.update(repeating: 0, count: paddedKeys); continue }
-                        let shift = Vector(repeating: lse[itemIndex * L + first + r])
-                        var chunk = 0
-                        while chunk < paddedKeys {
-                            MicroKernels.store(AttentionKernel.exp(MicroKernels.load(row + chunk) - shift), row + chunk)
-                            chunk += 8
-                        }
-                        for s in S..<paddedKeys { row[s] = 0 }
+                    // P, the forward pass's probabilities, recomputed.
+                    let queries = loadColumns(block)
+                    for s in 0..<S { MicroKernels.store(dot(queries, keys + s * 8), probabilities + s * 8) }
+                    for s in 0..<S {
+                        MicroKernels.store(exp2(MicroKernels.load(probabilities + s * 8) - shifts), probabilities + s * 8)
                     }
-                    // dP = dO·Vᵀ, then dS = P ∘ (dP − Σₛ P∘dP) in place.
-                    products(outputBlock, transposedValues, paddedKeys: paddedKeys, into: scoreGradients)
-                    for r in 0..<rows {
-                        AttentionKernel.softmaxBackwardRow(scoreGradients + r * paddedKeys, probabilities + r * paddedKeys, paddedKeys)
+                    // dP = dO·Vᵀ and D = rowsum(P ∘ dP), then dS = P ∘ (dP − D). (D = rowsum(dO ∘ O)
+                    // would save a pass but loses the cancellation when one key takes nearly all
+                    // of a row: dS must then be ≈ 0, and the output's rounding is not.)
+                    let gradients = loadColumns(gradientBlock)
+                    var dots = Vector()
+                    for s in 0..<S {
+                        let product = dot(gradients, values + s * 8)
+                        dots = dots.addingProduct(MicroKernels.load(probabilities + s * 8), product)
+                        MicroKernels.store(product, scoreGradients + s * 8)
+                    }
+                    for s in 0..<S {
+                        let product = MicroKernels.load(scoreGradients + s * 8) - dots
+                        MicroKernels.store(MicroKernels.load(probabilities + s * 8) * product, scoreGradients + s * 8)
                     }
                     // dQ rows = scale · dS·K.
                     if let dQ {
-                        let (g0, g1, g2, g3) = weightedSums(scoreGradients, paddedKeys: paddedKeys, rows: keys)
-                        storeRows((g0 * scale, g1 * scale, g2 * scale, g3 * scale), count: count, to: dQ + (itemIndex * L + first) * 8)
+                        var sums: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
+                        for s in 0..<S { accumulate(&sums, MicroKernels.load(scoreGradients + s * 8), keys + s * 8) }
+                        storeTransposed(sums, count: count, factor: Vector(repeating: scale), to: dQ + (itemIndex * L + first) * 8)
                     }
-                    // dK += dSᵀ·(scale·Q) and dV += Pᵀ·dO, key by key.
-                    let queries = (MicroKernels.load(block), MicroKernels.load(block + 8), MicroKernels.load(block + 16), MicroKernels.load(block + 24))
-                    let outputs = (MicroKernels.load(outputBlock), MicroKernels.load(outputBlock + 8),
-                                   MicroKernels.load(outputBlock + 16), MicroKernels.load(outputBlock + 24))
-                    let g0 = scoreGradients, g1 = scoreGradients + paddedKeys, g2 = scoreGradients + 2 * paddedKeys, g3 = scoreGradients + 3 * paddedKeys
-                    let p0 = probabilities, p1 = probabilities + paddedKeys, p2 = probabilities + 2 * paddedKeys, p3 = probabilities + 3 * paddedKeys
-                    for s in 0..<S {
-                        accumulate(keySums + s * 8, weights: (g0[s], g1[s], g2[s], g3[s]), vectors: queries)
-                        accumulate(valueSums + s * 8, weights: (p0[s], p1[s], p2[s], p3[s]), vectors: outputs)
+                    // dV += Pᵀ·dO and dK += dSᵀ·(scale · log₂ e · Q) (times ln 2 at the end), key by key.
+                    if let valueSums {
+                        let gradientRows = loadBlock(gradientBlock)
+                        for s in 0..<S { accumulateRow(valueSums + s * 8, weights: probabilities + s * 8, rows: gradientRows) }
+                    }
+                    if let keySums {
+                        let queryRows = loadBlock(block)
+                        for s in 0..<S { accumulateRow(keySums + s * 8, weights: scoreGradients + s * 8, rows: queryRows) }
                     }
                     first += rows
                 }
-                if let dK { (dK + itemIndex * S * 8).update(from: keySums, count: S * 8) }
-                if let dV { (dV + itemIndex * S * 8).update(from: valueSums, count: S * 8) }
+                if let keySums {
+                    let ln2 = Vector(repeating: 1 / log2e)
+                    for s in 0..<S { MicroKernels.store(MicroKernels.load(keySums + s * 8) * ln2, keySums + s * 8) }
+                }
             }
         }
         return (queryGradient, keyGradient, valueGradient)

@@ -189,12 +189,12 @@ final class SmallHeadAttentionTests: XCTestCase {
         return [output.detach()] + leaves.map { $0.grad! }
     }
 
-    private func compare(_ inputs: [Tensor], file: StaticString = #filePath, line: UInt = #line,
+    private func compare(_ inputs: [Tensor], absolute: Float = 1e-5, file: StaticString = #filePath, line: UInt = #line,
                          prepare: ([Tensor]) -> [Tensor] = { $0 }) {
         let fast = run(inputs, smallHead: true, prepare: prepare)
         let reference = run(inputs, smallHead: false, prepare: prepare)
         for (index, (actual, expected)) in zip(fast, reference).enumerated() {
-            assertClose(actual, expected, relative: 1e-4, absolute: 1e-5, index == 0 ? "output" : "gradient \(index - 1)", file: file, line: line)
+            assertClose(actual, expected, relative: 1e-4, absolute: absolute, index == 0 ? "output" : "gradient \(index - 1)", file: file, line: line)
         }
     }
 
@@ -211,13 +211,19 @@ final class SmallHeadAttentionTests: XCTestCase {
 
     func testLengthsThatAreNotWholeBlocks() {
         var generator = RandomGenerator(seed: 22)
-        // Query rows not a multiple of 4, keys not a multiple of 8 or 16.
+        // Query rows not a multiple of 8 (the kernel's block), keys not a multiple of 8 or 16.
         compare([Tensor.randn([6, 13, 8], generator: &generator), Tensor.randn([6, 37, 8], generator: &generator),
                  Tensor.randn([6, 37, 8], generator: &generator)])
         compare([Tensor.randn([4, 1, 8], generator: &generator), Tensor.randn([4, 5, 8], generator: &generator),
                  Tensor.randn([4, 5, 8], generator: &generator)])
         compare([Tensor.randn([2, 3, 8], generator: &generator) * 4, Tensor.randn([2, 16, 8], generator: &generator),
                  Tensor.randn([2, 16, 8], generator: &generator)])
+        // Scores spread over ±100 (standard deviation 25): many probabilities underflow (the exponential's
+        // clamp at 2⁻¹²⁵), one key dominates most rows. dS of a dominant key is then a difference of
+        // nearly equal numbers (dP − D), whose float32 rounding (≈ 10⁻⁷·|dP|) both implementations
+        // make, times queries of size 10 over 21 rows: absolute agreement 10⁻⁴ on gradients of size 1.
+        compare([Tensor.randn([3, 21, 8], generator: &generator) * 5, Tensor.randn([3, 30, 8], generator: &generator) * 5,
+                 Tensor.randn([3, 30, 8], generator: &generator)], absolute: 1e-4)
         // Broadcast key and value: their gradients sum over the query's batch.
         compare([Tensor.randn([2, 4, 9, 8], generator: &generator), Tensor.randn([4, 11, 8], generator: &generator),
                  Tensor.randn([4, 11, 8], generator: &generator)])
