@@ -85,7 +85,7 @@ enum ChannelsLastMath {
 
     /// `y = x · scale_c + shift_c` over a range of rows.
     static func scaleShiftRows(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, pixels: Range<Int>, channels: Int,
-                               scale: UnsafePointer<Float>, shift: UnsafePointer<Float>) {
+                               scale: UnsafePointer<Float>, shift: UnsafePointer<Float>, silu: Bool = false) {
         for row in pixels {
             let values = x + row * channels, out = y + row * channels
             var channel = 0
@@ -93,11 +93,13 @@ enum ChannelsLastMath {
                 let value = UnsafeRawPointer(values + channel).loadUnaligned(as: Vector.self)
                 let a = UnsafeRawPointer(scale + channel).loadUnaligned(as: Vector.self)
                 let b = UnsafeRawPointer(shift + channel).loadUnaligned(as: Vector.self)
-                UnsafeMutableRawPointer(out + channel).storeBytes(of: b.addingProduct(value, a), as: Vector.self)
+                let result = b.addingProduct(value, a)
+                UnsafeMutableRawPointer(out + channel).storeBytes(of: silu ? result * VectorMath.sigmoid(result) : result, as: Vector.self)
                 channel += 8
             }
             while channel < channels {
-                out[channel] = values[channel] * scale[channel] + shift[channel]
+                let result = values[channel] * scale[channel] + shift[channel]
+                out[channel] = silu ? result / (1 + Foundation.exp(-result)) : result
                 channel += 1
             }
         }

@@ -14,8 +14,10 @@ enum GroupNormKernel {
         return Swift.max(1, Swift.min(wanted, pixels / 64))
     }
 
-    static func forward(input: Tensor, channelsLast: Bool, groupCount: Int, weight: Tensor?, bias: Tensor?, epsilon: Float)
-        -> (output: Tensor, mean: Tensor, inverseStandardDeviation: Tensor) {
+    /// Group norm of `input` (then SiLU when `silu`: `groupNormSiLU`'s forward in the same pass),
+    /// with each (sample, group)'s mean and 1/√(var + ε).
+    static func forward(input: Tensor, channelsLast: Bool, groupCount: Int, weight: Tensor?, bias: Tensor?, epsilon: Float,
+                        silu: Bool = false) -> (output: Tensor, mean: Tensor, inverseStandardDeviation: Tensor) {
         let batch = input.shape[0], channels = input.shape[1]
         let spatial = input.shape.dropFirst(2).reduce(1, *)
         let output = Tensor(uninitializedShape: input.shape, strides: channelsLast ? input.strides : Shape.contiguousStrides(input.shape))
@@ -43,7 +45,7 @@ enum GroupNormKernel {
                         let scale = inverseDeviation * (gamma?[channel] ?? 1)
                         let shift = (beta?[channel] ?? 0) - average * scale
                         let start = base + channelIndex * spatial
-                        NormalizationMath.scaleShift(x + start, y + start, spatial, scale: scale, shift: shift)
+                        NormalizationMath.scaleShift(x + start, y + start, spatial, scale: scale, shift: shift, silu: silu)
                     }
                 }
             }
@@ -100,7 +102,7 @@ enum GroupNormKernel {
                 shift[channel] = (beta?[channel] ?? 0) - meanPointer[item] * scale[channel]
             }
             ChannelsLastMath.scaleShiftRows(x + sample * sampleSize, y + sample * sampleSize, pixels: pieceRange(piece),
-                                            channels: channels, scale: scale, shift: shift)
+                                            channels: channels, scale: scale, shift: shift, silu: silu)
         }
 
         if pieces == 1 {

@@ -77,18 +77,20 @@ enum NormalizationMath {
         return (sum, centered)
     }
 
-    /// `y = x · scale + shift` over a contiguous run.
+    /// `y = x · scale + shift` over a contiguous run (then `silu(y)` when `silu`).
     @inline(__always)
-    static func scaleShift(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int, scale: Float, shift: Float) {
+    static func scaleShift(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int, scale: Float, shift: Float,
+                           silu: Bool = false) {
         let a = Vector(repeating: scale), b = Vector(repeating: shift)
         var index = 0
         while index + 8 <= count {
-            let value = UnsafeRawPointer(x + index).loadUnaligned(as: Vector.self)
-            UnsafeMutableRawPointer(y + index).storeBytes(of: b.addingProduct(value, a), as: Vector.self)
+            let value = b.addingProduct(UnsafeRawPointer(x + index).loadUnaligned(as: Vector.self), a)
+            UnsafeMutableRawPointer(y + index).storeBytes(of: silu ? value * VectorMath.sigmoid(value) : value, as: Vector.self)
             index += 8
         }
         while index < count {
-            y[index] = x[index] * scale + shift
+            let value = x[index] * scale + shift
+            y[index] = silu ? value / (1 + Foundation.exp(-value)) : value
             index += 1
         }
     }

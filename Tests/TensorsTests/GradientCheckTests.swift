@@ -195,4 +195,32 @@ final class FusedOperationTests: XCTestCase {
             }
         }
     }
+
+    /// The fused backward (SiLU's gradient recomputed from the saved statistics in one pass) against
+    /// the two ops' own backward rules, with 20 channels so that channels-last rows take the vector
+    /// loop and its tail, and 15 pixels so that contiguous runs do.
+    func testGroupNormSiLUGradientsEqualTheTwoOps() {
+        var generator = RandomGenerator(seed: 32)
+        let source = Tensor.randn([2, 20, 3, 5], generator: &generator) * 2 + 0.5
+        let weightSource = Tensor.randn([20], generator: &generator), biasSource = Tensor.randn([20], generator: &generator)
+        let upstream = Tensor.randn([2, 20, 3, 5], generator: &generator)
+        for layout in [TensorLayout.contiguous, .channelsLast] {
+            func gradients(fused: Bool) -> [Tensor] {
+                let leaves = [source, weightSource, biasSource].map { tensor -> Tensor in
+                    let leaf = tensor.contiguousCopy()
+                    leaf.requiresGrad = true
+                    return leaf
+                }
+                let x = leaves[0].withLayout(layout)
+                let output = fused
+                    ? x.groupNormSiLU(groupCount: 4, weight: leaves[1], bias: leaves[2])
+                    : x.groupNorm(groupCount: 4, weight: leaves[1], bias: leaves[2]).silu()
+                (output * upstream).sum().backward()
+                return leaves.map { $0.grad! }
+            }
+            for (index, (fused, separate)) in zip(gradients(fused: true), gradients(fused: false)).enumerated() {
+                assertClose(fused, separate, relative: 1e-5, absolute: 1e-5, "\(layout) gradient \(index)")
+            }
+        }
+    }
 }
