@@ -1,4 +1,7 @@
 import Foundation
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
 
 /// Differentiable one-input functions, applied elementwise.
 public enum PointwiseFunction: String, CaseIterable, Sendable {
@@ -107,8 +110,30 @@ enum VectorMath {
         return result
     }
 
+    /// 1 / (1 + e⁻ˣ). The argument of exp is capped at 88 (e⁸⁸ is finite) so that the
+    /// reciprocal's Newton step never meets ∞ · 0; below x = −88 the result is 0 or a denormal,
+    /// as in float32 arithmetic. NaN stays NaN.
     @inline(__always)
     static func sigmoid(_ x: Vector) -> Vector {
+        let argument = -x
+        return reciprocal(1 + exp(argument.replacing(with: 88, where: argument .> 88)))
+    }
+
+    /// 1/x for finite x ≥ 1 to about 1 ulp without a division: the hardware estimate
+    /// (12 bits) and one Newton step (`sigmoidReference` divides instead; the tests compare the two).
+    /// A vector division stalls the sigmoid loops: its latency is most of theirs.
+    @inline(__always)
+    static func reciprocal(_ x: Vector) -> Vector {
+        #if arch(x86_64)
+        let estimate = _mm256_rcp_ps(x)
+        return estimate * (2 - x * estimate)
+        #else
+        return 1 / x
+        #endif
+    }
+
+    /// The plain sigmoid, 1 / (1 + e⁻ˣ) with a division: the reference for `sigmoid`.
+    static func sigmoidReference(_ x: Vector) -> Vector {
         1 / (1 + exp(-x))
     }
 
