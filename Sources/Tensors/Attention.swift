@@ -359,12 +359,12 @@ struct AttentionBackward: BackwardContext {
         let (L, S, E, Ev) = (p.queryLength, p.keyLength, p.depth, p.valueDepth)
         let needsQuery = inputs[0] != nil, needsKey = inputs[1] != nil, needsValue = inputs[2] != nil
         let needsMask = inputs.count > 3 && inputs[3] != nil
-        let outputGradient = gradient.contiguousData()
         if let logSumExp {
-            let (dQ, dK, dV) = SmallHeadAttention.backward(p, logSumExp: logSumExp, outputGradient: outputGradient,
+            let (dQ, dK, dV) = SmallHeadAttention.backward(p, logSumExp: logSumExp, outputGradient: gradient,
                                                            needsQuery: needsQuery, needsKey: needsKey, needsValue: needsValue)
             return [dQ?.summed(toShape: inputShapes[0]), dK?.summed(toShape: inputShapes[1]), dV?.summed(toShape: inputShapes[2])]
         }
+        let outputGradient = gradient.contiguousData()
         let queryGradient = needsQuery ? Tensor(uninitializedShape: p.batchShape + [L, E]) : nil
         let keyGradient = needsKey ? Tensor(uninitializedShape: p.batchShape + [S, E]) : nil
         let valueGradient = needsValue ? Tensor(uninitializedShape: p.batchShape + [S, Ev]) : nil

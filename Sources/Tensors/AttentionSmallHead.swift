@@ -52,6 +52,42 @@ enum SmallHeadAttention {
         }
     }
 
+    /// Where a `[…, rows, 8]` result of the kernel lives: in the layout of the operand it belongs
+    /// to when that is a dense view with the same shape (the output and dQ like the query, dK like
+    /// the key, dV like the value), else row-major. A `[B, L, heads · 8]` projection split into
+    /// heads (`reshaped([B, L, heads, 8]).transposed(1, 2)`) thus gets its output and gradients in
+    /// its own memory order, so the transposes and reshapes around attention copy nothing.
+    struct RowLayout {
+        let shape: [Int], strides: [Int]
+        /// Element offset of each item's first row, and the distance between rows.
+        let itemOffsets: [Int]
+        let rowStride: Int
+
+        init(like operand: AttentionOperand, batchShape: [Int], rows: Int) {
+            shape = batchShape + [rows, 8]
+            let tensor = operand.tensor
+            if !operand.transposed && tensor.dataType == .float32 && tensor.shape == shape && tensor.isDense && tensor.strides.last == 1 {
+                strides = tensor.strides
+                itemOffsets = operand.itemOffsets
+                rowStride = operand.leadingDimension
+            } else {
+                strides = Shape.contiguousStrides(shape)
+                itemOffsets = (0..<Shape.count(batchShape)).map { $0 * rows * 8 }
+                rowStride = 8
+            }
+        }
+
+        func allocate() -> Tensor { Tensor(uninitializedShape: shape, strides: strides) }
+
+        /// `tensor` (of this shape) in this layout: itself when it already is, else a copy.
+        func arrange(_ tensor: Tensor) -> Tensor {
+            if tensor.dataType == .float32 && tensor.strides == strides && tensor.isDense { return tensor }
+            let copy = allocate()
+            Tensor.copyElements(from: tensor, into: copy)
+            return copy
+        }
+    }
+
     /// Eight vectors: a block's 8 rows, or its 8 columns.
     typealias Block = (Vector, Vector, Vector, Vector, Vector, Vector, Vector, Vector)
 
@@ -102,13 +138,14 @@ enum SmallHeadAttention {
         return (c0, c1, c2, c3, c4, c5, c6, c7)
     }
 
-    /// Rows `0..<count` of the 8×8 matrix whose columns are `columns`, each times `factor`, to `target`, `target + 8`, ….
+    /// Rows `0..<count` of the 8×8 matrix whose columns are `columns`, each times `factor`, to `target`,
+    /// `target + rowStride`, ….
     @inline(__always)
-    static func storeTransposed(_ columns: Block, count: Int, factor: Vector, to target: UnsafeMutablePointer<Float>) {
+    static func storeTransposed(_ columns: Block, count: Int, factor: Vector, to target: UnsafeMutablePointer<Float>, rowStride: Int) {
         let c = (columns.0 * factor, columns.1 * factor, columns.2 * factor, columns.3 * factor,
                  columns.4 * factor, columns.5 * factor, columns.6 * factor, columns.7 * factor)
         for r in 0..<count {
-            let row = target + r * 8
+            let row = target + r * rowStride
             row[0] = c.0[r]; row[1] = c.1[r]; row[2] = c.2[r]; row[3] = c.3[r]
             row[4] = c.4[r]; row[5] = c.5[r]; row[6] = c.6[r]; row[7] = c.7[r]
         }
@@ -174,12 +211,13 @@ enum SmallHeadAttention {
 
     // MARK: Forward
 
-    /// The output `[…, L, 8]` and the log-sum-exp of every score row `[…, L]`, in base 2
+    /// The output `[…, L, 8]` (laid out like the query, `RowLayout`) and the log-sum-exp of every score row `[…, L]`, in base 2
     /// (log₂ Σₛ 2^(scores · log₂ e)), which is what `backward` takes.
     static func forward(_ problem: AttentionProblem) -> (output: Tensor, logSumExp: Tensor) {
         let (L, S) = (problem.queryLength, problem.keyLength)
         let scale = problem.scale * log2e
-        let output = Tensor(uninitializedShape: problem.batchShape + [L, depth])
+        let layout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L)
+        let output = layout.allocate()
         let logSumExp = Tensor(uninitializedShape: problem.batchShape + [L])
         let out = output.floatPointer, lse = logSumExp.floatPointer
         Parallel.forEach(problem.batch) { items in
@@ -214,7 +252,8 @@ enum SmallHeadAttention {
                     // Oᵀ = Vᵀ·Pᵀ, unnormalised.
                     var outputColumns: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
                     for s in 0..<S { accumulate(&outputColumns, MicroKernels.load(scores + s * 8), values + s * 8) }
-                    storeTransposed(outputColumns, count: count, factor: 1 / sum, to: out + (itemIndex * L + first) * 8)
+                    storeTransposed(outputColumns, count: count, factor: 1 / sum,
+                                    to: out + layout.itemOffsets[itemIndex] + first * layout.rowStride, rowStride: layout.rowStride)
                     for r in 0..<count { lse[itemIndex * L + first + r] = largest[r] + Foundation.log2(sum[r]) }
                     first += rows
                 }
@@ -233,29 +272,35 @@ enum SmallHeadAttention {
                          needsQuery: Bool, needsKey: Bool, needsValue: Bool) -> (Tensor?, Tensor?, Tensor?) {
         let (L, S) = (problem.queryLength, problem.keyLength)
         let scale = problem.scale
-        let queryGradient = needsQuery ? Tensor(uninitializedShape: problem.batchShape + [L, depth]) : nil
-        let keyGradient = needsKey ? Tensor(uninitializedShape: problem.batchShape + [S, depth]) : nil
-        let valueGradient = needsValue ? Tensor(uninitializedShape: problem.batchShape + [S, depth]) : nil
-        let dO = UnsafePointer(outputGradient.floatPointer), lse = UnsafePointer(logSumExp.floatPointer)
+        let queryLayout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L)
+        let keyLayout = RowLayout(like: problem.key, batchShape: problem.batchShape, rows: S)
+        let valueLayout = RowLayout(like: problem.value, batchShape: problem.batchShape, rows: S)
+        let queryGradient = needsQuery ? queryLayout.allocate() : nil
+        let keyGradient = needsKey ? keyLayout.allocate() : nil
+        let valueGradient = needsValue ? valueLayout.allocate() : nil
+        // dO in the output's layout (the query's), as it usually arrives.
+        let arrangedGradient = queryLayout.arrange(outputGradient)
+        let dO = UnsafePointer(arrangedGradient.floatPointer), lse = UnsafePointer(logSumExp.floatPointer)
         let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
         Parallel.forEach(problem.batch) { items in
             let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let probabilities = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let scoreGradients = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let keySums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+            let valueSums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let block = UnsafeMutablePointer<Float>.allocate(capacity: 64)
             let gradientBlock = UnsafeMutablePointer<Float>.allocate(capacity: 64)
             defer {
-                for buffer in [keys, values, probabilities, scoreGradients, block, gradientBlock] { buffer.deallocate() }
+                for buffer in [keys, values, probabilities, scoreGradients, keySums, valueSums, block, gradientBlock] { buffer.deallocate() }
             }
             for itemIndex in items {
                 let item = Item(problem, itemIndex)
                 pack(item.key, item.keyLayout, count: S, into: keys)
                 pack(item.value, item.valueLayout, count: S, into: values)
-                // dK and dV accumulate in the gradients' own rows (each item's belong to one worker).
-                let keySums = dK.map { $0 + itemIndex * S * 8 }, valueSums = dV.map { $0 + itemIndex * S * 8 }
-                keySums?.update(repeating: 0, count: S * 8)
-                valueSums?.update(repeating: 0, count: S * 8)
+                // dK and dV accumulate in S×8 buffers, copied to their layouts at the end of the item.
+                if dK != nil { keySums.update(repeating: 0, count: S * 8) }
+                if dV != nil { valueSums.update(repeating: 0, count: S * 8) }
                 var first = 0
                 while first < L {
                     // The block's queries (times scale · log₂ e) and output gradients, zero rows past the
@@ -265,7 +310,8 @@ enum SmallHeadAttention {
                     for r in 0..<rows {
                         guard r < count else { MicroKernels.store(Vector(), gradientBlock + r * 8); continue }
                         let index = itemIndex * L + first + r
-                        MicroKernels.store(MicroKernels.load(dO + index * 8), gradientBlock + r * 8)
+                        let gradientRow = dO + queryLayout.itemOffsets[itemIndex] + (first + r) * queryLayout.rowStride
+                        MicroKernels.store(MicroKernels.load(gradientRow), gradientBlock + r * 8)
                         shifts[r] = lse[index]
                     }
                     // P, the forward pass's probabilities, recomputed.
@@ -292,22 +338,28 @@ enum SmallHeadAttention {
                     if let dQ {
                         var sums: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
                         for s in 0..<S { accumulate(&sums, MicroKernels.load(scoreGradients + s * 8), keys + s * 8) }
-                        storeTransposed(sums, count: count, factor: Vector(repeating: scale), to: dQ + (itemIndex * L + first) * 8)
+                        storeTransposed(sums, count: count, factor: Vector(repeating: scale),
+                                        to: dQ + queryLayout.itemOffsets[itemIndex] + first * queryLayout.rowStride,
+                                        rowStride: queryLayout.rowStride)
                     }
                     // dV += Pᵀ·dO and dK += dSᵀ·(scale · log₂ e · Q) (times ln 2 at the end), key by key.
-                    if let valueSums {
+                    if dV != nil {
                         let gradientRows = loadBlock(gradientBlock)
                         for s in 0..<S { accumulateRow(valueSums + s * 8, weights: probabilities + s * 8, rows: gradientRows) }
                     }
-                    if let keySums {
+                    if dK != nil {
                         let queryRows = loadBlock(block)
                         for s in 0..<S { accumulateRow(keySums + s * 8, weights: scoreGradients + s * 8, rows: queryRows) }
                     }
                     first += rows
                 }
-                if let keySums {
-                    let ln2 = Vector(repeating: 1 / log2e)
-                    for s in 0..<S { MicroKernels.store(MicroKernels.load(keySums + s * 8) * ln2, keySums + s * 8) }
+                if let dK {
+                    let target = dK + keyLayout.itemOffsets[itemIndex], ln2 = Vector(repeating: 1 / log2e)
+                    for s in 0..<S { MicroKernels.store(MicroKernels.load(keySums + s * 8) * ln2, target + s * keyLayout.rowStride) }
+                }
+                if let dV {
+                    let target = dV + valueLayout.itemOffsets[itemIndex]
+                    for s in 0..<S { MicroKernels.store(MicroKernels.load(valueSums + s * 8), target + s * valueLayout.rowStride) }
                 }
             }
         }

@@ -234,6 +234,20 @@ final class SmallHeadAttentionTests: XCTestCase {
         }
     }
 
+    /// Heads split from a `[B, L, heads · 8]` projection get the output in the same memory order, so
+    /// merging the heads back (`transposed(1, 2).reshaped([B, L, 64])`) is a view, not a copy.
+    func testOutputFollowsTheSplitLayout() {
+        var generator = RandomGenerator(seed: 24)
+        let projection = Tensor.randn([2, 49, 64], generator: &generator)
+        let heads = projection.reshaped([2, 49, 8, 8]).transposed(1, 2)
+        let output = Tensor.scaledDotProductAttention(query: heads, key: heads, value: heads)
+        XCTAssertEqual(output.strides, heads.strides)
+        XCTAssertTrue(output.transposed(1, 2).isContiguous)
+        // A query that is not a dense view (every other row) falls back to row-major.
+        let sparse = Tensor.randn([2, 8, 98, 8], generator: &generator).sliced(axis: 2, step: 2)
+        XCTAssertTrue(Tensor.scaledDotProductAttention(query: sparse, key: heads, value: heads).isContiguous)
+    }
+
     /// The fast path is really taken (a kernel that silently fell back would make the comparison vacuous).
     func testFastPathIsTakenForDepthEight() {
         var generator = RandomGenerator(seed: 23)
