@@ -72,6 +72,37 @@ final class BufferPoolTests: XCTestCase {
         pool.drain()
     }
 
+    /// Inside `noGrad` a miss may leave live plus cached bytes up to `inferenceSlackBytes` above
+    /// the mark (a forward pass without a graph would otherwise evict its own cache every call);
+    /// outside, the next miss evicts back under the mark.
+    func testInsideNoGradTheCacheMayExceedTheMarkByTheSlack() {
+        let pool = BufferPool()
+        let size = 256 * kibibyte
+        let a = pool.allocate(byteCount: size), b = pool.allocate(byteCount: size)
+        pool.release(a, byteCount: size)
+        pool.release(b, byteCount: size)
+        pool.adjustInferenceScopes(1)
+        // 128 KiB live + 512 KiB cached passes the 512 KiB mark, but not mark + slack: nothing goes.
+        let c = pool.allocate(byteCount: 128 * kibibyte)
+        XCTAssertEqual(pool.evictedBytes, 0)
+        XCTAssertEqual(pool.cachedBytes, 2 * size)
+        pool.release(c, byteCount: 128 * kibibyte)
+        pool.adjustInferenceScopes(-1)
+        // Outside noGrad a miss evicts down to the mark again.
+        let d = pool.allocate(byteCount: 192 * kibibyte)
+        XCTAssertGreaterThan(pool.evictedBytes, 0)
+        XCTAssertLessThanOrEqual(pool.liveBytes + pool.cachedBytes, pool.peakLiveBytes)
+        pool.release(d, byteCount: 192 * kibibyte)
+        pool.drain()
+        // noGrad scopes are counted per thread, nested scopes once.
+        let before = BufferPool.shared.inferenceScopes
+        noGrad {
+            noGrad { XCTAssertEqual(BufferPool.shared.inferenceScopes, before + 1) }
+            XCTAssertEqual(BufferPool.shared.inferenceScopes, before + 1)
+        }
+        XCTAssertEqual(BufferPool.shared.inferenceScopes, before)
+    }
+
     func testScratchMemoryGoesBackToThePool() {
         let scratch = ScratchMemory.floats(100_000, zeroed: true)
         XCTAssertEqual(scratch[0], 0)
