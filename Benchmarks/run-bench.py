@@ -2,7 +2,8 @@
 """`make bench`: runs each workload in Diffuse and in PyTorch on this machine,
 in the same run, interleaved repetition by repetition, and prints one row per
 workload: `NAME diffuse_ms=... pytorch_ms=... ratio=...` (ratio = Diffuse time /
-PyTorch time, medians of the repetitions). Both sides use 2 threads.
+PyTorch time, medians of the repetitions). Both sides use 2 threads; every row
+starts a fresh process on each side.
 
 Usage: run-bench.py DIFFUSE_BENCH_BINARY [--only PREFIX] [--repeats N] [--results FILE]
 """
@@ -76,10 +77,13 @@ def main():
         row = measure_memory(name, diffuse_command, pytorch_command, environment)
         print(row, flush=True)
         rows.append(row)
-    diffuse = Worker(diffuse_command, environment)
-    pytorch = Worker(pytorch_command, environment)
-    try:
-        for name in selected:
+    for name in selected:
+        # Each row in a fresh pair of processes, as a user runs it (`diffuse sample` or a
+        # training run is a process of its own): no allocator or cache state carried over
+        # from the rows before, on either side.
+        diffuse = Worker(diffuse_command, environment)
+        pytorch = Worker(pytorch_command, environment)
+        try:
             timings = {"diffuse": [], "pytorch": []}
             for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
                 worker.ask(f"setup {name}")
@@ -88,14 +92,14 @@ def main():
                 for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
                     time.sleep(0.05)  # let the other side's threads go idle
                     timings[side].append(float(worker.ask(f"run {name}")))
-            diffuse_ms = statistics.median(timings["diffuse"])
-            pytorch_ms = statistics.median(timings["pytorch"])
-            row = f"{name} diffuse_ms={diffuse_ms:.2f} pytorch_ms={pytorch_ms:.2f} ratio={diffuse_ms / pytorch_ms:.2f}"
-            print(row, flush=True)
-            rows.append(row)
-    finally:
-        diffuse.close()
-        pytorch.close()
+        finally:
+            diffuse.close()
+            pytorch.close()
+        diffuse_ms = statistics.median(timings["diffuse"])
+        pytorch_ms = statistics.median(timings["pytorch"])
+        row = f"{name} diffuse_ms={diffuse_ms:.2f} pytorch_ms={pytorch_ms:.2f} ratio={diffuse_ms / pytorch_ms:.2f}"
+        print(row, flush=True)
+        rows.append(row)
 
     if arguments.results:
         write_results(arguments.results, rows, arguments.repeats)
@@ -136,7 +140,8 @@ def write_results(path, rows, repeats):
         results.write("Diffuse beside PyTorch on the same machine, in the same run, interleaved, "
                       f"median of {repeats} repetitions after a warm-up; 2 threads each. "
                       "ratio = Diffuse time / PyTorch time (below 1 means Diffuse is faster); "
-                      "`-rss` rows compare peak resident memory in MB, each side in a process of its own.\n\n")
+                      "each row runs in a fresh process on each side; "
+                      "`-rss` rows compare peak resident memory in MB.\n\n")
         results.write(f"- date: {today}\n- machine: {machine_description()}\n")
         results.write(f"- PyTorch {torch.__version__}; regenerate with `make bench`\n\n")
         for name in sorted(existing):

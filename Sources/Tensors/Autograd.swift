@@ -11,12 +11,8 @@ public enum GradientMode {
     }
 
     static func adjust(_ delta: Int) {
-        let previous = Thread.current.threadDictionary[key] as? Int ?? 0
-        let depth = previous + delta
+        let depth = (Thread.current.threadDictionary[key] as? Int ?? 0) + delta
         Thread.current.threadDictionary[key] = depth
-        // The buffer pool caches more generously while some thread runs without a graph.
-        if previous == 0 && depth > 0 { BufferPool.shared.adjustInferenceScopes(1) }
-        if previous > 0 && depth == 0 { BufferPool.shared.adjustInferenceScopes(-1) }
     }
 }
 

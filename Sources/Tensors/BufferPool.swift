@@ -11,11 +11,11 @@ import Foundation
 /// flat after the first step.
 ///
 /// Live plus cached bytes never exceed the most bytes ever live at once (the
-/// high-water mark; plus `inferenceSlackBytes` inside `noGrad`): a miss frees
+/// high-water mark; plus `inferenceSlackBytes` until a graph is recorded): a miss frees
 /// cached blocks of other sizes only as far as it must to stay under that mark,
-/// largest cached size first. So outside `noGrad` the pool never raises the
-/// process's peak (inside, by at most the slack), yet keeps what the next step
-/// will ask for.
+/// largest cached size first. So in training the pool never raises the
+/// process's peak (in inference, by at most the slack), yet keeps what the next
+/// step will ask for.
 /// (The earlier rule freed as much cached memory as each miss took, so live plus
 /// cached memory never grew past what it was when the cache first ran dry: a few
 /// MB cached at the end of a course-UNet training step, 920 misses and 2.2 GB of
@@ -39,23 +39,17 @@ public final class BufferPool: @unchecked Sendable {
     private let lock = NSLock()
     /// Most bytes of free blocks kept.
     public var capacityBytes: Int
-    /// How far live plus cached bytes may exceed the high-water mark while some thread is
-    /// inside `noGrad` (inference, sampling). A forward pass without a graph holds little at
+    /// How far live plus cached bytes may exceed the high-water mark in a process that has not
+    /// recorded a graph (inference, sampling). A forward pass without a graph holds little at
     /// once, so its high-water mark leaves almost no room for the cache: each course-UNet
     /// forward at batch 64 missed 74 times and replaced 234 MB of cached blocks by fresh,
     /// page-faulting ones (about a tenth of its time); with 128 MB of slack it misses none.
-    /// Training's own forward and backward record a graph and keep the plain mark, so the
-    /// training step's peak memory is unchanged.
+    /// Once a graph is recorded (training) the plain mark holds, so the training step's peak
+    /// memory is unchanged (slack during training's own graph-free parts, the noise and the
+    /// optimizer update, raised it by 120 MB).
     static let inferenceSlackBytes = 128 * 1024 * 1024
-    /// Threads inside `noGrad` (kept by `GradientMode`).
-    private(set) var inferenceScopes = 0
-
-    /// Called by `GradientMode` when a thread enters (+1) or leaves (−1) a `noGrad` scope.
-    func adjustInferenceScopes(_ delta: Int) {
-        lock.lock()
-        inferenceScopes += delta
-        lock.unlock()
-    }
+    /// Set by the first recorded op (`Tensor.record`); from then on there is no slack.
+    nonisolated(unsafe) static var graphRecorded = false
 
     init() {
         #if os(Linux)
@@ -103,7 +97,7 @@ public final class BufferPool: @unchecked Sendable {
             // A miss: free cached blocks of other sizes, largest first, until live
             // plus cached memory is back under the high-water mark.
             var evicted: [UnsafeMutableRawPointer] = []
-            let slack = inferenceScopes > 0 ? BufferPool.inferenceSlackBytes : 0
+            let slack = BufferPool.graphRecorded ? 0 : BufferPool.inferenceSlackBytes
             var excess = liveBytes + freeBytes - peakLiveBytes - slack
             while excess > 0, let largest = freeBlocks.keys.max() {
                 var remaining = freeBlocks[largest]!

@@ -208,6 +208,7 @@ public final class Tensor {
         let recorded = SavedTensorPrecision.dataType == .float32
             ? operation() : operation().mappingSavedActivations(SavedTensorPrecision.compress)
         result.gradientNode = GradientNode(operation: recorded, edges: edges, outputShape: result.shape)
+        if !BufferPool.graphRecorded { BufferPool.graphRecorded = true }
         return result
     }
 
