@@ -110,13 +110,39 @@ enum VectorMath {
         return result
     }
 
-    /// 1 / (1 + e⁻ˣ). The argument of exp is capped at 88 (e⁸⁸ is finite) so that the
-    /// reciprocal's Newton step never meets ∞ · 0; below x = −88 the result is 0 or a denormal,
-    /// as in float32 arithmetic. NaN stays NaN.
+    /// 1 / (1 + e⁻ˣ), within 3·10⁻⁷ relative of the exact value where that is a normal float:
+    /// e⁻ˣ with −x clamped to [−86, 88] (so it stays finite and its exponent field valid; below
+    /// x = −87 the result is 0 or a denormal, above x = 86 it is 1 to an ulp), by `exp`'s range
+    /// reduction and a degree-6 polynomial with none of `exp`'s edge handling (about 20
+    /// vector operations instead of 35: SiLU over every ResNet activation is a tenth of a
+    /// UNet forward pass). NaN stays NaN. `sigmoidReference` is the plain formula.
     @inline(__always)
     static func sigmoid(_ x: Vector) -> Vector {
-        let argument = -x
-        return reciprocal(1 + exp(argument.replacing(with: 88, where: argument .> 88)))
+        var argument = -x
+        argument = argument.replacing(with: 88, where: argument .> 88)
+        argument = argument.replacing(with: -86, where: argument .< -86)
+        return reciprocal(1 + exponential(argument)).replacing(with: x, where: x .!= x)
+    }
+
+    /// eᵃ for a already clamped to [−86, 88] (see `sigmoid`): a = n·ln 2 + r with |r| ≤ ln 2 / 2
+    /// (n rounded by adding 1.5·2²³, which leaves it in the low mantissa bits), eʳ by the
+    /// polynomial, 2ⁿ added to the exponent bits.
+    @inline(__always)
+    static func exponential(_ argument: Vector) -> Vector {
+        let shifter = Vector(repeating: 12582912)
+        let biased = shifter.addingProduct(argument, Vector(repeating: 1.44269504088896341))
+        let n = biased - shifter
+        var r = argument.addingProduct(n, Vector(repeating: -0.693359375))
+        r = r.addingProduct(n, Vector(repeating: 2.12194440e-4))
+        var p = Vector(repeating: 1.3751407386735082e-3)
+        p = Vector(repeating: 8.368915878236294e-3).addingProduct(p, r)
+        p = Vector(repeating: 4.166953265666962e-2).addingProduct(p, r)
+        p = Vector(repeating: 1.66665181517601e-1).addingProduct(p, r)
+        p = Vector(repeating: 4.9999988079071045e-1).addingProduct(p, r)
+        p = Vector(repeating: 1).addingProduct(p, r)
+        p = Vector(repeating: 1).addingProduct(p, r)
+        let exponent = unsafeBitCast(biased, to: SIMD8<Int32>.self) &<< 23
+        return unsafeBitCast(unsafeBitCast(p, to: SIMD8<Int32>.self) &+ exponent, to: Vector.self)
     }
 
     /// 1/x for finite x ≥ 1 to about 1 ulp without a division: the hardware estimate
@@ -126,7 +152,9 @@ enum VectorMath {
     static func reciprocal(_ x: Vector) -> Vector {
         #if arch(x86_64)
         let estimate = _mm256_rcp_ps(x)
-        return estimate * (2 - x * estimate)
+        // e + e·(1 − x·e): the residual by one fused multiply-add rounds better than e·(2 − x·e).
+        let residual = Vector(repeating: 1).addingProduct(-x, estimate)
+        return estimate.addingProduct(estimate, residual)
         #else
         return 1 / x
         #endif
