@@ -52,6 +52,10 @@ extension Tensor {
         else if right.shape == outputShape && right.isDense { outputStrides = right.strides }
         else { outputStrides = Shape.contiguousStrides(outputShape) }
         let result = Tensor(uninitializedShape: outputShape, strides: outputStrides)
+        if let rows = rowBroadcast(left, right, outputShape: outputShape, outputStrides: outputStrides) {
+            rowBroadcastKernel(function, result.floatPointer, left.floatPointer, right.floatPointer, rows)
+            return result
+        }
         let loop = StridedLoop(shape: outputShape, operandStrides: [
             outputStrides,
             Shape.broadcastStrides(shape: left.shape, strides: left.strides, to: outputShape),
@@ -76,6 +80,51 @@ extension Tensor {
             }
         }
         return result
+    }
+
+    /// A full-size dense `left` combined with a `right` that is one vector per memory row: the
+    /// bias of a Linear layer (`[N, C] + [C]`, row-major) or a per-sample channel vector over a
+    /// channels-last image (`[B, C, H, W] + [B, C, 1, 1]`, the time embedding of a ResNet block).
+    /// The general strided loop pays its bookkeeping per run of C values; these rows need none.
+    struct RowBroadcast {
+        /// Memory rows of `width` values; rows `g·rowsPerGroup ..< (g + 1)·rowsPerGroup` use the
+        /// vector at `right + g·groupStride`.
+        let rows: Int, width: Int, rowsPerGroup: Int, groupStride: Int
+    }
+
+    static func rowBroadcast(_ left: Tensor, _ right: Tensor, outputShape: [Int], outputStrides: [Int]) -> RowBroadcast? {
+        guard left.shape == outputShape, left.strides == outputStrides, left.isDense, left.count > 0 else { return nil }
+        let rightStrides = Shape.broadcastStrides(shape: right.shape, strides: right.strides, to: outputShape)
+        let rank = outputShape.count
+        if left.isContiguous, rank >= 1, rightStrides[rank - 1] == 1 || outputShape[rank - 1] == 1,
+           rightStrides.dropLast().allSatisfy({ $0 == 0 }) {
+            let width = outputShape[rank - 1]
+            return RowBroadcast(rows: left.count / width, width: width, rowsPerGroup: left.count / width, groupStride: 0)
+        }
+        if rank == 4, left.layout == .channelsLast,
+           rightStrides[1] == 1, rightStrides[2] == 0, rightStrides[3] == 0 {
+            let (width, pixels) = (outputShape[1], outputShape[2] * outputShape[3])
+            return RowBroadcast(rows: outputShape[0] * pixels, width: width, rowsPerGroup: pixels, groupStride: rightStrides[0])
+        }
+        return nil
+    }
+
+    static func rowBroadcastKernel(_ function: BinaryFunction, _ out: UnsafeMutablePointer<Float>, _ lhs: UnsafeMutablePointer<Float>,
+                                   _ rhs: UnsafeMutablePointer<Float>, _ plan: RowBroadcast) {
+        let (width, rowsPerGroup, groupStride) = (plan.width, plan.rowsPerGroup, plan.groupStride)
+        Parallel.forEach(plan.rows, grain: Swift.max(1, 16384 / Swift.max(width, 1))) { range in
+            for row in range {
+                let (o, a, b) = (out + row * width, UnsafePointer(lhs + row * width), UnsafePointer(rhs + (row / rowsPerGroup) * groupStride))
+                switch function {
+                case .add: binaryRun(AddFunctor.self, o, a, 1, b, 1, width)
+                case .subtract: binaryRun(SubtractFunctor.self, o, a, 1, b, 1, width)
+                case .multiply: binaryRun(MultiplyFunctor.self, o, a, 1, b, 1, width)
+                case .divide: binaryRun(DivideFunctor.self, o, a, 1, b, 1, width)
+                case .maximum: binaryRun(MaximumFunctor.self, o, a, 1, b, 1, width)
+                case .minimum: binaryRun(MinimumFunctor.self, o, a, 1, b, 1, width)
+                }
+            }
+        }
     }
 
     /// Elementwise maximum with broadcasting (no gradient).
