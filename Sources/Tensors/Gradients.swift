@@ -261,8 +261,18 @@ extension Tensor {
         return Tensor(storage: storage, shape: newShape, strides: strides, offset: offset + start * strides[axis])
     }
 
+    /// A dense copy of a slice, in this tensor's memory order: a channels-last gradient of a
+    /// channel concatenation gives channels-last pieces (row-major copies were transposing
+    /// gathers, and every consumer then converted them back or added them to channels-last
+    /// gradients element by element).
     func sliceCopy(axis: Int, start: Int, length: Int) -> Tensor {
-        sliceView(axis: axis, start: start, length: length).contiguousCopy()
+        let view = sliceView(axis: axis, start: start, length: length)
+        if rank == 4 && layout == .channelsLast && dataType == .float32 {
+            let copy = Tensor(uninitializedShape: view.shape, strides: Shape.channelsLastStrides(view.shape))
+            Tensor.copyElements(from: view, into: copy)
+            return copy
+        }
+        return view.contiguousCopy()
     }
 
     /// This view as a copy destination (it is written element by element).
