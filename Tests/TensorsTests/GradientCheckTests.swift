@@ -200,10 +200,17 @@ final class FusedOperationTests: XCTestCase {
     /// the two ops' own backward rules, with 20 channels so that channels-last rows take the vector
     /// loop and its tail, and 15 pixels so that contiguous runs do.
     func testGroupNormSiLUGradientsEqualTheTwoOps() {
+        // [1, 20, 12, 12]: one sample split into pieces over the workers (channels-last sums combined).
+        for shape in [[2, 20, 3, 5], [1, 20, 12, 12]] {
+            checkGroupNormSiLUGradients(shape: shape)
+        }
+    }
+
+    private func checkGroupNormSiLUGradients(shape: [Int]) {
         var generator = RandomGenerator(seed: 32)
-        let source = Tensor.randn([2, 20, 3, 5], generator: &generator) * 2 + 0.5
+        let source = Tensor.randn(shape, generator: &generator) * 2 + 0.5
         let weightSource = Tensor.randn([20], generator: &generator), biasSource = Tensor.randn([20], generator: &generator)
-        let upstream = Tensor.randn([2, 20, 3, 5], generator: &generator)
+        let upstream = Tensor.randn(shape, generator: &generator)
         for layout in [TensorLayout.contiguous, .channelsLast] {
             func gradients(fused: Bool) -> [Tensor] {
                 let leaves = [source, weightSource, biasSource].map { tensor -> Tensor in
@@ -219,7 +226,7 @@ final class FusedOperationTests: XCTestCase {
                 return leaves.map { $0.grad! }
             }
             for (index, (fused, separate)) in zip(gradients(fused: true), gradients(fused: false)).enumerated() {
-                assertClose(fused, separate, relative: 1e-5, absolute: 1e-5, "\(layout) gradient \(index)")
+                assertClose(fused, separate, relative: 1e-5, absolute: 1e-5, "\(shape) \(layout) gradient \(index)")
             }
         }
     }
