@@ -47,8 +47,8 @@ extension Tensor {
         if let mask { inputs.append(mask) }
         let recording = GradientMode.isEnabled && inputs.contains { $0.needsGradient }
         if AttentionKernels.allowsSmallHead && SmallHeadAttention.applies(to: problem) {
-            let (output, logSumExp) = SmallHeadAttention.forward(problem)
-            guard recording else { return output }
+            let (output, logSumExp) = SmallHeadAttention.forward(problem, keepsLogSumExp: recording)
+            guard recording, let logSumExp else { return output }
             return record(output, .kernel(AttentionBackward(problem: problem, probabilities: nil, logSumExp: logSumExp,
                                                             inputShapes: inputs.map(\.shape))), inputs: inputs)
         }

@@ -80,12 +80,7 @@ enum SmallHeadAttention {
         func allocate() -> Tensor { Tensor(uninitializedShape: shape, strides: strides) }
 
         /// `tensor` (of this shape) in this layout: itself when it already is, else a copy.
-        func arrange(_ tensor: Tensor) -> Tensor {
-            if tensor.dataType == .float32 && tensor.strides == strides && tensor.isDense { return tensor }
-            let copy = allocate()
-            Tensor.copyElements(from: tensor, into: copy)
-            return copy
-        }
+        func arrange(_ tensor: Tensor) -> Tensor { Tensor.withStrides(tensor, strides) }
     }
 
     /// Eight vectors: a block's 8 rows, or its 8 columns.
@@ -160,9 +155,7 @@ enum SmallHeadAttention {
     static func exp2(_ input: Vector) -> Vector {
         let floor = Vector(repeating: -125)
         let x = input.replacing(with: floor, where: input .< floor)
-        // Adding 1.5·2²³ rounds to an integer and leaves n in the low mantissa bits; shifted
-        // left by 23 those bits are n's exponent field (the shifter's own bits shift out).
-        let shifter = Vector(repeating: 12582912)
+        let shifter = VectorMath.roundingShifter
         let biased = x + shifter
         let f = x - (biased - shifter)
         var p = Vector(repeating: 1.3264722656458616e-3)
@@ -171,8 +164,7 @@ enum SmallHeadAttention {
         p = Vector(repeating: 2.4022242426872253e-1).addingProduct(p, f)
         p = Vector(repeating: 6.931470036506653e-1).addingProduct(p, f)
         p = Vector(repeating: 1).addingProduct(p, f)
-        let exponent = unsafeBitCast(biased, to: SIMD8<Int32>.self) &<< 23
-        return unsafeBitCast(unsafeBitCast(p, to: SIMD8<Int32>.self) &+ exponent, to: Vector.self)
+        return VectorMath.timesPowerOfTwo(p, biased: biased)
     }
 
     /// `Σₑ columns.e · row[e]`: the 8 lanes' dot products with one row of 8 (broadcast from memory),
@@ -211,15 +203,17 @@ enum SmallHeadAttention {
 
     // MARK: Forward
 
-    /// The output `[…, L, 8]` (laid out like the query, `RowLayout`) and the log-sum-exp of every score row `[…, L]`, in base 2
-    /// (log₂ Σₛ 2^(scores · log₂ e)), which is what `backward` takes.
-    static func forward(_ problem: AttentionProblem) -> (output: Tensor, logSumExp: Tensor) {
+    /// The output `[…, L, 8]` (laid out like the query, `RowLayout`) and, when `keepsLogSumExp`,
+    /// the log-sum-exp of every score row `[…, L]` in base 2 (log₂ Σₛ 2^(scores · log₂ e)),
+    /// which is what `backward` takes.
+    static func forward(_ problem: AttentionProblem, keepsLogSumExp: Bool) -> (output: Tensor, logSumExp: Tensor?) {
         let (L, S) = (problem.queryLength, problem.keyLength)
         let scale = problem.scale * log2e
         let layout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L)
         let output = layout.allocate()
-        let logSumExp = Tensor(uninitializedShape: problem.batchShape + [L])
-        let out = output.floatPointer, lse = logSumExp.floatPointer
+        // Only a recorded graph's backward reads it.
+        let logSumExp = keepsLogSumExp ? Tensor(uninitializedShape: problem.batchShape + [L]) : nil
+        let out = output.floatPointer, lse = logSumExp?.floatPointer
         Parallel.forEach(problem.batch) { items in
             let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
@@ -254,7 +248,9 @@ enum SmallHeadAttention {
                     for s in 0..<S { accumulate(&outputColumns, MicroKernels.load(scores + s * 8), values + s * 8) }
                     storeTransposed(outputColumns, count: count, factor: 1 / sum,
                                     to: out + layout.itemOffsets[itemIndex] + first * layout.rowStride, rowStride: layout.rowStride)
-                    for r in 0..<count { lse[itemIndex * L + first + r] = largest[r] + Foundation.log2(sum[r]) }
+                    if let lse {
+                        for r in 0..<count { lse[itemIndex * L + first + r] = largest[r] + Foundation.log2(sum[r]) }
+                    }
                     first += rows
                 }
             }

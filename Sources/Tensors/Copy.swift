@@ -25,6 +25,20 @@ extension Tensor {
         return Tensor.record(contiguousCopy(), .identity, inputs: [self])
     }
 
+    /// `tensor` as dense float32 with exactly `strides`: itself when it already is, else a copy
+    /// (not recorded: for kernels and backward rules that need a given memory order).
+    static func withStrides(_ tensor: Tensor, _ strides: [Int]) -> Tensor {
+        if tensor.dataType == .float32 && tensor.strides == strides && tensor.isDense { return tensor }
+        return copy(tensor, strides: strides)
+    }
+
+    /// A new dense float32 copy of `tensor` with `strides` (not recorded).
+    static func copy(_ tensor: Tensor, strides: [Int]) -> Tensor {
+        let copy = Tensor(uninitializedShape: tensor.shape, strides: strides)
+        copyElements(from: tensor, into: copy)
+        return copy
+    }
+
     /// This tensor stored in `layout` (`.contiguous` or `.channelsLast`).
     /// Differentiable; returns self when already so stored.
     public func withLayout(_ target: TensorLayout) -> Tensor {

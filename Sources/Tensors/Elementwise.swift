@@ -40,6 +40,20 @@ private func binaryRun<F: BinaryFunctor>(_: F.Type, _ out: UnsafeMutablePointer<
     }
 }
 
+/// One run of `function` (strides 0 or 1 take the vectorisable loops), dispatched to its functor.
+@inline(__always)
+private func binaryRun(_ function: BinaryFunction, _ out: UnsafeMutablePointer<Float>, _ lhs: UnsafePointer<Float>, _ lhsStride: Int,
+                       _ rhs: UnsafePointer<Float>, _ rhsStride: Int, _ count: Int) {
+    switch function {
+    case .add: binaryRun(AddFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    case .subtract: binaryRun(SubtractFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    case .multiply: binaryRun(MultiplyFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    case .divide: binaryRun(DivideFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    case .maximum: binaryRun(MaximumFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    case .minimum: binaryRun(MinimumFunctor.self, out, lhs, lhsStride, rhs, rhsStride, count)
+    }
+}
+
 extension Tensor {
     /// Applies a binary function with broadcasting, no graph.
     static func binaryKernel(_ function: BinaryFunction, _ lhs: Tensor, _ rhs: Tensor) -> Tensor {
@@ -70,14 +84,7 @@ extension Tensor {
             let out = output + offsets[0]
             let a = lhsBase + offsets[1]
             let b = rhsBase + offsets[2]
-            switch function {
-            case .add: binaryRun(AddFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            case .subtract: binaryRun(SubtractFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            case .multiply: binaryRun(MultiplyFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            case .divide: binaryRun(DivideFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            case .maximum: binaryRun(MaximumFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            case .minimum: binaryRun(MinimumFunctor.self, out, a, lhsStride, b, rhsStride, count)
-            }
+            binaryRun(function, out, a, lhsStride, b, rhsStride, count)
         }
         return result
     }
@@ -114,15 +121,8 @@ extension Tensor {
         let (width, rowsPerGroup, groupStride) = (plan.width, plan.rowsPerGroup, plan.groupStride)
         Parallel.forEach(plan.rows, grain: Swift.max(1, 16384 / Swift.max(width, 1))) { range in
             for row in range {
-                let (o, a, b) = (out + row * width, UnsafePointer(lhs + row * width), UnsafePointer(rhs + (row / rowsPerGroup) * groupStride))
-                switch function {
-                case .add: binaryRun(AddFunctor.self, o, a, 1, b, 1, width)
-                case .subtract: binaryRun(SubtractFunctor.self, o, a, 1, b, 1, width)
-                case .multiply: binaryRun(MultiplyFunctor.self, o, a, 1, b, 1, width)
-                case .divide: binaryRun(DivideFunctor.self, o, a, 1, b, 1, width)
-                case .maximum: binaryRun(MaximumFunctor.self, o, a, 1, b, 1, width)
-                case .minimum: binaryRun(MinimumFunctor.self, o, a, 1, b, 1, width)
-                }
+                binaryRun(function, out + row * width, UnsafePointer(lhs + row * width), 1,
+                          UnsafePointer(rhs + (row / rowsPerGroup) * groupStride), 1, width)
             }
         }
     }

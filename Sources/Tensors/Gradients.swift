@@ -268,9 +268,7 @@ extension Tensor {
     func sliceCopy(axis: Int, start: Int, length: Int) -> Tensor {
         let view = sliceView(axis: axis, start: start, length: length)
         if rank == 4 && layout == .channelsLast && dataType == .float32 {
-            let copy = Tensor(uninitializedShape: view.shape, strides: Shape.channelsLastStrides(view.shape))
-            Tensor.copyElements(from: view, into: copy)
-            return copy
+            return Tensor.copy(view, strides: Shape.channelsLastStrides(view.shape))
         }
         return view.contiguousCopy()
     }

@@ -118,9 +118,6 @@ extension Tensor {
 
     /// `gradient` with exactly `reference`'s strides (a copy when they differ).
     static func matchingLayout(_ gradient: Tensor, _ reference: Tensor) -> Tensor {
-        if gradient.dataType == .float32 && gradient.strides == reference.strides && gradient.isDense { return gradient }
-        let copy = Tensor(uninitializedShape: reference.shape, strides: reference.strides)
-        copyElements(from: gradient, into: copy)
-        return copy
+        withStrides(gradient, reference.strides)
     }
 }

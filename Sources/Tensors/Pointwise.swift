@@ -124,12 +124,25 @@ enum VectorMath {
         return reciprocal(1 + exponential(argument)).replacing(with: x, where: x .!= x)
     }
 
-    /// eᵃ for a already clamped to [−86, 88] (see `sigmoid`): a = n·ln 2 + r with |r| ≤ ln 2 / 2
-    /// (n rounded by adding 1.5·2²³, which leaves it in the low mantissa bits), eʳ by the
-    /// polynomial, 2ⁿ added to the exponent bits.
+    /// 1.5·2²³: adding it to a float of magnitude below 2²² rounds it to an integer n and leaves
+    /// n in the low mantissa bits (`timesPowerOfTwo` reads them).
+    static var roundingShifter: Vector {
+        @inline(__always) get { Vector(repeating: 12582912) }
+    }
+
+    /// p · 2ⁿ where `biased` = n + `roundingShifter`: n added to p's exponent field (shifted left
+    /// by 23, the shifter's own bits shift out). p · 2ⁿ must be a normal float.
+    @inline(__always)
+    static func timesPowerOfTwo(_ p: Vector, biased: Vector) -> Vector {
+        let exponent = unsafeBitCast(biased, to: SIMD8<Int32>.self) &<< 23
+        return unsafeBitCast(unsafeBitCast(p, to: SIMD8<Int32>.self) &+ exponent, to: Vector.self)
+    }
+
+    /// eᵃ for a already clamped to [−86, 88] (see `sigmoid`): a = n·ln 2 + r with |r| ≤ ln 2 / 2,
+    /// eʳ by the polynomial, times 2ⁿ.
     @inline(__always)
     static func exponential(_ argument: Vector) -> Vector {
-        let shifter = Vector(repeating: 12582912)
+        let shifter = roundingShifter
         let biased = shifter.addingProduct(argument, Vector(repeating: 1.44269504088896341))
         let n = biased - shifter
         var r = argument.addingProduct(n, Vector(repeating: -0.693359375))
@@ -141,8 +154,7 @@ enum VectorMath {
         p = Vector(repeating: 4.9999988079071045e-1).addingProduct(p, r)
         p = Vector(repeating: 1).addingProduct(p, r)
         p = Vector(repeating: 1).addingProduct(p, r)
-        let exponent = unsafeBitCast(biased, to: SIMD8<Int32>.self) &<< 23
-        return unsafeBitCast(unsafeBitCast(p, to: SIMD8<Int32>.self) &+ exponent, to: Vector.self)
+        return timesPowerOfTwo(p, biased: biased)
     }
 
     /// 1/x for finite x ≥ 1 to about 1 ulp without a division: the hardware estimate
