@@ -6,6 +6,8 @@ PyTorch time, medians of the repetitions). Both sides use 2 threads; every row
 starts a fresh process on each side.
 
 Usage: run-bench.py DIFFUSE_BENCH_BINARY [--only PREFIX] [--repeats N] [--results FILE]
+(--only also takes comma-separated shaped convolutions, `conv-fwd:BATCH:IN:OUT:SIZE`
+or `conv-bwd:...`, to look into one layer; they are not rows of the table.)
 """
 import argparse
 import datetime
@@ -65,6 +67,8 @@ def main():
     environment = dict(os.environ, DIFFUSE_NUM_THREADS="2", OMP_NUM_THREADS="2")
     names = subprocess.run([arguments.binary, "--list"], capture_output=True, text=True, check=True).stdout.split()
     selected = [name for name in names if name.startswith(arguments.only)]
+    if not selected and ":" in arguments.only:
+        selected = arguments.only.split(",")  # shaped convolutions, e.g. conv-bwd:64:256:256:4
     if not selected:
         sys.exit(f"no workload starts with {arguments.only!r}; workloads: {', '.join(names)}")
 

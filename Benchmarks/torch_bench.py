@@ -22,10 +22,11 @@ def gemm(size):
     return run
 
 
-def conv_forward(batch, channels, size):
+def conv_forward(batch, channels, size, out_channels=None):
+    out_channels = out_channels or channels
     x = torch.randn(batch, channels, size, size)
-    weight = torch.randn(channels, channels, 3, 3) * 0.05
-    bias = torch.randn(channels)
+    weight = torch.randn(out_channels, channels, 3, 3) * 0.05
+    bias = torch.randn(out_channels)
 
     def run():
         with torch.no_grad():
@@ -33,10 +34,11 @@ def conv_forward(batch, channels, size):
     return run
 
 
-def conv_backward(batch, channels, size):
+def conv_backward(batch, channels, size, out_channels=None):
+    out_channels = out_channels or channels
     x = torch.randn(batch, channels, size, size, requires_grad=True)
-    weight = (torch.randn(channels, channels, 3, 3) * 0.05).requires_grad_()
-    upstream = torch.randn(batch, channels, size, size)
+    weight = (torch.randn(out_channels, channels, 3, 3) * 0.05).requires_grad_()
+    upstream = torch.randn(batch, out_channels, size, size)
 
     def run():
         output = F.conv2d(x, weight, padding=1)
@@ -155,6 +157,16 @@ WORKLOADS = {
 }
 
 
+def shaped_convolution(name):
+    """`conv-fwd:BATCH:IN:OUT:SIZE` or `conv-bwd:BATCH:IN:OUT:SIZE`: one layer's shape (not a make bench row)."""
+    parts = name.split(":")
+    if len(parts) != 5 or parts[0] not in ("conv-fwd", "conv-bwd"):
+        return None
+    batch, channels, out_channels, size = map(int, parts[1:])
+    make = conv_forward if parts[0] == "conv-fwd" else conv_backward
+    return lambda: make(batch, channels, size, out_channels)
+
+
 def main():
     prepared = {}
     for line in sys.stdin:
@@ -164,10 +176,11 @@ def main():
         command = parts[0]
         if command == "setup":
             name = parts[1] if len(parts) > 1 else ""
-            if name not in WORKLOADS:
+            make = WORKLOADS.get(name) or shaped_convolution(name)
+            if make is None:
                 print(f"error unknown workload {name}", flush=True)
                 continue
-            prepared = {name: WORKLOADS[name]()}
+            prepared = {name: make()}
             print("ok", flush=True)
         elif command == "run":
             body = prepared.get(parts[1] if len(parts) > 1 else "")

@@ -26,20 +26,22 @@ func gemm(_ size: Int) -> Workload {
     }
 }
 
-func convolutionForward(_ name: String, batch: Int, channels: Int, size: Int) -> Workload {
+func convolutionForward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous) -> Workload {
     Workload(name: name) {
-        let x = randn([batch, channels, size, size])
-        let weight = randn([channels, channels, 3, 3]) * 0.05
-        let bias = randn([channels])
+        let outChannels = outChannels ?? channels
+        let x = randn([batch, channels, size, size]).withLayout(layout)
+        let weight = randn([outChannels, channels, 3, 3]) * 0.05
+        let bias = randn([outChannels])
         return { _ = noGrad { x.conv2d(weight: weight, bias: bias, padding: 1) } }
     }
 }
 
-func convolutionBackward(_ name: String, batch: Int, channels: Int, size: Int) -> Workload {
+func convolutionBackward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous) -> Workload {
     Workload(name: name) {
-        let x = randn([batch, channels, size, size])
-        let weight = randn([channels, channels, 3, 3]) * 0.05
-        let upstream = randn([batch, channels, size, size])
+        let outChannels = outChannels ?? channels
+        let x = randn([batch, channels, size, size]).withLayout(layout).detach()
+        let weight = randn([outChannels, channels, 3, 3]) * 0.05
+        let upstream = randn([batch, outChannels, size, size])
         x.requiresGrad = true
         weight.requiresGrad = true
         return {
@@ -104,6 +106,20 @@ var workloads: [Workload] = [
     unetTraining("unet-butterflies-train-b64", model: butterfliesUNet, batch: 64, channels: 3, size: 32),
     ddimSampling(batch: 16, steps: 50),
 ]
+/// A 3×3 convolution of any shape, for looking into one layer (not a `make bench`
+/// row): `conv-fwd:BATCH:IN:OUT:SIZE` or `conv-bwd:BATCH:IN:OUT:SIZE`, the input channels-last
+/// as a UNet's layers pass it on (PyTorch's side is its default layout).
+func shapedConvolution(_ name: String) -> Workload? {
+    let parts = name.split(separator: ":")
+    guard parts.count == 5, let batch = Int(parts[1]), let inChannels = Int(parts[2]),
+          let outChannels = Int(parts[3]), let size = Int(parts[4]) else { return nil }
+    switch parts[0] {
+    case "conv-fwd": return convolutionForward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast)
+    case "conv-bwd": return convolutionBackward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast)
+    default: return nil
+    }
+}
+
 /// Rows that compare peak memory (the driver runs each side in a fresh process).
 let memoryRows = ["unet-mnist-train-b128-rss"]
 
@@ -198,7 +214,7 @@ while let line = readLine() {
     guard let command = parts.first else { continue }
     switch command {
     case "setup":
-        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) else {
+        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) else {
             print("error unknown workload \(parts.dropFirst().joined(separator: " "))")
             continue
         }

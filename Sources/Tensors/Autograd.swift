@@ -47,7 +47,7 @@ final class GradientNode {
         self.operation = operation
         self.edges = edges
         self.outputShape = outputShape
-        if OperationProfile.isEnabled { OperationProfile.recordForward(operation.name) }
+        if OperationProfile.isEnabled { OperationProfile.recordForward(operation.name, shape: outputShape) }
     }
 
     /// Drops the saved tensors and edges.
@@ -158,7 +158,7 @@ enum Autograd {
             let operation = node.operation.mappingSavedActivations(SavedTensorPrecision.decompress)
             let started = OperationProfile.isEnabled ? OperationProfile.now() : 0
             let inputGradients = Gradients.backward(operation, gradient: gradient, inputs: markers)
-            if OperationProfile.isEnabled { OperationProfile.recordBackward(node.operation.name, nanoseconds: OperationProfile.now() - started) }
+            if OperationProfile.isEnabled { OperationProfile.recordBackward(node.operation.name, shape: node.outputShape, nanoseconds: OperationProfile.now() - started) }
             // Count every hand-out first, so a tensor given to two inputs is never adopted by one.
             for (edge, inputGradient) in zip(node.edges, inputGradients) where edge != nil {
                 if let inputGradient { storageUses[ObjectIdentifier(inputGradient.storage), default: 0] += 1 }

@@ -49,14 +49,14 @@ struct ConvolutionBackward: BackwardContext {
                 // A stride-1 convolution's data gradient is the convolution of dY with the
                 // flipped, transposed kernel and padding 2 − p.
                 let tile = Convolution.winogradTile
-                let plan = WinogradPlan(batch: geometry.batch, height: geometry.outHeight, width: geometry.outWidth,
-                                        inChannels: geometry.outChannels, outChannels: geometry.inChannels, padding: 2 - geometry.padding,
-                                        outputTile: tile, blockBytes: Convolution.forwardBlockBytes)
+                let (plan, schedule) = Convolution.winogradPlan(batch: geometry.batch, height: geometry.outHeight, width: geometry.outWidth,
+                                                                inChannels: geometry.outChannels, outChannels: geometry.inChannels,
+                                                                padding: 2 - geometry.padding, outputTile: tile, blockBytes: Convolution.forwardBlockBytes)
                 let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
                                                            outputTile: tile, forDataGradient: true)
                 defer { ScratchMemory.release(transformed) }
                 inputGradient = Convolution.channelsLastTensor(geometry.inputShape)
-                Winograd.convolve(input: upstream.floatPointer, inputIsChannelsLast: true, plan: plan,
+                Winograd.convolve(input: upstream.floatPointer, inputIsChannelsLast: true, plan: plan, schedule: schedule,
                                   transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)
             case .pointwise, .im2col:
                 inputGradient = Convolution.im2colDataGradient(gradient: upstream.floatPointer, weight: Convolution.weightMatrix(weight, geometry), geometry: geometry)
@@ -67,11 +67,12 @@ struct ConvolutionBackward: BackwardContext {
         if inputs[1] != nil, let input {
             switch algorithm {
             case .winograd:
-                let plan = WinogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
-                                        inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
-                                        outputTile: Convolution.weightGradientTile, blockBytes: Convolution.weightGradientBlockBytes)
+                let (plan, schedule) = Convolution.winogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
+                                                                inChannels: geometry.inChannels, outChannels: geometry.outChannels,
+                                                                padding: geometry.padding, outputTile: Convolution.weightGradientTile,
+                                                                blockBytes: Convolution.weightGradientBlockBytes)
                 result[1] = Winograd.weightGradient(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast,
-                                                    gradient: upstream.floatPointer, plan: plan)
+                                                    gradient: upstream.floatPointer, plan: plan, schedule: schedule)
             case .pointwise, .im2col:
                 result[1] = Convolution.im2colWeightGradient(input: input.floatPointer, gradient: upstream.floatPointer, geometry: geometry)
             }

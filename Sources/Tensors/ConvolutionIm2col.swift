@@ -11,13 +11,13 @@ extension Convolution {
         let biasPointer = bias.map { UnsafePointer($0.floatPointer) }
         switch algorithm {
         case .winograd:
-            let plan = WinogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
-                                    inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
-                                    outputTile: winogradTile, blockBytes: forwardBlockBytes)
+            let (plan, schedule) = winogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
+                                                inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
+                                                outputTile: winogradTile, blockBytes: forwardBlockBytes)
             let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
                                                        outputTile: winogradTile, forDataGradient: false)
             defer { ScratchMemory.release(transformed) }
-            Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan,
+            Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan, schedule: schedule,
                               transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
         case .pointwise, .im2col:
             precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")

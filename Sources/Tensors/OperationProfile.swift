@@ -1,7 +1,8 @@
 import Foundation
 
 /// An opt-in profile of where a training step spends its time, per recorded op:
-/// `DIFFUSE_PROFILE=1` turns it on (or set `isEnabled`).
+/// `DIFFUSE_PROFILE=1` turns it on (or set `isEnabled`); `DIFFUSE_PROFILE=shapes`
+/// also splits each op's row by its output shape.
 ///
 /// Forward time is attributed to an op as the time since the previous op was
 /// recorded (so module code between ops is counted with the op that follows);
@@ -9,7 +10,9 @@ import Foundation
 /// time is each node's backward rule, summing of its gradients excluded.
 public enum OperationProfile {
     /// Whether ops are timed (default: the environment variable `DIFFUSE_PROFILE` is `1`).
-    public static var isEnabled: Bool = ProcessInfo.processInfo.environment["DIFFUSE_PROFILE"] == "1"
+    public static var isEnabled: Bool = ["1", "shapes"].contains(ProcessInfo.processInfo.environment["DIFFUSE_PROFILE"])
+    /// Whether rows are split by output shape (default: `DIFFUSE_PROFILE` is `shapes`).
+    public static var splitsByShape: Bool = ProcessInfo.processInfo.environment["DIFFUSE_PROFILE"] == "shapes"
 
     struct Entry {
         var forwardNanoseconds: UInt64 = 0
@@ -27,8 +30,13 @@ public enum OperationProfile {
     /// Starts forward attribution from now (call before a forward pass).
     public static func mark() { lastMark = now() }
 
+    static func key(_ name: String, _ shape: [Int]) -> String {
+        splitsByShape ? name + " " + shape.map(String.init).joined(separator: "x") : name
+    }
+
     /// An op named `name` was recorded: it gets the time since the last mark.
-    static func recordForward(_ name: String) {
+    static func recordForward(_ name: String, shape: [Int]) {
+        let name = key(name, shape)
         let time = now()
         if lastMark != 0 {
             entries[name, default: Entry()].forwardNanoseconds += time - lastMark
@@ -38,7 +46,8 @@ public enum OperationProfile {
     }
 
     /// A backward rule of `name` took `nanoseconds`.
-    static func recordBackward(_ name: String, nanoseconds: UInt64) {
+    static func recordBackward(_ name: String, shape: [Int], nanoseconds: UInt64) {
+        let name = key(name, shape)
         entries[name, default: Entry()].backwardNanoseconds += nanoseconds
         entries[name, default: Entry()].backwardCount += 1
         lastMark = 0
@@ -53,19 +62,20 @@ public enum OperationProfile {
             let padding = String(repeating: " ", count: Swift.max(0, width - text.count))
             return left ? text + padding : padding + text
         }
+        let width = Swift.max(30, (entries.keys.map(\.count).max() ?? 0) + 1)
         let rows = entries.sorted { $0.value.forwardNanoseconds + $0.value.backwardNanoseconds > $1.value.forwardNanoseconds + $1.value.backwardNanoseconds }
         let forward = rows.reduce(UInt64(0)) { $0 + $1.value.forwardNanoseconds }
         let backward = rows.reduce(UInt64(0)) { $0 + $1.value.backwardNanoseconds }
         let total = Double(forward + backward)
-        var lines = [column("op", 30, left: true) + column("calls", 7) + column("fwd ms", 10) + column("bwd ms", 10) + column("share", 8)]
+        var lines = [column("op", width, left: true) + column("calls", 7) + column("fwd ms", 10) + column("bwd ms", 10) + column("share", 8)]
         for (name, entry) in rows {
             let sum = Double(entry.forwardNanoseconds + entry.backwardNanoseconds)
-            lines.append(column(name, 30, left: true) + column("\(Swift.max(entry.forwardCount, entry.backwardCount))", 7)
+            lines.append(column(name, width, left: true) + column("\(Swift.max(entry.forwardCount, entry.backwardCount))", 7)
                          + column(String(format: "%.1f", Double(entry.forwardNanoseconds) / 1e6), 10)
                          + column(String(format: "%.1f", Double(entry.backwardNanoseconds) / 1e6), 10)
                          + column(String(format: "%.1f%%", total > 0 ? 100 * sum / total : 0), 8))
         }
-        lines.append(column("total", 30, left: true) + column("", 7) + column(String(format: "%.1f", Double(forward) / 1e6), 10)
+        lines.append(column("total", width, left: true) + column("", 7) + column(String(format: "%.1f", Double(forward) / 1e6), 10)
                      + column(String(format: "%.1f", Double(backward) / 1e6), 10))
         return lines.joined(separator: "\n")
     }

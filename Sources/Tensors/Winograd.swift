@@ -19,13 +19,19 @@ struct WinogradPlan {
     var tileCount: Int { batch * tilesHigh * tilesWide }
     /// Channel counts rounded up to whole vectors.
     let inPadded: Int, outPadded: Int
+    /// Row strides of the per-position matrices (transformed tiles, products, transformed
+    /// weights): the padded channel counts, one cache line longer where they are a
+    /// multiple of 32 floats, so that walking down a column does not keep hitting
+    /// the same few cache sets (1 KB apart, 256 rows share 4 of the 64 sets of L1).
+    let inStride: Int, outStride: Int
     /// Tiles transformed and multiplied together (a multiple of 4).
     let blockTiles: Int
     /// Distance between the planes of a block's transformed input and products;
     /// one cache line more than the plane, so the planes do not share cache sets.
     let inPlane: Int, outPlane: Int
 
-    init(batch: Int, height: Int, width: Int, inChannels: Int, outChannels: Int, padding: Int, outputTile: Int, blockBytes: Int = 262_144) {
+    init(batch: Int, height: Int, width: Int, inChannels: Int, outChannels: Int, padding: Int, outputTile: Int, blockBytes: Int = 262_144,
+         maximumBlockTiles: Int = 256) {
         precondition(outputTile == 2 || outputTile == 4)
         self.batch = batch; self.height = height; self.width = width
         self.inChannels = inChannels; self.outChannels = outChannels; self.padding = padding
@@ -37,12 +43,20 @@ struct WinogradPlan {
         tilesWide = (outWidth + outputTile - 1) / outputTile
         inPadded = (inChannels + 7) / 8 * 8
         outPadded = (outChannels + 7) / 8 * 8
+        inStride = WinogradPlan.rowStride(inPadded)
+        outStride = WinogradPlan.rowStride(outPadded)
         // Keep the transformed input and product blocks near `blockBytes`.
-        let tiles = blockBytes / (4 * positions * (inPadded + outPadded))
-        blockTiles = Swift.max(8, Swift.min(256, tiles / 4 * 4))
-        inPlane = blockTiles * inPadded + 16
-        outPlane = blockTiles * outPadded + 16
+        let tiles = blockBytes / (4 * positions * (inStride + outStride))
+        blockTiles = Swift.max(8, Swift.min(maximumBlockTiles, tiles / 4 * 4))
+        inPlane = blockTiles * inStride + 16
+        outPlane = blockTiles * outStride + 16
     }
+
+    /// `count` floats (a multiple of 8), plus one cache line when a multiple of 32.
+    static func rowStride(_ count: Int) -> Int { count % 32 == 0 ? count + 16 : count }
+
+    /// The floats of one position's `inPadded × outStride` weight matrix.
+    var weightPlane: Int { inPadded * outStride }
 }
 
 /// Winograd convolution F(m×m, 3×3) on channels-last memory:
@@ -72,17 +86,20 @@ enum Winograd {
         (0, 0, 1),
     ]
 
-    /// `G g Gᵀ` for every channel pair, laid out `[positions][inPadded][outPadded]` (zero padded).
+    /// `G g Gᵀ` for every channel pair, laid out `[positions][inPadded][outStride]` (zeros past the channels).
     /// With `forDataGradient` the kernel is flipped and its channels swapped, giving the
     /// weight of the convolution that maps dY to dX. Pool scratch: give it back with `ScratchMemory.release`.
     static func transformWeight(_ weight: UnsafePointer<Float>, outChannels: Int, inChannels: Int,
                                 outputTile: Int, forDataGradient: Bool) -> UnsafeMutablePointer<Float> {
         let rows = forDataGradient ? outChannels : inChannels
         let columns = forDataGradient ? inChannels : outChannels
-        let rowsPadded = (rows + 7) / 8 * 8, columnsPadded = (columns + 7) / 8 * 8
-        let plane = rowsPadded * columnsPadded
+        let rowsPadded = (rows + 7) / 8 * 8
+        let columnStride = WinogradPlan.rowStride((columns + 7) / 8 * 8)
+        let plane = rowsPadded * columnStride
         let size = outputTile + 2
-        let result = ScratchMemory.floats(size * size * plane, zeroed: true)
+        // Every row below `rows` is written up to `columnsPadded` (zeros past `columns`);
+        // the matrix products never read further.
+        let result = ScratchMemory.floats(size * size * plane)
         let matrix = (outputTile == 2 ? kernelMatrix2 : kernelMatrix4).map {
             (Vector(repeating: $0.0), Vector(repeating: $0.1), Vector(repeating: $0.2))
         }
@@ -105,7 +122,7 @@ enum Winograd {
                             for k in 0..<3 { t[3 * i + k] = a * g[k] + b * g[3 + k] + c * g[6 + k] }
                         }
                         // (G g) Gᵀ (size×size)
-                        let target = result + row * columnsPadded + column
+                        let target = result + row * columnStride + column
                         for i in 0..<size {
                             let (t0, t1, t2) = (t[3 * i], t[3 * i + 1], t[3 * i + 2])
                             for j in 0..<size {
@@ -123,12 +140,17 @@ enum Winograd {
 
     /// The forward convolution (also used for the data gradient): channels-last `input`
     /// `[N, H, W, inChannels]` to channels-last `output` `[N, outH, outW, outChannels]`.
-    static func convolve(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, plan: WinogradPlan, transformedWeight: UnsafePointer<Float>,
-                         bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) {
+    static func convolve(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, plan: WinogradPlan, schedule: WinogradSchedule = .tileBlocks,
+                         transformedWeight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) {
+        if schedule == .positions {
+            convolveByPosition(input: input, inputIsChannelsLast: inputIsChannelsLast, plan: plan, transformedWeight: transformedWeight,
+                               bias: bias, output: output)
+            return
+        }
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
-        let weightPlane = plan.inPadded * plan.outPadded
+        let weightPlane = plan.weightPlane
         Convolution.forEachBlock(blocks) { next in
             let transformed = ScratchMemory.floats(plan.positions * inPlane, zeroed: true)
             let products = ScratchMemory.floats(plan.positions * outPlane, zeroed: true)
@@ -144,9 +166,9 @@ enum Winograd {
                 let rows = (count + 3) / 4 * 4
                 for position in 0..<plan.positions {
                     MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: plan.inChannels,
-                                          a: transformed + position * inPlane, aRowStride: plan.inPadded, aDepthStride: 1,
-                                          b: transformedWeight + position * weightPlane, bRowStride: plan.outPadded,
-                                          c: products + position * outPlane, cRowStride: plan.outPadded, accumulate: false)
+                                          a: transformed + position * inPlane, aRowStride: plan.inStride, aDepthStride: 1,
+                                          b: transformedWeight + position * weightPlane, bRowStride: plan.outStride,
+                                          c: products + position * outPlane, cRowStride: plan.outStride, accumulate: false)
                 }
                 if plan.outputTile == 2 {
                     transformOutput2(products, plan: plan, first: first, count: count, bias: bias, into: output)
@@ -160,11 +182,15 @@ enum Winograd {
     /// d loss / d weight `[O, C, 3, 3]`: Σ over tiles of Gᵀ[(A dY Aᵀ) ⊙ (Bᵀ d B)]G,
     /// summed in the transformed domain as one matrix product per tile element and
     /// block of tiles (per-worker partial sums, added at the end).
-    static func weightGradient(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
+    static func weightGradient(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan,
+                               schedule: WinogradSchedule = .tileBlocks) -> Tensor {
+        if schedule == .positions {
+            return weightGradientByPosition(input: input, inputIsChannelsLast: inputIsChannelsLast, gradient: gradient, plan: plan)
+        }
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles, positions = plan.positions
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
-        let weightPlane = plan.inPadded * plan.outPadded
+        let weightPlane = plan.weightPlane
         let total = ScratchMemory.floats(positions * weightPlane, zeroed: true)
         defer { ScratchMemory.release(total) }
         let lock = NSLock()
@@ -187,42 +213,61 @@ enum Winograd {
                 for position in 0..<positions {
                     // partial[c][o] += Σ_tiles transformed[tile][c] · upstream[tile][o]
                     MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: count,
-                                          a: transformed + position * inPlane, aRowStride: 1, aDepthStride: plan.inPadded,
-                                          b: upstream + position * outPlane, bRowStride: plan.outPadded,
-                                          c: partial + position * weightPlane, cRowStride: plan.outPadded, accumulate: true)
+                                          a: transformed + position * inPlane, aRowStride: 1, aDepthStride: plan.inStride,
+                                          b: upstream + position * outPlane, bRowStride: plan.outStride,
+                                          c: partial + position * weightPlane, cRowStride: plan.outStride, accumulate: true)
                 }
             }
             lock.lock()
             for index in 0..<(positions * weightPlane) { total[index] += partial[index] }
             lock.unlock()
         }
-        // dW = Gᵀ · dŴ · G for each channel pair.
+        return weightFromTransformed(total, plan: plan)
+    }
+
+    /// dW `[O, C, 3, 3]` = Gᵀ · dŴ · G for each channel pair, from the transformed-domain
+    /// sums `[positions][inPadded][outStride]`: eight output channels at a time, one per lane.
+    static func weightFromTransformed(_ total: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
         let size = plan.outputTile + 2
-        let matrix = plan.outputTile == 2 ? kernelMatrix2 : kernelMatrix4
+        let weightPlane = plan.weightPlane
+        let matrix = (plan.outputTile == 2 ? kernelMatrix2 : kernelMatrix4).map {
+            (Vector(repeating: $0.0), Vector(repeating: $0.1), Vector(repeating: $0.2))
+        }
         let result = Tensor(uninitializedShape: [plan.outChannels, plan.inChannels, 3, 3])
         let out = result.floatPointer
-        var m = [Float](repeating: 0, count: positions), t = [Float](repeating: 0, count: 3 * size)
-        for outChannel in 0..<plan.outChannels {
-            for channel in 0..<plan.inChannels {
-                for position in 0..<positions { m[position] = total[position * weightPlane + channel * plan.outPadded + outChannel] }
-                // Gᵀ · m (3×size)
-                for column in 0..<size {
-                    var sums: (Float, Float, Float) = (0, 0, 0)
-                    for i in 0..<size {
-                        let value = m[size * i + column]
-                        sums.0 += matrix[i].0 * value; sums.1 += matrix[i].1 * value; sums.2 += matrix[i].2 * value
+        let inChannels = plan.inChannels
+        Convolution.forEachRange(inChannels, blockSize: 8) { channels in
+            withUnsafeTemporaryAllocation(of: Vector.self, capacity: 3 * size) { scratch in
+                let t = scratch.baseAddress!
+                for channel in channels {
+                    var outChannel = 0
+                    while outChannel < plan.outChannels {
+                        let source = total + channel * plan.outStride + outChannel
+                        // Gᵀ · m (3×size)
+                        for column in 0..<size {
+                            var sums = (Vector(), Vector(), Vector())
+                            for i in 0..<size {
+                                let value = MicroKernels.load(source + (size * i + column) * weightPlane)
+                                sums.0 += matrix[i].0 * value; sums.1 += matrix[i].1 * value; sums.2 += matrix[i].2 * value
+                            }
+                            t[column] = sums.0; t[size + column] = sums.1; t[2 * size + column] = sums.2
+                        }
+                        // (Gᵀ m) · G (3×3), lane l to output channel outChannel + l.
+                        let lanes = Swift.min(8, plan.outChannels - outChannel)
+                        let target = out + (outChannel * inChannels + channel) * 9
+                        for k in 0..<3 {
+                            var sums = (Vector(), Vector(), Vector())
+                            for j in 0..<size {
+                                let value = t[size * k + j]
+                                sums.0 += value * matrix[j].0; sums.1 += value * matrix[j].1; sums.2 += value * matrix[j].2
+                            }
+                            for lane in 0..<lanes {
+                                let element = target + lane * inChannels * 9 + 3 * k
+                                element[0] = sums.0[lane]; element[1] = sums.1[lane]; element[2] = sums.2[lane]
+                            }
+                        }
+                        outChannel += 8
                     }
-                    t[column] = sums.0; t[size + column] = sums.1; t[2 * size + column] = sums.2
-                }
-                // (Gᵀ m) · G (3×3)
-                let target = out + (outChannel * plan.inChannels + channel) * 9
-                for k in 0..<3 {
-                    var sums: (Float, Float, Float) = (0, 0, 0)
-                    for j in 0..<size {
-                        let value = t[size * k + j]
-                        sums.0 += value * matrix[j].0; sums.1 += value * matrix[j].1; sums.2 += value * matrix[j].2
-                    }
-                    target[3 * k] = sums.0; target[3 * k + 1] = sums.1; target[3 * k + 2] = sums.2
                 }
             }
         }

@@ -101,7 +101,7 @@ extension Winograd {
         }
     }
 
-    /// `Bᵀ d B` (F(2×2, 3×3)) for tiles `first ..< first + count`, written to `[16][blockTiles][inPadded]`.
+    /// `Bᵀ d B` (F(2×2, 3×3)) for tiles `first ..< first + count`, written to `[16][blockTiles][inStride]`.
     static func transformInput2(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
         let plane = plan.inPlane
@@ -115,7 +115,7 @@ extension Winograd {
             for r in 0..<4 where y0 + r >= 0 && y0 + r < height { rows[r] = (y0 + r - window.firstRow) * window.rowStride }
             for s in 0..<4 where x0 + s >= 0 && x0 + s < width { columns[s] = (x0 + s) * window.pixelStride }
             let image = window.base
-            let target = transformed + index * plan.inPadded
+            let target = transformed + index * plan.inStride
             for chunk in 0..<chunks {
                 let channel = chunk * 8
                 let lanes = Swift.min(8, channels - channel)
@@ -149,7 +149,7 @@ extension Winograd {
     }
 
     /// `Aᵀ m A` (+ bias) (F(2×2, 3×3)) for tiles `first ..< first + count` from
-    /// `[16][blockTiles][outPadded]` into the channels-last output.
+    /// `[16][blockTiles][outStride]` into the channels-last output.
     static func transformOutput2(_ products: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int,
                                  bias: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>) {
         let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
@@ -161,7 +161,7 @@ extension Winograd {
             let y0 = 2 * cursor.tileY, x0 = 2 * cursor.tileX
             let hasSecondRow = y0 + 1 < outHeight, hasSecondColumn = x0 + 1 < outWidth
             let corner = output + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
-            let source = products + index * plan.outPadded
+            let source = products + index * plan.outStride
             for chunk in 0..<chunks {
                 let channel = chunk * 8
                 let lanes = Swift.min(8, channels - channel)
@@ -189,7 +189,7 @@ extension Winograd {
     }
 
     /// `A g Aᵀ` (F(2×2, 3×3)) of each 2×2 tile of the channels-last output gradient
-    /// (zeros past the edge), written to `[16][blockTiles][outPadded]`.
+    /// (zeros past the edge), written to `[16][blockTiles][outStride]`.
     static func transformGradient2(_ gradient: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
         let rowStride = outWidth * channels
@@ -200,7 +200,7 @@ extension Winograd {
             let y0 = 2 * cursor.tileY, x0 = 2 * cursor.tileX
             let hasSecondRow = y0 + 1 < outHeight, hasSecondColumn = x0 + 1 < outWidth
             let corner = gradient + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
-            let target = transformed + index * plan.outPadded
+            let target = transformed + index * plan.outStride
             for chunk in 0..<chunks {
                 let channel = chunk * 8
                 let lanes = Swift.min(8, channels - channel)
@@ -228,7 +228,7 @@ extension Winograd {
     }
 
     /// `A g Aᵀ` (F(4×4, 3×3)) of each 4×4 tile of the channels-last output gradient
-    /// (zeros past the edge), written to `[36][blockTiles][outPadded]`.
+    /// (zeros past the edge), written to `[36][blockTiles][outStride]`.
     static func transformGradient4(_ gradient: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
         let rowStride = outWidth * channels
@@ -241,7 +241,7 @@ extension Winograd {
                 let y0 = 4 * cursor.tileY, x0 = 4 * cursor.tileX
                 let validRows = Swift.min(4, outHeight - y0), validColumns = Swift.min(4, outWidth - x0)
                 let corner = gradient + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
-                let target = transformed + index * plan.outPadded
+                let target = transformed + index * plan.outStride
                 for chunk in 0..<chunks {
                     let channel = chunk * 8
                     let lanes = Swift.min(8, channels - channel)
@@ -283,7 +283,7 @@ extension Winograd {
         return (g0, even + odd, even - odd, even2 + odd2, even2 - odd2, g3)
     }
 
-    /// `Bᵀ d B` (F(4×4, 3×3)) for tiles `first ..< first + count`, written to `[36][blockTiles][inPadded]`.
+    /// `Bᵀ d B` (F(4×4, 3×3)) for tiles `first ..< first + count`, written to `[36][blockTiles][inStride]`.
     static func transformInput4(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
         let (height, width, channels) = (plan.height, plan.width, plan.inChannels)
         let plane = plan.inPlane
@@ -301,7 +301,7 @@ extension Winograd {
                         for r in 0..<6 { rows[r] = y0 + r >= 0 && y0 + r < height ? (y0 + r - window.firstRow) * window.rowStride : -1 }
                         for s in 0..<6 { columns[s] = x0 + s >= 0 && x0 + s < width ? (x0 + s) * window.pixelStride : -1 }
                         let image = window.base
-                        let target = transformed + index * plan.inPadded
+                        let target = transformed + index * plan.inStride
                         for chunk in 0..<chunks {
                             let channel = chunk * 8
                             let lanes = Swift.min(8, channels - channel)
@@ -350,7 +350,7 @@ extension Winograd {
     }
 
     /// `Aᵀ m A` (+ bias) (F(4×4, 3×3)) for tiles `first ..< first + count` from
-    /// `[36][blockTiles][outPadded]` into the channels-last output.
+    /// `[36][blockTiles][outStride]` into the channels-last output.
     static func transformOutput4(_ products: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int,
                                  bias: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>) {
         let (outHeight, outWidth, channels) = (plan.outHeight, plan.outWidth, plan.outChannels)
@@ -364,7 +364,7 @@ extension Winograd {
                 let y0 = 4 * cursor.tileY, x0 = 4 * cursor.tileX
                 let validRows = Swift.min(4, outHeight - y0), validColumns = Swift.min(4, outWidth - x0)
                 let corner = output + cursor.item * outHeight * rowStride + y0 * rowStride + x0 * channels
-                let source = products + index * plan.outPadded
+                let source = products + index * plan.outStride
                 for chunk in 0..<chunks {
                     let channel = chunk * 8
                     let lanes = Swift.min(8, channels - channel)

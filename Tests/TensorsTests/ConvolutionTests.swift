@@ -10,6 +10,8 @@ final class ConvolutionTests: XCTestCase {
         Convolution.forwardBlockBytes = 262_144
         Convolution.weightGradientBlockBytes = 1_048_576
         Convolution.im2colBlockBytes = 524_288
+        Convolution.preferredWinogradSchedule = nil
+        Convolution.positionChunkBytes = 8 << 20
         super.tearDown()
     }
 
@@ -17,8 +19,10 @@ final class ConvolutionTests: XCTestCase {
     struct Path: CustomStringConvertible {
         let algorithm: ConvolutionAlgorithm?
         let tile: Int
-        /// Blocks of a few tiles, so every pass runs several blocks and a partial one.
+        /// Blocks (or chunks) of a few tiles, so every pass runs several and a partial one.
         let smallBlocks: Bool
+        /// The Winograd loop order (nil: automatic).
+        var schedule: WinogradSchedule? = nil
 
         func activate() {
             Convolution.preferredAlgorithm = algorithm
@@ -27,9 +31,13 @@ final class ConvolutionTests: XCTestCase {
             Convolution.forwardBlockBytes = smallBlocks ? 1 : 262_144
             Convolution.weightGradientBlockBytes = smallBlocks ? 1 : 1_048_576
             Convolution.im2colBlockBytes = smallBlocks ? 1 : 524_288
+            Convolution.preferredWinogradSchedule = schedule
+            Convolution.positionChunkBytes = smallBlocks ? 1 : 8 << 20
         }
 
-        var description: String { "\(algorithm.map { "\($0)" } ?? "automatic") tile \(tile)\(smallBlocks ? " small blocks" : "")" }
+        var description: String {
+            "\(algorithm.map { "\($0)" } ?? "automatic") tile \(tile)\(smallBlocks ? " small blocks" : "")\(schedule.map { " \($0)" } ?? "")"
+        }
     }
 
     private let paths: [Path] = [
@@ -42,6 +50,10 @@ final class ConvolutionTests: XCTestCase {
         Path(algorithm: .winograd, tile: 4, smallBlocks: false),
         Path(algorithm: .winograd, tile: 2, smallBlocks: true),
         Path(algorithm: .winograd, tile: 4, smallBlocks: true),
+        Path(algorithm: .winograd, tile: 2, smallBlocks: false, schedule: .positions),
+        Path(algorithm: .winograd, tile: 4, smallBlocks: false, schedule: .positions),
+        Path(algorithm: .winograd, tile: 2, smallBlocks: true, schedule: .positions),
+        Path(algorithm: .winograd, tile: 4, smallBlocks: true, schedule: .positions),
     ]
 
     private func random(_ shape: [Int], seed: UInt64, scale: Float = 1) -> Tensor {
@@ -109,6 +121,25 @@ final class ConvolutionTests: XCTestCase {
         XCTAssertEqual(choice(32, 5, stride: 1, padding: 2), .im2col)
         Convolution.preferredAlgorithm = .winograd
         XCTAssertEqual(choice(32, 5, stride: 1, padding: 2), .im2col, "Winograd only applies to 3×3 stride 1")
+    }
+
+    func testWinogradScheduleChoice() {
+        func schedule(batch: Int, channels: Int, size: Int) -> WinogradSchedule {
+            Convolution.winogradPlan(batch: batch, height: size, width: size, inChannels: channels, outChannels: channels, padding: 1,
+                                     outputTile: 4, blockBytes: Convolution.forwardBlockBytes).schedule
+        }
+        // Wide layers on small images read their transformed weights once per chunk…
+        XCTAssertEqual(schedule(batch: 64, channels: 256, size: 4), .positions)
+        XCTAssertEqual(schedule(batch: 16, channels: 256, size: 4), .positions)
+        // … narrow layers (weights in cache) and many tiles keep the tile blocks.
+        XCTAssertEqual(schedule(batch: 64, channels: 64, size: 32), .tileBlocks)
+        XCTAssertEqual(schedule(batch: 64, channels: 128, size: 32), .tileBlocks)
+        XCTAssertEqual(schedule(batch: 1, channels: 64, size: 4), .tileBlocks)
+        let (plan, chosen) = Convolution.winogradPlan(batch: 64, height: 4, width: 4, inChannels: 512, outChannels: 256, padding: 1,
+                                                      outputTile: 4, blockBytes: Convolution.forwardBlockBytes)
+        XCTAssertEqual(chosen, .positions)
+        XCTAssertEqual(plan.blockTiles, 64, "one chunk holds every tile")
+        XCTAssertEqual(plan.inStride, 528, "rows a multiple of 32 floats get one more cache line")
     }
 
     func testAcceptsStridedAndChannelsLastInputs() {
