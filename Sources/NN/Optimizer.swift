@@ -177,16 +177,34 @@ public final class Adam: Optimizer {
         let stepSize = Float(Double(learningRate) / biasCorrection1)
         let decayFactor = 1 - learningRate * weightDecay
         let (beta1, beta2, epsilon) = (self.beta1, self.beta2, self.epsilon)
+        // L2 decay folds into the gradient, AdamW's scales the parameter first.
+        let coupledDecay: Float = decoupledWeightDecay ? 0 : weightDecay
+        let parameterScale: Float = decoupledWeightDecay && weightDecay != 0 ? decayFactor : 1
+        // Eight parameters at a time (a last short group padded with zeros, which stay finite),
+        // the same operations in the same order as PyTorch's single-tensor AdamW.
         Parallel.forEach(count, grain: 32768) { range in
-            for element in range {
-                var g = slope[element]
-                if weightDecay != 0 {
-                    if decoupledWeightDecay { values[element] *= decayFactor } else { g += weightDecay * values[element] }
+            var element = range.lowerBound
+            while element < range.upperBound {
+                let lanes = Swift.min(8, range.upperBound - element)
+                @inline(__always) func load(_ pointer: UnsafeMutablePointer<Float>) -> SIMD8<Float> {
+                    if lanes == 8 { return UnsafeRawPointer(pointer + element).loadUnaligned(as: SIMD8<Float>.self) }
+                    var result = SIMD8<Float>()
+                    for lane in 0..<lanes { result[lane] = pointer[element + lane] }
+                    return result
                 }
-                m[element] += (g - m[element]) * (1 - beta1)
-                v[element] = beta2 * v[element] + (1 - beta2) * g * g
-                let denominator = v[element].squareRoot() / biasCorrection2Root + epsilon
-                values[element] -= stepSize * m[element] / denominator
+                @inline(__always) func store(_ result: SIMD8<Float>, _ pointer: UnsafeMutablePointer<Float>) {
+                    if lanes == 8 { UnsafeMutableRawPointer(pointer + element).storeBytes(of: result, as: SIMD8<Float>.self); return }
+                    for lane in 0..<lanes { pointer[element + lane] = result[lane] }
+                }
+                var (value, first, second, g) = (load(values), load(m), load(v), load(slope))
+                value *= parameterScale
+                if coupledDecay != 0 { g += coupledDecay * value }
+                first += (g - first) * (1 - beta1)
+                second = beta2 * second + (1 - beta2) * g * g
+                let denominator = second.squareRoot() / biasCorrection2Root + epsilon
+                value -= stepSize * first / denominator
+                store(value, values); store(first, m); store(second, v)
+                element += lanes
             }
         }
     }

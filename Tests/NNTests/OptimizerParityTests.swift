@@ -52,6 +52,38 @@ final class OptimizerParityTests: XCTestCase {
         }
     }
 
+    /// The vectorised update against PyTorch's AdamW / Adam formulas one element at a
+    /// time, on a parameter long enough to be split over the workers with a short last group.
+    func testVectorisedAdamMatchesElementwiseFormula() {
+        var generator = RandomGenerator(seed: 7)
+        let count = 70_003
+        let start = Tensor.randn([count], generator: &generator).toArray()
+        let gradients = (0..<3).map { _ in Tensor.randn([count], generator: &generator).toArray() }
+        for decoupled in [true, false] {
+            let parameter = Tensor(start, shape: [count])
+            parameter.requiresGrad = true
+            let (learningRate, beta1, beta2, epsilon, decay): (Float, Float, Float, Float, Float) = (0.01, 0.9, 0.999, 1e-8, 0.05)
+            let optimizer = Adam(parameters: [parameter], learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon,
+                                 weightDecay: decay, decoupledWeightDecay: decoupled)
+            var (values, m, v) = (start, [Float](repeating: 0, count: count), [Float](repeating: 0, count: count))
+            for (index, gradient) in gradients.enumerated() {
+                parameter.grad = Tensor(gradient, shape: [count])
+                optimizer.step()
+                let step = Double(index + 1)
+                let stepSize = Float(Double(learningRate) / (1 - Foundation.pow(Double(beta1), step)))
+                let correction = Float((1 - Foundation.pow(Double(beta2), step)).squareRoot())
+                for element in 0..<count {
+                    var g = gradient[element]
+                    if decoupled { values[element] *= 1 - learningRate * decay } else { g += decay * values[element] }
+                    m[element] += (g - m[element]) * (1 - beta1)
+                    v[element] = beta2 * v[element] + (1 - beta2) * g * g
+                    values[element] -= stepSize * m[element] / (v[element].squareRoot() / correction + epsilon)
+                }
+            }
+            XCTAssertEqual(parameter.toArray(), values, "decoupled: \(decoupled)")
+        }
+    }
+
     func testOptimizerStateRoundTrip() throws {
         let weight = Tensor([1, -2, 3])
         weight.requiresGrad = true
