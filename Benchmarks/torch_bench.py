@@ -22,26 +22,27 @@ def gemm(size):
     return run
 
 
-def conv_forward(batch, channels, size, out_channels=None):
+def conv_forward(batch, channels, size, out_channels=None, kernel=3, stride=1):
     out_channels = out_channels or channels
     x = torch.randn(batch, channels, size, size)
-    weight = torch.randn(out_channels, channels, 3, 3) * 0.05
+    weight = torch.randn(out_channels, channels, kernel, kernel) * 0.05
     bias = torch.randn(out_channels)
 
     def run():
         with torch.no_grad():
-            F.conv2d(x, weight, bias, padding=1)
+            F.conv2d(x, weight, bias, stride=stride, padding=kernel // 2)
     return run
 
 
-def conv_backward(batch, channels, size, out_channels=None):
+def conv_backward(batch, channels, size, out_channels=None, kernel=3, stride=1):
     out_channels = out_channels or channels
     x = torch.randn(batch, channels, size, size, requires_grad=True)
-    weight = (torch.randn(out_channels, channels, 3, 3) * 0.05).requires_grad_()
-    upstream = torch.randn(batch, out_channels, size, size)
+    weight = (torch.randn(out_channels, channels, kernel, kernel) * 0.05).requires_grad_()
+    out_size = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    upstream = torch.randn(batch, out_channels, out_size, out_size)
 
     def run():
-        output = F.conv2d(x, weight, padding=1)
+        output = F.conv2d(x, weight, stride=stride, padding=kernel // 2)
         start = time.perf_counter()
         torch.autograd.grad(output, [x, weight], upstream)
         return time.perf_counter() - start
@@ -158,13 +159,16 @@ WORKLOADS = {
 
 
 def shaped_convolution(name):
-    """`conv-fwd:BATCH:IN:OUT:SIZE` or `conv-bwd:BATCH:IN:OUT:SIZE`: one layer's shape (not a make bench row)."""
+    """`conv-fwd:BATCH:IN:OUT:SIZE[:kK][:sS]` or `conv-bwd:...`: one layer's shape (not a make bench row)."""
     parts = name.split(":")
-    if len(parts) != 5 or parts[0] not in ("conv-fwd", "conv-bwd"):
+    if len(parts) < 5 or parts[0] not in ("conv-fwd", "conv-bwd"):
         return None
-    batch, channels, out_channels, size = map(int, parts[1:])
+    batch, channels, out_channels, size = map(int, parts[1:5])
+    options = {"k": 3, "s": 1}
+    for option in parts[5:]:
+        options[option[0]] = int(option[1:])
     make = conv_forward if parts[0] == "conv-fwd" else conv_backward
-    return lambda: make(batch, channels, size, out_channels)
+    return lambda: make(batch, channels, size, out_channels, options["k"], options["s"])
 
 
 def main():

@@ -26,29 +26,32 @@ func gemm(_ size: Int) -> Workload {
     }
 }
 
-func convolutionForward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous) -> Workload {
+func convolutionForward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous,
+                        kernel: Int = 3, stride: Int = 1) -> Workload {
     Workload(name: name) {
         let outChannels = outChannels ?? channels
         let x = randn([batch, channels, size, size]).withLayout(layout)
-        let weight = randn([outChannels, channels, 3, 3]) * 0.05
+        let weight = randn([outChannels, channels, kernel, kernel]) * 0.05
         let bias = randn([outChannels])
-        return { _ = noGrad { x.conv2d(weight: weight, bias: bias, padding: 1) } }
+        return { _ = noGrad { x.conv2d(weight: weight, bias: bias, stride: stride, padding: kernel / 2) } }
     }
 }
 
-func convolutionBackward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous) -> Workload {
+func convolutionBackward(_ name: String, batch: Int, channels: Int, outChannels: Int? = nil, size: Int, layout: TensorLayout = .contiguous,
+                         kernel: Int = 3, stride: Int = 1) -> Workload {
     Workload(name: name) {
         let outChannels = outChannels ?? channels
         let x = randn([batch, channels, size, size]).withLayout(layout).detach()
-        let weight = randn([outChannels, channels, 3, 3]) * 0.05
-        let upstream = randn([batch, outChannels, size, size])
+        let weight = randn([outChannels, channels, kernel, kernel]) * 0.05
+        let outSize = (size + 2 * (kernel / 2) - kernel) / stride + 1
+        let upstream = randn([batch, outChannels, outSize, outSize])
         x.requiresGrad = true
         weight.requiresGrad = true
         return {
             // Forward outside the timed part is not possible with one closure,
             // so the driver subtracts nothing: the PyTorch side times the same
             // backward-only region (see torch_bench.py).
-            let output = x.conv2d(weight: weight, padding: 1)
+            let output = x.conv2d(weight: weight, stride: stride, padding: kernel / 2)
             let start = DispatchTime.now().uptimeNanoseconds
             output.backward(upstream)
             BackwardTimer.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
@@ -106,17 +109,46 @@ var workloads: [Workload] = [
     unetTraining("unet-butterflies-train-b64", model: butterfliesUNet, batch: 64, channels: 3, size: 32),
     ddimSampling(batch: 16, steps: 50),
 ]
-/// A 3×3 convolution of any shape, for looking into one layer (not a `make bench`
-/// row): `conv-fwd:BATCH:IN:OUT:SIZE` or `conv-bwd:BATCH:IN:OUT:SIZE`, the input channels-last
-/// as a UNet's layers pass it on (PyTorch's side is its default layout).
+/// A convolution of any shape, for looking into one layer (not a `make bench` row):
+/// `conv-fwd:BATCH:IN:OUT:SIZE` or `conv-bwd:BATCH:IN:OUT:SIZE`, 3×3 with padding 1 unless
+/// `:kK` (a K×K kernel, padding K/2) and `:sS` (stride S) follow; the input channels-last as a
+/// UNet's layers pass it on (PyTorch's side is its default layout).
 func shapedConvolution(_ name: String) -> Workload? {
     let parts = name.split(separator: ":")
-    guard parts.count == 5, let batch = Int(parts[1]), let inChannels = Int(parts[2]),
+    guard parts.count >= 5, let batch = Int(parts[1]), let inChannels = Int(parts[2]),
           let outChannels = Int(parts[3]), let size = Int(parts[4]) else { return nil }
+    var (kernel, stride) = (3, 1)
+    for option in parts.dropFirst(5) {
+        guard let value = Int(option.dropFirst()) else { return nil }
+        switch option.first {
+        case "k": kernel = value
+        case "s": stride = value
+        default: return nil
+        }
+    }
     switch parts[0] {
-    case "conv-fwd": return convolutionForward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast)
-    case "conv-bwd": return convolutionBackward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast)
+    case "conv-fwd": return convolutionForward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast,
+                                               kernel: kernel, stride: stride)
+    case "conv-bwd": return convolutionBackward(name, batch: batch, channels: inChannels, outChannels: outChannels, size: size, layout: .channelsLast,
+                                                kernel: kernel, stride: stride)
     default: return nil
+    }
+}
+
+/// One matrix product through `Gemm.parallel`, for looking into one shape (not a `make bench`
+/// row): `gemm:M:N:K:OPS`, OPS `nn`, `nt` (B given transposed) or `tn` (A given transposed).
+func shapedGemm(_ name: String) -> Workload? {
+    let parts = name.split(separator: ":")
+    guard parts.count == 5, parts[0] == "gemm", let m = Int(parts[1]), let n = Int(parts[2]), let k = Int(parts[3]),
+          ["nn", "nt", "tn"].contains(parts[4]) else { return nil }
+    let (transposeA, transposeB) = (parts[4] == "tn", parts[4] == "nt")
+    return Workload(name: name) {
+        let a = randn([m * k]), b = randn([k * n]), c = Tensor.zeros([m * n])
+        return {
+            Gemm.parallel(GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
+                                        a: a.floatPointer, lda: transposeA ? m : k, b: b.floatPointer, ldb: transposeB ? k : n,
+                                        c: c.floatPointer, ldc: n))
+        }
     }
 }
 
@@ -214,7 +246,7 @@ while let line = readLine() {
     guard let command = parts.first else { continue }
     switch command {
     case "setup":
-        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) else {
+        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) ?? shapedGemm(parts[1]) else {
             print("error unknown workload \(parts.dropFirst().joined(separator: " "))")
             continue
         }

@@ -40,6 +40,10 @@ public enum Gemm {
     public static func serial(_ arguments: GemmArguments) {
         _ = configureOnce
         guard arguments.m > 0 && arguments.n > 0 else { return }
+        if usesSkinnyKernels && SkinnyGemm.suits(arguments) {
+            SkinnyGemm.run(arguments, parallel: false)
+            return
+        }
         cblas_sgemm(CblasRowMajor,
                     arguments.transposeA ? CblasTrans : CblasNoTrans,
                     arguments.transposeB ? CblasTrans : CblasNoTrans,
@@ -61,8 +65,16 @@ public enum Gemm {
         ProcessInfo.processInfo.environment["DIFFUSE_GEMM"].flatMap(Implementation.init(rawValue:)) ?? .blas
     }()
 
+    /// Whether `parallel` hands products with a small operand to `SkinnyGemm`
+    /// (`DIFFUSE_SKINNY_GEMM=0` turns it off, for measurements).
+    public nonisolated(unsafe) static var usesSkinnyKernels = ProcessInfo.processInfo.environment["DIFFUSE_SKINNY_GEMM"] != "0"
+
     /// One sgemm over all worker threads.
     public static func parallel(_ arguments: GemmArguments) {
+        if usesSkinnyKernels && SkinnyGemm.suits(arguments) && SkinnyGemm.isLarge(arguments) {
+            SkinnyGemm.run(arguments, parallel: true)
+            return
+        }
         if implementation == .packed {
             packed(arguments)
             return

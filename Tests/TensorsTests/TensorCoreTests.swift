@@ -1,4 +1,4 @@
-import Tensors
+@testable import Tensors
 import TestSupport
 import XCTest
 
@@ -174,6 +174,50 @@ final class TensorCoreTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// The small-operand kernels (Linear layers on every pixel, their weight gradients, 1×1
+    /// convolutions) against the reference: overwritten and accumulated C, a padded C, the
+    /// last rows past a multiple of four, on the workers and on one thread.
+    func testSkinnyGemmMatchesReference() {
+        var generator = RandomGenerator(seed: 12)
+        // (m, n, k, transposeA, transposeB)
+        let shapes = [(1001, 64, 64, false, true), (1003, 24, 7, false, false), (389, 8, 100, false, true), (10, 16, 3, false, false),
+                      (64, 64, 2050, true, false), (12, 40, 300, true, false), (4, 8, 1, true, false), (500, 128, 128, false, false)]
+        for (m, n, k, transposeA, transposeB) in shapes {
+            for beta: Float in [0, 1] {
+                let ldc = n + 8
+                let a = Tensor.randn([m * k], generator: &generator)
+                let b = Tensor.randn([k * n], generator: &generator)
+                let initial = Tensor.randn([m * ldc], generator: &generator)
+                let reference = initial.contiguousCopy()
+                func arguments(_ output: Tensor) -> GemmArguments {
+                    GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
+                                  a: a.floatPointer, lda: transposeA ? m : k, b: b.floatPointer, ldb: transposeB ? k : n,
+                                  beta: beta, c: output.floatPointer, ldc: ldc)
+                }
+                Gemm.reference(arguments(reference))
+                XCTAssertTrue(SkinnyGemm.suits(arguments(reference)), "\(m)x\(n)x\(k)")
+                for parallel in [true, false] {
+                    let output = initial.contiguousCopy()
+                    SkinnyGemm.run(arguments(output), parallel: parallel)
+                    assertClose(output, reference, relative: 1e-4, absolute: 1e-4, "skinny \(m)x\(n)x\(k) \(transposeA) \(transposeB) β \(beta) parallel \(parallel)")
+                }
+            }
+        }
+        // What it leaves to BLAS.
+        let a = Tensor.zeros([64]), c = Tensor.zeros([64])
+        func suits(transposeA: Bool = false, transposeB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1, beta: Float = 0) -> Bool {
+            SkinnyGemm.suits(GemmArguments(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                                           a: a.floatPointer, lda: 1, b: a.floatPointer, ldb: 1, beta: beta, c: c.floatPointer, ldc: 1))
+        }
+        XCTAssertFalse(suits(m: 1000, n: 64, k: 64, alpha: 0.5))
+        XCTAssertFalse(suits(m: 1000, n: 64, k: 64, beta: 0.5))
+        XCTAssertFalse(suits(m: 1000, n: 60, k: 64))
+        XCTAssertFalse(suits(m: 1000, n: 256, k: 256))
+        XCTAssertFalse(suits(transposeA: true, m: 256, n: 256, k: 1000))
+        XCTAssertFalse(suits(transposeA: true, transposeB: true, m: 64, n: 64, k: 1000))
+        XCTAssertFalse(suits(transposeA: true, m: 62, n: 64, k: 1000))
     }
 
     func testEmptyTensors() {
