@@ -171,6 +171,23 @@ def shaped_convolution(name):
     return lambda: make(batch, channels, size, out_channels, options["k"], options["s"])
 
 
+def shaped_gemm(name):
+    """`gemm:M:N:K:OPS`, OPS nn, nt (B given transposed) or tn (A given transposed): one product's shape."""
+    parts = name.split(":")
+    if len(parts) != 5 or parts[0] != "gemm" or parts[4] not in ("nn", "nt", "tn"):
+        return None
+    m, n, k = map(int, parts[1:4])
+    a = torch.randn(k, m).t() if parts[4] == "tn" else torch.randn(m, k)
+    b = torch.randn(n, k).t() if parts[4] == "nt" else torch.randn(k, n)
+
+    def make():
+        def run():
+            with torch.no_grad():
+                torch.mm(a, b)
+        return run
+    return make
+
+
 def main():
     prepared = {}
     for line in sys.stdin:
@@ -180,7 +197,7 @@ def main():
         command = parts[0]
         if command == "setup":
             name = parts[1] if len(parts) > 1 else ""
-            make = WORKLOADS.get(name) or shaped_convolution(name)
+            make = WORKLOADS.get(name) or shaped_convolution(name) or shaped_gemm(name)
             if make is None:
                 print(f"error unknown workload {name}", flush=True)
                 continue
