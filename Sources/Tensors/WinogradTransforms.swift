@@ -254,9 +254,7 @@ extension Winograd {
                         let lanes = Swift.min(8, channels - channel)
                         // A down each column j, into scratch[4·i + j].
                         for j in 0..<4 {
-                            @inline(__always) func element(_ r: Int) -> Vector {
-                                lanes == 8 ? MicroKernels.load(pixels[4 * r + j] + channel) : MicroKernels.load(pixels[4 * r + j] + channel, count: lanes)
-                            }
+                            @inline(__always) func element(_ r: Int) -> Vector { pixel(pixels[4 * r + j], channel, lanes) }
                             let (z0, z1, z2, z3, z4, z5) = expand4(element(0), element(1), element(2), element(3))
                             scratch[j] = z0; scratch[4 + j] = z1; scratch[8 + j] = z2
                             scratch[12 + j] = z3; scratch[16 + j] = z4; scratch[20 + j] = z5
@@ -265,20 +263,30 @@ extension Winograd {
                         let out = target + channel
                         for i in 0..<6 {
                             let row = scratch + 4 * i
-                            let (z0, z1, z2, z3, z4, z5) = expand4(row[0], row[1], row[2], row[3])
-                            let base = out + 6 * i * plane
-                            MicroKernels.store(z0, base)
-                            MicroKernels.store(z1, base + plane)
-                            MicroKernels.store(z2, base + 2 * plane)
-                            MicroKernels.store(z3, base + 3 * plane)
-                            MicroKernels.store(z4, base + 4 * plane)
-                            MicroKernels.store(z5, base + 5 * plane)
+                            storeRow(expand4(row[0], row[1], row[2], row[3]), at: out + 6 * i * plane, plane: plane)
                         }
                     }
                     cursor.advance()
                 }
             }
         }
+    }
+
+    /// Channels `channel ..< channel + lanes` of the pixel at `address` (zeros past `lanes`).
+    @inline(__always)
+    static func pixel(_ address: UnsafePointer<Float>, _ channel: Int, _ lanes: Int) -> Vector {
+        lanes == 8 ? MicroKernels.load(address + channel) : MicroKernels.load(address + channel, count: lanes)
+    }
+
+    /// One row of a transformed 6×6 tile: its six values into six consecutive planes.
+    @inline(__always)
+    static func storeRow(_ values: (Vector, Vector, Vector, Vector, Vector, Vector), at base: UnsafeMutablePointer<Float>, plane: Int) {
+        MicroKernels.store(values.0, base)
+        MicroKernels.store(values.1, base + plane)
+        MicroKernels.store(values.2, base + 2 * plane)
+        MicroKernels.store(values.3, base + 3 * plane)
+        MicroKernels.store(values.4, base + 4 * plane)
+        MicroKernels.store(values.5, base + 5 * plane)
     }
 
     /// A (the transpose of Aᵀ) of F(4×4, 3×3) applied to four values.
@@ -322,11 +330,8 @@ extension Winograd {
                         let lanes = Swift.min(8, channels - channel)
                         // Bᵀ down each column s, into scratch[6·r + s].
                         for s in 0..<6 {
-                            @inline(__always) func element(_ r: Int) -> Vector {
-                                lanes == 8 ? MicroKernels.load(pixels[6 * r + s] + channel) : MicroKernels.load(pixels[6 * r + s] + channel, count: lanes)
-                            }
-                            let (d0, d1, d2, d3, d4, d5) = (element(0), element(1), element(2), element(3), element(4), element(5))
-                            let (t0, t1, t2, t3, t4, t5) = transform6(d0, d1, d2, d3, d4, d5)
+                            @inline(__always) func element(_ r: Int) -> Vector { pixel(pixels[6 * r + s], channel, lanes) }
+                            let (t0, t1, t2, t3, t4, t5) = transform6(element(0), element(1), element(2), element(3), element(4), element(5))
                             scratch[s] = t0; scratch[6 + s] = t1; scratch[12 + s] = t2
                             scratch[18 + s] = t3; scratch[24 + s] = t4; scratch[30 + s] = t5
                         }
@@ -334,14 +339,7 @@ extension Winograd {
                         let out = target + channel
                         for r in 0..<6 {
                             let row = scratch + 6 * r
-                            let (v0, v1, v2, v3, v4, v5) = transform6(row[0], row[1], row[2], row[3], row[4], row[5])
-                            let base = out + 6 * r * plane
-                            MicroKernels.store(v0, base)
-                            MicroKernels.store(v1, base + plane)
-                            MicroKernels.store(v2, base + 2 * plane)
-                            MicroKernels.store(v3, base + 3 * plane)
-                            MicroKernels.store(v4, base + 4 * plane)
-                            MicroKernels.store(v5, base + 5 * plane)
+                            storeRow(transform6(row[0], row[1], row[2], row[3], row[4], row[5]), at: out + 6 * r * plane, plane: plane)
                         }
                     }
                     cursor.advance()
