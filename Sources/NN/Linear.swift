@@ -22,8 +22,6 @@ public final class Linear: Module, UnaryLayer {
         guard input.shape.last == inFeatures else {
             fatalError("Linear: input shape \(input.shape) does not end in \(inFeatures) features (weight \(weight.shape))")
         }
-        let product = input.matmul(weight.transposed())
-        guard let bias else { return product }
-        return product + bias
+        return input.linear(weight: weight, bias: bias)
     }
 }
