@@ -29,7 +29,8 @@ enum SkinnyGemm {
         guard arguments.alpha == 1, arguments.beta == 0 || arguments.beta == 1,
               arguments.n % 8 == 0, arguments.n > 0, arguments.k > 0, arguments.m > 0 else { return false }
         if !arguments.transposeA {
-            return arguments.k * arguments.n <= maximumSmallFloats
+            // A Bᵀ given with padded rows would need a strided copy; every caller's is dense.
+            return arguments.k * arguments.n <= maximumSmallFloats && (!arguments.transposeB || arguments.ldb == arguments.k)
         }
         return !arguments.transposeB && arguments.m % 4 == 0 && arguments.m * arguments.n <= maximumSmallFloats
     }
@@ -55,11 +56,9 @@ enum SkinnyGemm {
         var b = arguments.b, ldb = arguments.ldb
         var copy: UnsafeMutablePointer<Float>?
         if arguments.transposeB {
-            // B is given as Bᵀ (`[n][k]`, a Linear weight): lay it out `[k][n]` once.
+            // B is given as a dense Bᵀ (`[n][k]`, a Linear weight): lay it out `[k][n]` once.
             let target = ScratchMemory.floats(k * n)
-            for column in 0..<n {
-                for inner in 0..<k { target[inner * n + column] = arguments.b[column * arguments.ldb + inner] }
-            }
+            Convolution.transpose(arguments.b, into: target, batch: 1, rows: n, columns: k)
             copy = target
             b = UnsafePointer(target)
             ldb = n
@@ -108,23 +107,21 @@ enum SkinnyGemm {
             for first in stride(from: 0, to: k, by: depthBlock) { piece(first, into: arguments.c, stride: arguments.ldc) }
             return
         }
-        let pieces = (k + depthBlock - 1) / depthBlock
-        let workers = Swift.min(Parallel.threadCount, pieces)
-        let partials = ScratchMemory.floats(workers * m * n, zeroed: true)
-        defer { ScratchMemory.release(partials) }
-        let dispenser = BlockDispenser(count: pieces)
-        Parallel.forEach(workers) { range in
-            for worker in range {
-                while let claimed = dispenser.claim() { piece(claimed * depthBlock, into: partials + worker * m * n, stride: n) }
-            }
+        // Per-worker partial sums added into one total, as the convolutions' weight gradients do.
+        let total = ScratchMemory.floats(m * n, zeroed: true)
+        defer { ScratchMemory.release(total) }
+        let lock = NSLock()
+        Convolution.forEachBlock((k + depthBlock - 1) / depthBlock) { next in
+            let partial = ScratchMemory.floats(m * n, zeroed: true)
+            defer { ScratchMemory.release(partial) }
+            while let claimed = next() { piece(claimed * depthBlock, into: partial, stride: n) }
+            lock.lock()
+            for index in 0..<(m * n) { total[index] += partial[index] }
+            lock.unlock()
         }
         for row in 0..<m {
             let target = arguments.c + row * arguments.ldc
-            for column in 0..<n {
-                var total = arguments.beta == 1 ? target[column] : 0
-                for worker in 0..<workers { total += partials[(worker * m + row) * n + column] }
-                target[column] = total
-            }
+            for column in 0..<n { target[column] = (arguments.beta == 1 ? target[column] : 0) + total[row * n + column] }
         }
     }
 }

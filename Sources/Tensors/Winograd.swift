@@ -150,34 +150,42 @@ enum Winograd {
         }
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles
         let blocks = (tileCount + blockTiles - 1) / blockTiles
-        let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
-        let weightPlane = plan.weightPlane
         Convolution.forEachBlock(blocks) { next in
-            let transformed = ScratchMemory.floats(plan.positions * inPlane, zeroed: true)
-            let products = ScratchMemory.floats(plan.positions * outPlane, zeroed: true)
+            let transformed = ScratchMemory.floats(plan.positions * plan.inPlane, zeroed: true)
+            let products = ScratchMemory.floats(plan.positions * plan.outPlane, zeroed: true)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
             defer { ScratchMemory.release(transformed); ScratchMemory.release(products); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
-                if plan.outputTile == 2 {
-                    transformInput2(&reader, plan: plan, first: first, count: count, into: transformed)
-                } else {
-                    transformInput4(&reader, plan: plan, first: first, count: count, into: transformed)
-                }
-                let rows = (count + 3) / 4 * 4
+                transformInput(&reader, plan: plan, first: first, count: count, into: transformed)
                 for position in 0..<plan.positions {
-                    MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: plan.inChannels,
-                                          a: transformed + position * inPlane, aRowStride: plan.inStride, aDepthStride: 1,
-                                          b: transformedWeight + position * weightPlane, bRowStride: plan.outStride,
-                                          c: products + position * outPlane, cRowStride: plan.outStride, accumulate: false)
+                    multiply(at: position, rows: (count + 3) / 4 * 4, plan: plan, transformed: transformed,
+                             weight: transformedWeight, products: products)
                 }
-                if plan.outputTile == 2 {
-                    transformOutput2(products, plan: plan, first: first, count: count, bias: bias, into: output)
-                } else {
-                    transformOutput4(products, plan: plan, first: first, count: count, bias: bias, into: output)
-                }
+                transformOutput(products, plan: plan, first: first, count: count, bias: bias, into: output)
             }
         }
+    }
+
+    /// products[position] = transformed[position] · weight[position]: `rows` tiles (a multiple
+    /// of 4) by the output channels, summed over the input channels.
+    @inline(__always)
+    static func multiply(at position: Int, rows: Int, plan: WinogradPlan, transformed: UnsafePointer<Float>,
+                         weight: UnsafePointer<Float>, products: UnsafeMutablePointer<Float>) {
+        MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: plan.inChannels,
+                              a: transformed + position * plan.inPlane, aRowStride: plan.inStride, aDepthStride: 1,
+                              b: weight + position * plan.weightPlane, bRowStride: plan.outStride,
+                              c: products + position * plan.outPlane, cRowStride: plan.outStride, accumulate: false)
+    }
+
+    /// sums[position][c][o] += Σ over `tiles` tiles of transformed[position][tile][c] · upstream[position][tile][o].
+    @inline(__always)
+    static func accumulateWeightGradient(at position: Int, tiles: Int, plan: WinogradPlan, transformed: UnsafePointer<Float>,
+                                         upstream: UnsafePointer<Float>, into sums: UnsafeMutablePointer<Float>) {
+        MicroKernels.multiply(rows: (plan.inChannels + 3) / 4 * 4, columns: plan.outPadded, depth: tiles,
+                              a: transformed + position * plan.inPlane, aRowStride: 1, aDepthStride: plan.inStride,
+                              b: upstream + position * plan.outPlane, bRowStride: plan.outStride,
+                              c: sums + position * plan.weightPlane, cRowStride: plan.outStride, accumulate: true)
     }
 
     /// d loss / d weight `[O, C, 3, 3]`: Σ over tiles of Gᵀ[(A dY Aᵀ) ⊙ (Bᵀ d B)]G,
@@ -190,33 +198,22 @@ enum Winograd {
         }
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles, positions = plan.positions
         let blocks = (tileCount + blockTiles - 1) / blockTiles
-        let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
         let weightPlane = plan.weightPlane
         let total = ScratchMemory.floats(positions * weightPlane, zeroed: true)
         defer { ScratchMemory.release(total) }
         let lock = NSLock()
-        let rows = (plan.inChannels + 3) / 4 * 4
         Convolution.forEachBlock(blocks) { next in
-            let transformed = ScratchMemory.floats(positions * inPlane, zeroed: true)
-            let upstream = ScratchMemory.floats(positions * outPlane, zeroed: true)
+            let transformed = ScratchMemory.floats(positions * plan.inPlane, zeroed: true)
+            let upstream = ScratchMemory.floats(positions * plan.outPlane, zeroed: true)
             let partial = ScratchMemory.floats(positions * weightPlane, zeroed: true)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
             defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); ScratchMemory.release(partial); reader.deallocate() }
             while let block = next() {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
-                if plan.outputTile == 2 {
-                    transformInput2(&reader, plan: plan, first: first, count: count, into: transformed)
-                    transformGradient2(gradient, plan: plan, first: first, count: count, into: upstream)
-                } else {
-                    transformInput4(&reader, plan: plan, first: first, count: count, into: transformed)
-                    transformGradient4(gradient, plan: plan, first: first, count: count, into: upstream)
-                }
+                transformInput(&reader, plan: plan, first: first, count: count, into: transformed)
+                transformGradient(gradient, plan: plan, first: first, count: count, into: upstream)
                 for position in 0..<positions {
-                    // partial[c][o] += Σ_tiles transformed[tile][c] · upstream[tile][o]
-                    MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: count,
-                                          a: transformed + position * inPlane, aRowStride: 1, aDepthStride: plan.inStride,
-                                          b: upstream + position * outPlane, bRowStride: plan.outStride,
-                                          c: partial + position * weightPlane, cRowStride: plan.outStride, accumulate: true)
+                    accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: partial)
                 }
             }
             lock.lock()

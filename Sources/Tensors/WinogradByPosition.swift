@@ -40,22 +40,17 @@ extension Winograd {
     /// `convolve` with the `positions` schedule: `plan.blockTiles` is the chunk.
     static func convolveByPosition(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, plan: WinogradPlan, transformedWeight: UnsafePointer<Float>,
                                    bias: UnsafePointer<Float>?, output: UnsafeMutablePointer<Float>) {
-        let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
-        let weightPlane = plan.weightPlane
+        let inPlane = plan.inPlane
         let transformed = ScratchMemory.floats(plan.positions * inPlane)
-        let products = ScratchMemory.floats(plan.positions * outPlane)
+        let products = ScratchMemory.floats(plan.positions * plan.outPlane)
         defer { ScratchMemory.release(transformed); ScratchMemory.release(products) }
         var first = 0
         while first < plan.tileCount {
             let count = Swift.min(plan.blockTiles, plan.tileCount - first)
             let chunkFirst = first
             forEachTileGroup(count, input: input, inputIsChannelsLast: inputIsChannelsLast, plan: plan) { group, reader in
-                let target = transformed + group.lowerBound * plan.inStride
-                if plan.outputTile == 2 {
-                    transformInput2(&reader, plan: plan, first: chunkFirst + group.lowerBound, count: group.count, into: target)
-                } else {
-                    transformInput4(&reader, plan: plan, first: chunkFirst + group.lowerBound, count: group.count, into: target)
-                }
+                transformInput(&reader, plan: plan, first: chunkFirst + group.lowerBound, count: group.count,
+                               into: transformed + group.lowerBound * plan.inStride)
             }
             // The micro-kernels take rows in fours: zero the chunk's last few rows past its tiles.
             let rows = (count + 3) / 4 * 4
@@ -65,18 +60,11 @@ extension Winograd {
                 }
             }
             forEachPosition(plan) { position in
-                MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: plan.inChannels,
-                                      a: transformed + position * inPlane, aRowStride: plan.inStride, aDepthStride: 1,
-                                      b: transformedWeight + position * weightPlane, bRowStride: plan.outStride,
-                                      c: products + position * outPlane, cRowStride: plan.outStride, accumulate: false)
+                multiply(at: position, rows: rows, plan: plan, transformed: transformed, weight: transformedWeight, products: products)
             }
             forEachTileGroup(count, input: input, inputIsChannelsLast: true, plan: plan) { group, _ in
-                let source = products + group.lowerBound * plan.outStride
-                if plan.outputTile == 2 {
-                    transformOutput2(source, plan: plan, first: chunkFirst + group.lowerBound, count: group.count, bias: bias, into: output)
-                } else {
-                    transformOutput4(source, plan: plan, first: chunkFirst + group.lowerBound, count: group.count, bias: bias, into: output)
-                }
+                transformOutput(products + group.lowerBound * plan.outStride, plan: plan, first: chunkFirst + group.lowerBound,
+                                count: group.count, bias: bias, into: output)
             }
             first += count
         }
@@ -85,33 +73,21 @@ extension Winograd {
     /// `weightGradient` with the `positions` schedule: `plan.blockTiles` is the chunk, and
     /// each position's sums accumulate in place (no per-worker partial sums).
     static func weightGradientByPosition(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
-        let (inPlane, outPlane) = (plan.inPlane, plan.outPlane)
-        let weightPlane = plan.weightPlane
-        let total = ScratchMemory.floats(plan.positions * weightPlane, zeroed: true)
-        let transformed = ScratchMemory.floats(plan.positions * inPlane)
-        let upstream = ScratchMemory.floats(plan.positions * outPlane)
+        let total = ScratchMemory.floats(plan.positions * plan.weightPlane, zeroed: true)
+        let transformed = ScratchMemory.floats(plan.positions * plan.inPlane)
+        let upstream = ScratchMemory.floats(plan.positions * plan.outPlane)
         defer { ScratchMemory.release(total); ScratchMemory.release(transformed); ScratchMemory.release(upstream) }
-        let rows = (plan.inChannels + 3) / 4 * 4
         var first = 0
         while first < plan.tileCount {
             let count = Swift.min(plan.blockTiles, plan.tileCount - first)
             let chunkFirst = first
             forEachTileGroup(count, input: input, inputIsChannelsLast: inputIsChannelsLast, plan: plan) { group, reader in
                 let tile = chunkFirst + group.lowerBound
-                if plan.outputTile == 2 {
-                    transformInput2(&reader, plan: plan, first: tile, count: group.count, into: transformed + group.lowerBound * plan.inStride)
-                    transformGradient2(gradient, plan: plan, first: tile, count: group.count, into: upstream + group.lowerBound * plan.outStride)
-                } else {
-                    transformInput4(&reader, plan: plan, first: tile, count: group.count, into: transformed + group.lowerBound * plan.inStride)
-                    transformGradient4(gradient, plan: plan, first: tile, count: group.count, into: upstream + group.lowerBound * plan.outStride)
-                }
+                transformInput(&reader, plan: plan, first: tile, count: group.count, into: transformed + group.lowerBound * plan.inStride)
+                transformGradient(gradient, plan: plan, first: tile, count: group.count, into: upstream + group.lowerBound * plan.outStride)
             }
             forEachPosition(plan) { position in
-                // total[c][o] += Σ_tiles transformed[tile][c] · upstream[tile][o]
-                MicroKernels.multiply(rows: rows, columns: plan.outPadded, depth: count,
-                                      a: transformed + position * inPlane, aRowStride: 1, aDepthStride: plan.inStride,
-                                      b: upstream + position * outPlane, bRowStride: plan.outStride,
-                                      c: total + position * weightPlane, cRowStride: plan.outStride, accumulate: true)
+                accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: total)
             }
             first += count
         }

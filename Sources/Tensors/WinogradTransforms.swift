@@ -78,6 +78,34 @@ extension Winograd {
         }
     }
 
+    /// `Bᵀ d B` of tiles `first ..< first + count` for the plan's tile size.
+    static func transformInput(_ reader: inout WinogradReader, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        if plan.outputTile == 2 {
+            transformInput2(&reader, plan: plan, first: first, count: count, into: transformed)
+        } else {
+            transformInput4(&reader, plan: plan, first: first, count: count, into: transformed)
+        }
+    }
+
+    /// `A g Aᵀ` of tiles `first ..< first + count` of the output gradient, for the plan's tile size.
+    static func transformGradient(_ gradient: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int, into transformed: UnsafeMutablePointer<Float>) {
+        if plan.outputTile == 2 {
+            transformGradient2(gradient, plan: plan, first: first, count: count, into: transformed)
+        } else {
+            transformGradient4(gradient, plan: plan, first: first, count: count, into: transformed)
+        }
+    }
+
+    /// `Aᵀ m A` (+ bias) of tiles `first ..< first + count` into the output, for the plan's tile size.
+    static func transformOutput(_ products: UnsafePointer<Float>, plan: WinogradPlan, first: Int, count: Int,
+                                bias: UnsafePointer<Float>?, into output: UnsafeMutablePointer<Float>) {
+        if plan.outputTile == 2 {
+            transformOutput2(products, plan: plan, first: first, count: count, bias: bias, into: output)
+        } else {
+            transformOutput4(products, plan: plan, first: first, count: count, bias: bias, into: output)
+        }
+    }
+
     /// Walks tiles in order: image, tile row, tile column.
     struct TileCursor {
         let plan: WinogradPlan

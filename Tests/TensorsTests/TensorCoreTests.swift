@@ -218,6 +218,7 @@ final class TensorCoreTests: XCTestCase {
         XCTAssertFalse(suits(transposeA: true, m: 256, n: 256, k: 1000))
         XCTAssertFalse(suits(transposeA: true, transposeB: true, m: 64, n: 64, k: 1000))
         XCTAssertFalse(suits(transposeA: true, m: 62, n: 64, k: 1000))
+        XCTAssertFalse(suits(transposeB: true, m: 1000, n: 64, k: 64), "a Bᵀ with padded rows (ldb 1 ≠ k here)")
     }
 
     func testEmptyTensors() {
