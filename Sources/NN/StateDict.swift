@@ -22,6 +22,13 @@ public struct StateDictReport: Error, CustomStringConvertible, Equatable {
         }
     }
 
+    /// An empty report; fill it as entries fail to match.
+    public init(missing: [String] = [], unexpected: [String] = [], mismatched: [ShapeMismatch] = []) {
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+    }
+
     /// True when everything matched.
     public var isClean: Bool { missing.isEmpty && unexpected.isEmpty && mismatched.isEmpty }
 
