@@ -140,6 +140,37 @@ def ddim_sampling(batch, steps):
     return run
 
 
+def clip_text_l14():
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                            projection_dim=768, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    model = CLIPTextModel(config).eval()
+    rows = []
+    for length in (9, 75):
+        middle = torch.randint(0, 49406, (length,)).tolist()
+        rows.append([49406] + middle + [49407] * (77 - length - 1))
+    ids = torch.tensor(rows)
+
+    def run():
+        with torch.no_grad():
+            model(input_ids=ids)
+    return run
+
+
+def clip_vision_b32():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig()).eval().requires_grad_(False)
+    pixels = torch.randn(8, 3, 224, 224, requires_grad=True)
+
+    def run():
+        model(pixel_values=pixels).image_embeds.sum().backward()
+        pixels.grad = None
+    return run
+
+
 WORKLOADS = {
     "gemm-512": lambda: gemm(512),
     "gemm-1024": lambda: gemm(1024),
@@ -155,6 +186,8 @@ WORKLOADS = {
     "unet-mnist-train-b128": lambda: unet_train(course_unet(), 128, 1, 28),
     "unet-butterflies-train-b64": lambda: unet_train(butterflies_unet(), 64, 3, 32),
     "sample-ddim50-mnist-b16": lambda: ddim_sampling(16, 50),
+    "clip-text-l14-b2": clip_text_l14,
+    "clip-vision-b32-fwdbwd-b8": clip_vision_b32,
 }
 
 

@@ -234,6 +234,8 @@ func peakResidentMegabytes() -> Double {
     return 0
 }
 
+workloads += [clipTextL14(), clipVisionB32()]
+
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)
 if CommandLine.arguments.contains("--list") {

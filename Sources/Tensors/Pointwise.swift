@@ -12,6 +12,8 @@ public enum PointwiseFunction: String, CaseIterable, Sendable {
     case geluTanh
     /// CLIP's `x · sigmoid(1.702 x)`.
     case quickGelu
+    /// arcsin on [-1, 1] (CLIP guidance's great-circle distance).
+    case asin
 }
 
 extension PointwiseFunction {
@@ -45,6 +47,7 @@ enum PointwiseReference {
         case .geluTanh:
             return 0.5 * x * (1 + Foundation.tanh(geluTanhScale * (x + 0.044715 * x * x * x)))
         case .quickGelu: return x / (1 + Foundation.exp(-1.702 * x))
+        case .asin: return Foundation.asin(x)
         }
     }
 
@@ -75,6 +78,7 @@ enum PointwiseReference {
         case .quickGelu:
             let s = 1 / (1 + Foundation.exp(-1.702 * x))
             return s + 1.702 * x * s * (1 - s)
+        case .asin: return 1 / (1 - x * x).squareRoot()
         }
     }
 }
@@ -278,5 +282,7 @@ extension Tensor {
     /// GELU; `approximate: true` uses the tanh form.
     public func gelu(approximate: Bool = false) -> Tensor { apply(approximate ? .geluTanh : .geluExact) }
     public func quickGelu() -> Tensor { apply(.quickGelu) }
+    /// arcsin, elementwise; the gradient 1/√(1 − x²) is infinite at ±1.
+    public func asin() -> Tensor { apply(.asin) }
     public func square() -> Tensor { pow(2) }
 }

@@ -42,6 +42,7 @@ final class GradientCheckTests: XCTestCase {
         for function in [PointwiseFunction.exp, .sin, .cos, .tanh, .sigmoid, .silu, .geluExact, .geluTanh, .quickGelu] {
             GradientCheck.check([x]) { inputs in inputs[0].apply(function) }
         }
+        GradientCheck.check([random([3, 7], seed: 10, low: -0.9, high: 0.9)], step: 1e-3) { inputs in inputs[0].asin() }
         for function in [PointwiseFunction.log, .sqrt, .rsqrt] {
             GradientCheck.check([positive], step: 1e-3) { inputs in inputs[0].apply(function) }
         }
