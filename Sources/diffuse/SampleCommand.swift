@@ -15,7 +15,9 @@ struct Sample: ParsableCommand {
         classifier-free guidance: uncond + s·(cond − uncond), one batched model call per step. \
         --guide color=#RRGGBB steers an RGB model towards a colour: before each step x moves by \
         −scale·∇ colour_loss(x0), the gradient taken through the scheduler's x0 only (--guide-mode \
-        shortcut) or through the UNet too (full). --classifier DIR (from `diffuse train-classifier`) \
+        shortcut) or through the UNet too (full). --guide clip="a red bag" --clip-model DIR steers \
+        towards a prompt with a CLIP model (the squared great-circle distance of random cut-outs of \
+        x0 to the prompt's embedding); several --guide terms add up. --classifier DIR (from `diffuse train-classifier`) \
         with --class K moves x by +scale·∇ log p(K | x_t). A guided run prints the guidance loss \
         every --guidance-report-every steps.
         """)
@@ -37,8 +39,13 @@ struct Sample: ParsableCommand {
     var saveTensor: String?
     @Flag(help: "Also write a strip of x_t and the predicted x0 every k steps (GRID-trace.png).") var trace = false
     @Option(help: "The trace's k (default: steps / 10).") var traceEvery: Int?
-    @Option(help: ArgumentHelp("Loss guidance: color=#RRGGBB (the notes' colour loss; RGB models).", valueName: "color=#RRGGBB"))
-    var guide: String?
+    @Option(help: ArgumentHelp("Loss guidance, repeatable (the terms add up): color=#RRGGBB (the notes' colour loss; RGB models) "
+                               + "or clip=\"a red bag\" (CLIP guidance; needs --clip-model).", valueName: "color=#RRGGBB|clip=PROMPT"))
+    var guide: [String] = []
+    @Option(help: ArgumentHelp("A transformers CLIPModel folder with its tokenizer (diffuse train-clip's output) for --guide clip=.", valueName: "dir"))
+    var clipModel: String?
+    @Option(help: "CLIP guidance: random cut-outs per image and step.") var clipCutouts = 4
+    @Option(help: "CLIP guidance: weight of the CLIP terms beside colour terms.") var clipWeight: Double = 1
     @Option(help: "Loss guidance scale (step size on the gradient of the per-image loss).") var guideScale: Double = 40
     @Option(help: ArgumentHelp("shortcut: gradient through the scheduler's x0 only; full: through the UNet too.", valueName: "shortcut|full"))
     var guideMode: String = "shortcut"
@@ -62,7 +69,10 @@ struct Sample: ParsableCommand {
         request.initNoise = initNoise
         request.saveTensor = saveTensor
         if trace || traceEvery != nil { request.traceEvery = traceEvery ?? 0 }
-        request.guide = guide
+        request.guides = guide
+        request.clipModel = clipModel
+        request.clipCutouts = clipCutouts
+        request.clipWeight = clipWeight
         request.guideScale = guideScale
         request.classifier = classifier
         request.classifierScale = classifierScale

@@ -66,4 +66,48 @@ final class GuidanceSampleRunTests: XCTestCase {
         request.classes = nil
         XCTAssertThrowsError(try SampleRun.run(request)) { XCTAssertTrue("\($0)".contains("--classifier needs --class"), "\($0)") }
     }
+
+    /// The small CLIP fixture with a tokenizer of its 300-id vocabulary (letters only, no merges).
+    private func clipFolder() throws -> String {
+        let folder = try TrainingFixtures.temporaryFolder(self) + "/clip"
+        let fixture = SafetensorsFixtureDirectory.clip
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        for name in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(atPath: fixture + "/" + name, toPath: folder + "/" + name)
+        }
+        var vocabulary: [String: Int] = ["<|startoftext|>": 298, "<|endoftext|>": 299]
+        for (index, letter) in "abcdefghijklmnopqrstuvwxyz".enumerated() {
+            vocabulary["\(letter)</w>"] = index
+            vocabulary["\(letter)"] = 26 + index
+        }
+        try CLIPTokenizer(vocabulary: vocabulary, merges: [], modelMaxLength: 10).save(to: URL(fileURLWithPath: folder))
+        return folder
+    }
+
+    func testCLIPGuidanceWithColourGuidance() throws {
+        let (pipeline, _) = try fixtures()
+        var request = request(pipeline)
+        request.guides = ["clip=\"a red bag\"", "color=#FF0000"]
+        request.guideScale = 5
+        var lines: [String] = []
+        XCTAssertThrowsError(try SampleRun.run(request)) { XCTAssertTrue("\($0)".contains("--clip-model"), "\($0)") }
+        request.clipModel = try clipFolder()
+        request.clipCutouts = 2
+        let outcome = try SampleRun.run(request, log: { lines.append($0) })
+        XCTAssertTrue(lines[0].hasPrefix("step 0/6  CLIP loss + colour loss "), lines[0])
+        let summary = try XCTUnwrap(outcome.guidanceSummary)
+        XCTAssertTrue(summary.contains("clip=\"a red bag\" + color=#FF0000, scale 5.0, shortcut"), summary)
+        // The same request again gives the same samples: the cut-outs come from the seed.
+        let first = try Safetensors.load(path: pipeline + "/../samples.safetensors")["samples"]!.toArray()
+        _ = try SampleRun.run(request)
+        XCTAssertEqual(try Safetensors.load(path: pipeline + "/../samples.safetensors")["samples"]!.toArray(), first)
+    }
+}
+
+/// Paths of committed fixtures this file reads.
+enum SafetensorsFixtureDirectory {
+    static var clip: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/clip/clip").path
+    }
 }

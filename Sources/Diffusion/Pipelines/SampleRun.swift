@@ -34,8 +34,21 @@ public struct SampleRequest: Sendable {
     public var traceEvery: Int?
     /// The trace strip PNG (nil: the grid's name with `-trace`).
     public var traceOutput: String?
-    /// Loss guidance as typed: `color=#RRGGBB` (nil: none).
-    public var guide: String?
+    /// Loss guidance terms as typed: `color=#RRGGBB`, `clip=a red bag` (needs `clipModel`);
+    /// several terms are lowered together (their losses added, CLIP terms times `clipWeight`).
+    public var guides: [String] = []
+    /// One loss guidance term (the first of `guides`).
+    public var guide: String? {
+        get { guides.first }
+        set { guides = newValue.map { [$0] } ?? [] }
+    }
+    /// A transformers `CLIPModel` folder with its tokenizer files (`diffuse train-clip`'s output)
+    /// for `clip=` guidance.
+    public var clipModel: String?
+    /// CLIP guidance: cut-outs per image and step.
+    public var clipCutouts = 4
+    /// CLIP guidance: the weight of CLIP terms beside colour terms.
+    public var clipWeight: Double = 1
     /// The loss guidance scale.
     public var guideScale: Double = 40
     /// Where the loss guidance gradient is taken.
@@ -124,10 +137,10 @@ public enum SampleRun {
 
         var guidance: SamplingGuidance?
         var guidanceDescription: [String] = []
-        if let text = request.guide {
-            let loss = try guidanceLoss(text, channels: pipeline.unet.configuration.inChannels)
+        if !request.guides.isEmpty {
+            let loss = try guidanceLoss(request, channels: pipeline.unet.configuration.inChannels)
             guidance = SamplingGuidance(loss: LossGuidance(loss: loss, scale: Float(request.guideScale), mode: request.guideMode))
-            guidanceDescription.append("\(text), scale \(request.guideScale), \(request.guideMode.rawValue)")
+            guidanceDescription.append("\(request.guides.joined(separator: " + ")), scale \(request.guideScale), \(request.guideMode.rawValue)")
         }
         if let classifier, let labels {
             var combined = guidance ?? SamplingGuidance()
@@ -182,11 +195,45 @@ public enum SampleRun {
                              classNames: classNames, guidanceSummary: guidanceSummary)
     }
 
-    /// The loss of `--guide`: `color=#RRGGBB` (or `colour=`), for an RGB model.
+    /// The loss of a request's `--guide` terms: one term's loss, or their weighted sum.
+    public static func guidanceLoss(_ request: SampleRequest, channels: Int) throws -> any GuidanceLoss {
+        var clip: (model: CLIPModel, tokenizer: CLIPTokenizer)?
+        var terms: [(loss: any GuidanceLoss, weight: Float)] = []
+        for (index, text) in request.guides.enumerated() {
+            let parts = text.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2, parts[0].lowercased() == "clip" {
+                let prompt = parts[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+                if clip == nil { clip = try loadCLIP(request.clipModel) }
+                guard let (model, tokenizer) = clip else { continue }
+                let ids = try tokenizer.tokenize([prompt], maximumLength: model.configuration.text.maximumPositionEmbeddings)
+                if ids.isTruncated(0) {
+                    FileHandle.standardError.write(Data("warning: the CLIP prompt \"\(prompt)\" is longer than \(model.configuration.text.maximumPositionEmbeddings) tokens and was cut\n".utf8))
+                }
+                let loss = CLIPGuidanceLoss(model: model, prompt: prompt, promptIDs: ids.ids[0],
+                                            cutouts: CLIPCutouts(count: request.clipCutouts), seed: request.seed &+ UInt64(index) &* 7919)
+                terms.append((loss, Float(request.clipWeight)))
+            } else {
+                terms.append((try guidanceLoss(text, channels: channels), 1))
+            }
+        }
+        return terms.count == 1 && terms[0].weight == 1 ? terms[0].loss : CombinedGuidanceLoss(terms)
+    }
+
+    /// The CLIP model and tokenizer of `--clip-model`.
+    static func loadCLIP(_ path: String?) throws -> (CLIPModel, CLIPTokenizer) {
+        guard let path else {
+            throw GuidanceError("--guide clip=... needs --clip-model DIR: a transformers CLIPModel folder with its tokenizer "
+                                + "(diffuse train-clip writes one)")
+        }
+        let folder = URL(fileURLWithPath: path)
+        return (try CLIPModel.load(folder: folder), try CLIPTokenizer(contentsOf: folder))
+    }
+
+    /// The loss of one `--guide` term: `color=#RRGGBB` (or `colour=`), for an RGB model.
     public static func guidanceLoss(_ text: String, channels: Int) throws -> any GuidanceLoss {
         let parts = text.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
         guard parts.count == 2, ["color", "colour"].contains(parts[0].lowercased()) else {
-            throw GuidanceError("--guide \"\(text)\" is not understood; the built-in guidance is color=#RRGGBB "
+            throw GuidanceError("--guide \"\(text)\" is not understood; the built-in guidance is color=#RRGGBB and clip=PROMPT "
                                 + "(custom losses go through the Swift API: LossGuidance with a GuidanceLoss)")
         }
         guard channels == 3 else {
