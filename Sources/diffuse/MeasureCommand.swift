@@ -19,6 +19,10 @@ struct Measure: ParsableCommand {
     @Option(help: ArgumentHelp("A clean-image classifier folder.", valueName: "dir")) var judge: String?
     @Option(help: ArgumentHelp("The requested class(es): 3, 0-9, or names.", valueName: "k")) var expect: String?
     @Option(help: ArgumentHelp("A target colour.", valueName: "#RRGGBB")) var color: String?
+    @Option(help: ArgumentHelp("The object's expected colour in tinted images (estimated per sample: the pixels far from the border's colour).",
+                               valueName: "#RRGGBB")) var foregroundColor: String?
+    @Option(help: ArgumentHelp("The expected background colour in tinted images (the border's median colour).", valueName: "#RRGGBB"))
+    var backgroundColor: String?
 
     func run() throws {
         try CommandFailure.report {
@@ -46,6 +50,19 @@ struct Measure: ParsableCommand {
             if let color {
                 let loss = try ColorLoss(hex: color)
                 fields.append(String(format: "color_distance=%.4f", loss.meanDistance(images)))
+            }
+            if foregroundColor != nil || backgroundColor != nil {
+                guard images.shape[1] == 3 else { throw ValidationError("--foreground-color and --background-color need RGB samples") }
+                let estimates = TintEstimation.colors(of: images)
+                for (name, hex, pick) in [("foreground", foregroundColor, 0), ("background", backgroundColor, 1)] {
+                    guard let hex else { continue }
+                    let target = try ColorLoss(hex: hex)
+                    let rgb = [target.red, target.green, target.blue]
+                    let distances = estimates.map { TintEstimation.distance(pick == 0 ? $0.foreground : $0.background, rgb) }
+                    fields.append(String(format: "%@_distance=%.4f", name, distances.reduce(0, +) / Float(distances.count)))
+                    // The share of samples whose estimated colour is within 0.15 (mean per channel) of the target.
+                    fields.append(String(format: "%@_match=%.4f", name, Float(distances.filter { $0 < 0.15 }.count) / Float(distances.count)))
+                }
             }
             print(fields.joined(separator: " "))
         }

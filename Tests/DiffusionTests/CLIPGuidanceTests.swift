@@ -88,4 +88,26 @@ final class CLIPGuidanceTests: XCTestCase {
         let expected = noGrad { loss(model)(moved) * 2 + color(moved) }
         assertClose(noGrad { combined(moved) }, expected, relative: 1e-5)
     }
+
+    /// A square of one colour on another: both colours come back; a flat image has no object.
+    func testTintEstimation() {
+        let (foreground, background): ([Float], [Float]) = ([0.9, 0.1, 0.2], [0.1, 0.3, 0.8])
+        var values = [Float](repeating: 0, count: 2 * 3 * 12 * 12)
+        for image in 0..<2 {
+            for channel in 0..<3 {
+                for y in 0..<12 {
+                    for x in 0..<12 {
+                        let inside = image == 0 && (3..<9).contains(y) && (4..<10).contains(x)
+                        let level = inside ? foreground[channel] : background[channel]
+                        values[((image * 3 + channel) * 12 + y) * 12 + x] = level * 2 - 1
+                    }
+                }
+            }
+        }
+        let estimates = TintEstimation.colors(of: Tensor(values, shape: [2, 3, 12, 12]))
+        for (found, expected) in [(estimates[0].foreground, foreground), (estimates[0].background, background),
+                                  (estimates[1].foreground, background)] {
+            XCTAssertLessThan(TintEstimation.distance(found, expected), 1e-5, "\(found) vs \(expected)")
+        }
+    }
 }
