@@ -37,10 +37,11 @@ public enum CLIPFolder {
             if FileManager.default.fileExists(atPath: path) { return path }
         }
         let contents = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
-        if let pickle = contents.first(where: { $0.hasSuffix(".bin") }), !contents.contains(where: { $0.hasSuffix(".safetensors") }) {
+        let weightFiles = contents.filter { $0.hasPrefix(weightsBaseName) && $0.hasSuffix(".safetensors") }
+        if let pickle = contents.first(where: { $0.hasSuffix(".bin") }), weightFiles.isEmpty {
             throw SafetensorsError.pickleCheckpoint(path: folder.appendingPathComponent(pickle).path)
         }
-        let present = contents.filter { $0.hasSuffix(".safetensors") }.sorted()
+        let present = weightFiles.sorted()
         throw CLIPFolderError.missingFile(path: folder.appendingPathComponent(candidates[0]).path,
                                           hint: present.isEmpty ? "a transformers CLIP folder holds config.json and model.safetensors"
                                               : "the folder has \(present.joined(separator: ", "))")
