@@ -22,6 +22,8 @@ struct Tokenize: ParsableCommand {
     @Option(help: ArgumentHelp("A file of prompts, one per line.", valueName: "prompts.txt")) var file: String?
     @Option(help: ArgumentHelp("Text cleaning: transformers (BasicTokenizer, the default) or openai (html.unescape, whitespace, lower case).", valueName: "transformers|openai"))
     var normalization = "transformers"
+    @Option(help: ArgumentHelp("Also write the tokenizer as a transformers tokenizer folder (vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json).", valueName: "dir"))
+    var saveFolder: String?
     @Option(help: .hidden) var benchmark: Int?
 
     func run() throws {
@@ -37,6 +39,10 @@ struct Tokenize: ParsableCommand {
                 prompts += lines
             }
             let tokenizer = try CLIPTokenizer(contentsOf: URL(fileURLWithPath: model), normalization: normalization)
+            if let saveFolder {
+                try tokenizer.save(to: URL(fileURLWithPath: saveFolder))
+                FileHandle.standardError.write(Data("wrote \(saveFolder)/vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json\n".utf8))
+            }
             if let repetitions = benchmark {
                 try runBenchmark(prompts, repetitions: repetitions, model: URL(fileURLWithPath: model), normalization: normalization)
                 return
