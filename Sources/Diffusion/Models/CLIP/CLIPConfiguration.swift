@@ -162,7 +162,7 @@ public struct CLIPTextConfiguration: CLIPEncoderConfiguration, Equatable, Sendab
             "intermediate_size": .int(intermediateSize), "projection_dim": .int(projectionDimension),
             "num_hidden_layers": .int(hiddenLayerCount), "num_attention_heads": .int(attentionHeadCount),
             "max_position_embeddings": .int(maximumPositionEmbeddings), "hidden_act": .string(activation.rawValue),
-            "layer_norm_eps": .double(Double(layerNormEpsilon)), "attention_dropout": .double(attentionDropout),
+            "layer_norm_eps": .double(Double("\(layerNormEpsilon)") ?? Double(layerNormEpsilon)), "attention_dropout": .double(attentionDropout),
             "initializer_range": .double(initializerRange), "initializer_factor": .double(initializerFactor),
             "pad_token_id": .int(padTokenID), "bos_token_id": .int(beginTokenID), "eos_token_id": .int(endTokenID),
         ]
@@ -227,7 +227,7 @@ public struct CLIPVisionConfiguration: CLIPEncoderConfiguration, Equatable, Send
             "projection_dim": .int(projectionDimension), "num_hidden_layers": .int(hiddenLayerCount),
             "num_attention_heads": .int(attentionHeadCount), "num_channels": .int(channelCount),
             "image_size": .int(imageSize), "patch_size": .int(patchSize), "hidden_act": .string(activation.rawValue),
-            "layer_norm_eps": .double(Double(layerNormEpsilon)), "attention_dropout": .double(attentionDropout),
+            "layer_norm_eps": .double(Double("\(layerNormEpsilon)") ?? Double(layerNormEpsilon)), "attention_dropout": .double(attentionDropout),
             "initializer_range": .double(initializerRange), "initializer_factor": .double(initializerFactor),
         ]
     }
