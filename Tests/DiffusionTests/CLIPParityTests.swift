@@ -31,7 +31,11 @@ final class CLIPParityTests: XCTestCase {
         XCTAssertEqual(ours.shape, reference.shape, what, file: file, line: line)
         let error = Self.relativeError(ours, reference)
         XCTAssertLessThan(error, tolerance, "\(what): relative error \(error)", file: file, line: line)
+        lastErrors.append((what, error))
     }
+
+    /// The relative errors `assertRelative` found, in order.
+    var lastErrors: [(String, Float)] = []
 
     /// Stable Diffusion 1.x's layout: prefixed keys, a position_ids buffer, float16
     /// values, `eos_token_id` 2 (pooling at the largest id), quick GELU.
@@ -77,7 +81,9 @@ final class CLIPParityTests: XCTestCase {
         try checkWholeModel(Self.fixtures.appendingPathComponent("clip"), tolerance: 1e-4, gradientTolerance: 1e-3)
     }
 
-    func checkWholeModel(_ folder: URL, tolerance: Float, gradientTolerance: Float) throws {
+    @discardableResult
+    func checkWholeModel(_ folder: URL, tolerance: Float, gradientTolerance: Float) throws -> [(String, Float)] {
+        var errors: [(String, Float)] = []
         let golden = try Self.golden(folder)
         let model = try CLIPModel.load(folder: folder)
         let ids = try XCTUnwrap(golden["ids"])
@@ -101,6 +107,8 @@ final class CLIPParityTests: XCTestCase {
         let similarity = (CLIPModel.normalized(imageFeatures) * CLIPModel.normalized(textFeatures)).sum()
         similarity.backward()
         assertRelative(try XCTUnwrap(pixels.grad), golden["pixel_gradient"], gradientTolerance, "d similarity / d pixels")
+        errors = lastErrors
+        return errors
     }
 
     /// The real configurations (random weights), generated locally by
@@ -128,7 +136,8 @@ final class CLIPParityTests: XCTestCase {
             XCTAssertLessThan(pooledError, 1e-4, name)
             XCTAssertLessThan(penultimate, 1e-4, name)
         }
-        try checkWholeModel(root.appendingPathComponent("vit-b32"), tolerance: 1e-4, gradientTolerance: 1e-3)
-        print("CLIP large vit-b32: text, vision, logits, loss and pixel gradient within tolerance")
+        lastErrors = []
+        let errors = try checkWholeModel(root.appendingPathComponent("vit-b32"), tolerance: 1e-4, gradientTolerance: 1e-3)
+        print("CLIP large vit-b32: " + errors.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
     }
 }
