@@ -40,6 +40,8 @@ struct TrainCLIP: ParsableCommand {
     @Flag(help: "Start again in an output folder that holds an earlier run.") var overwriteOutputDir = false
     @Option(help: "Print loss, batch accuracy and temperature every N steps.") var logEvery = 50
     @Option(help: "Fashion-MNIST test images to evaluate on at the end (0: none).") var evaluationCount = 10000
+    @Option(help: ArgumentHelp("The CLIP BPE merges (bpe_simple_vocab_16e6.txt.gz) or a tokenizer folder (default data/clip/…, `make clip-vocab`).", valueName: "path"))
+    var tokenizer: String?
     @Flag(help: "No progress line.") var noProgress = false
 
     func run() throws {
@@ -64,8 +66,8 @@ struct TrainCLIP: ParsableCommand {
             options.overwriteOutputDir = overwriteOutputDir
             options.logEvery = logEvery
             options.evaluationCount = evaluationCount
-            let tokenizer = try CLIPTraining.defaultTokenizer()
-            let outcome = try CLIPTraining.run(options, tokenizer: tokenizer) { trainer in
+            let captionTokenizer = try CLIPTraining.defaultTokenizer(path: tokenizer)
+            let outcome = try CLIPTraining.run(options, tokenizer: captionTokenizer) { trainer in
                 if noProgress { trainer.progressOutput = nil }
             }
             outcome.reportLines.forEach { print($0) }
