@@ -311,4 +311,35 @@ final class CLIPTrainingTests: XCTestCase {
         XCTAssertEqual(Set(evaluation.variants.map(\.task)), ["zero_shot", "foreground_color", "background_color", "full_caption"])
         XCTAssertEqual(evaluation.zeroShotAccuracyPerClass.count, 10)
     }
+
+    func testImageFolderWithMetadataIsACaptionSource() throws {
+        let folder = try temporaryDirectory()
+        let colors: [(String, [UInt8])] = [("red", [220, 30, 30]), ("blue", [30, 70, 220]), ("green", [30, 160, 50]), ("white", [245, 245, 245])]
+        var lines: [String] = []
+        for (index, (name, rgb)) in colors.enumerated() {
+            try writeFlatPNG(to: "\(folder)/images/\(index).png", width: 32, height: 40, color: rgb)
+            lines.append("{\"file_name\": \"images/\(index).png\", \"text\": \"a \(name) bag\"}")
+        }
+        try writeFile(Array((lines.joined(separator: "\n") + "\n").utf8), to: "\(folder)/metadata.jsonl")
+        var options = Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 2)
+        options.dataset = folder
+        options.batchSize = 4
+        let dataset = try CLIPTraining.openDataset(options, training: true)
+        XCTAssertEqual(dataset.count, 4)
+        XCTAssertEqual(try dataset.example(at: 2).caption, "a green bag")
+        let trainer = try Self.trainer(options, dataset: dataset)
+        var losses: [Float] = []
+        trainer.onStep = { losses.append($0.loss) }
+        XCTAssertEqual(try trainer.run().step, 2)
+        XCTAssertEqual(losses.count, 2)
+        XCTAssertTrue(losses.allSatisfy(\.isFinite))
+
+        // A folder without captions is refused with a hint.
+        let bare = try temporaryDirectory()
+        try writeFlatPNG(to: "\(bare)/0.png", color: [1, 2, 3])
+        options.dataset = bare
+        XCTAssertThrowsError(try CLIPTraining.openDataset(options, training: true)) { error in
+            XCTAssertTrue("\(error)".contains("metadata.jsonl"), "\(error)")
+        }
+    }
 }
