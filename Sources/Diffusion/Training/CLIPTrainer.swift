@@ -1,0 +1,222 @@
+import Foundation
+import NN
+import Tensors
+
+/// Trains a ``CLIPModel`` from scratch on captioned images with CLIP's
+/// contrastive objective: for a batch of B image–caption pairs, the B×B
+/// cosine similarities times exp(`logit_scale`) are the logits, and the loss
+/// is the mean of the image→text and text→image cross-entropies with the
+/// matching pairs on the diagonal. The temperature is learned (initially
+/// 1/0.07) and clamped to at most 100 after every step; AdamW (decay on the
+/// matrices only, see ``GroupedAdamW``) with a linear warm-up and a cosine decay.
+///
+/// Checkpoints (`checkpoint-<step>/`) hold the model, both optimizer groups,
+/// the data position and the options; a run resumed from one computes the same
+/// losses as one never stopped. Ctrl-C writes a checkpoint and stops. At the
+/// end the output folder holds a transformers `CLIPModel` (config.json,
+/// model.safetensors), the tokenizer's files and `preprocessor_config.json`.
+public final class CLIPTrainer {
+    public let options: CLIPTrainingOptions
+    public let model: CLIPModel
+    public let tokenizer: CaptionTokenizing
+    public let dataset: Dataset
+    /// Batches of `batchSize` pairs, shuffled with the seed, the last partial batch dropped.
+    public let loader: DataLoader
+    public let optimizer: GroupedAdamW
+    public let schedule: LearningRateSchedule
+    /// Optimizer steps done.
+    public internal(set) var step = 0
+    /// Ctrl-C / SIGTERM handling (installed by `run()` when `handleSignals`).
+    public let interruption = TrainingInterruption()
+    public var handleSignals = true
+    /// Where the progress line goes (nil: none).
+    public var progressOutput: ProgressOutput? = FileDescriptorOutput()
+    /// Where messages go.
+    public var message: (String) -> Void = { text in
+        print(text)
+        fflush(stdout)
+    }
+    /// Called after every optimizer step (and its checkpoint).
+    public var onStep: ((StepResult) -> Void)?
+
+    /// One step's numbers.
+    public struct StepResult: Equatable, Sendable {
+        public var step: Int
+        public var loss: Float
+        /// Fraction of the batch's images whose own caption scores highest.
+        public var accuracy: Float
+        /// exp(`logit_scale`) after the step's clamp.
+        public var temperatureScale: Float
+        public var gradientNorm: Float
+        public var learningRate: Float
+    }
+
+    var generator: RandomGenerator
+    var log: TrainingLog?
+    var lastCheckpoint: (step: Int, path: String)?
+
+    /// Builds the model (initialised as transformers does), the loader and the optimizer.
+    /// - Parameter dataset: the captioned data (default: `options.dataset` by name or folder).
+    public init(options: CLIPTrainingOptions, tokenizer: CaptionTokenizing, dataset given: Dataset? = nil) throws {
+        try options.validate()
+        self.options = options
+        self.tokenizer = tokenizer
+        let dataset = try given ?? CLIPTraining.openDataset(options, training: true)
+        guard dataset.count > 0 else { throw TrainingError.data("the dataset \(options.dataset) is empty") }
+        self.dataset = dataset
+        let configuration = options.model.configuration(tokenizer: tokenizer, imageSize: options.imageSize, patchSize: options.patchSize)
+        try configuration.text.validate()
+        try configuration.vision.validate()
+        model = CLIPModel(configuration)
+        model.initializeWeights(seed: options.seed)
+        model.train()
+        loader = DataLoader(dataset: dataset, batchSize: options.batchSize, shuffle: true, seed: options.seed, dropLast: true,
+                            transform: CLIPImageNormalization.transform(size: options.imageSize), prefetchBatches: options.prefetchBatches)
+        guard loader.batchesPerEpoch > 0 else {
+            throw TrainingError.data("the dataset has \(dataset.count) examples, fewer than one batch of \(options.batchSize)")
+        }
+        optimizer = GroupedAdamW(module: model, learningRate: Float(options.learningRate), beta1: Float(options.adamBeta1),
+                                 beta2: Float(options.adamBeta2), epsilon: Float(options.adamEpsilon), weightDecay: Float(options.weightDecay))
+        schedule = LearningRateSchedule(.cosine, warmupSteps: options.resolvedWarmupSteps, trainingSteps: options.steps)
+        generator = RandomGenerator(seed: options.seed &+ 0xC11F_7EA1)
+    }
+
+    public var outputDir: String { options.outputDir }
+    /// Epochs the run covers (the last one possibly partial).
+    public var epochs: Int { (options.steps + loader.batchesPerEpoch - 1) / loader.batchesPerEpoch }
+
+    /// Trains until `options.steps` or a signal; saves the model folder when the steps are done.
+    public func run() throws -> CLIPTrainingSummary {
+        let start = Date()
+        try prepareOutputFolder()
+        let log = try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message)
+        self.log = log
+        defer { log.finish(); self.log = nil; loader.stop() }
+        if handleSignals { interruption.install() }
+        defer { if handleSignals { interruption.uninstall() } }
+        describeRun(log)
+        let startStep = step
+        log.startProgress(total: options.steps, step: step)
+        var lastLoss: Float?
+        var interrupted = false
+        var trainingSeconds = 0.0
+        let loopStart = ProgressBar.monotonicSeconds()
+        while step < options.steps {
+            let stepStart = ProgressBar.monotonicSeconds()
+            guard let batch = try loader.nextBatch() ?? loader.nextBatch() else {
+                throw TrainingError.data("the data loader gave no batch at step \(step + 1)")
+            }
+            let result = try trainingStep(batch)
+            lastLoss = result.loss
+            let seconds = Swift.max(ProgressBar.monotonicSeconds() - stepStart, 1e-9)
+            try log.record(.init(step: step, epoch: batch.epoch, loss: result.loss, learningRate: result.learningRate,
+                                 gradientNorm: result.gradientNorm, imagesPerSecond: Double(batch.count) / seconds), epochs: epochs)
+            try log.tensorBoard?.addScalars([("train/accuracy", result.accuracy), ("train/logit_scale_exp", result.temperatureScale)], step: step)
+            if step % options.logEvery == 0 || step == options.steps {
+                log.event("metrics", step: step, fields: [("loss", .float(result.loss)), ("batch_accuracy", .float(result.accuracy)),
+                                                         ("logit_scale_exp", .float(result.temperatureScale))],
+                          text: String(format: "step %d/%d  loss %.4f  batch accuracy %.1f%%  exp(logit_scale) %.1f  lr %.2e",
+                                       step, options.steps, result.loss, result.accuracy * 100, result.temperatureScale, result.learningRate))
+            }
+            if options.checkpointingSteps > 0 && step % options.checkpointingSteps == 0 && step < options.steps { try saveCheckpoint() }
+            onStep?(result)
+            if interruption.isRequested {
+                if lastCheckpoint?.step != step { try saveCheckpoint() }
+                log.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
+                interrupted = true
+                break
+            }
+        }
+        trainingSeconds = ProgressBar.monotonicSeconds() - loopStart
+        if !interrupted {
+            if lastCheckpoint?.step != step && step > startStep { try saveCheckpoint() }
+            try saveModelFolder()
+            log.event("model", step: step, fields: [("path", .string(outputDir))], text: "CLIPModel and tokenizer saved in \(outputDir)")
+        }
+        return CLIPTrainingSummary(step: step, totalSteps: options.steps, interrupted: interrupted, finalLoss: lastLoss,
+                                   outputDir: outputDir, lastCheckpoint: lastCheckpoint?.path, logDirectory: log.directory,
+                                   trainingSeconds: trainingSeconds, stepsThisRun: step - startStep,
+                                   seconds: Date().timeIntervalSince(start))
+    }
+
+    /// The symmetric contrastive loss of one batch (a graph, for `backward()`) and the batch accuracy.
+    public func loss(images: Tensor, captions: [String]) -> (loss: Tensor, accuracy: Float) {
+        let tokens = tokenizer.encode(captions)
+        let textFeatures = model.textFeatures(ids: tokens.ids, batch: tokens.count, attentionMask: tokens.attentionMask)
+        let imageFeatures = model.imageFeatures(images)
+        let logits = model.logitsPerImage(imageFeatures: imageFeatures, textFeatures: textFeatures)
+        let loss = CLIPModel.contrastiveLoss(logitsPerImage: logits)
+        let predicted = noGrad { logits.detach().argmax(axis: 1).toArray() }
+        let correct = predicted.enumerated().filter { Int($0.element) == $0.offset }.count
+        return (loss, Float(correct) / Float(Swift.max(1, captions.count)))
+    }
+
+    /// Forward, backward, clipping, one AdamW step and the temperature clamp.
+    func trainingStep(_ batch: Batch) throws -> StepResult {
+        var captions: [String] = []
+        for (position, caption) in batch.captions.enumerated() {
+            guard let caption else {
+                throw TrainingError.data("\(dataset.source(of: batch.indices[position])) has no caption (an image folder needs a metadata.jsonl with \"text\")")
+            }
+            captions.append(caption)
+        }
+        let (loss, accuracy) = loss(images: batch.images, captions: captions)
+        let value = loss.item
+        guard value.isFinite else { throw nonFinite(value) }
+        loss.backward()
+        let maximumNorm = options.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
+        let norm = clipGradientNorm(optimizer.parameters, maximumNorm: maximumNorm)
+        guard norm.isFinite else { throw nonFinite(norm) }
+        let learningRate = schedule.learningRate(step: step, baseLearningRate: Float(options.learningRate))
+        optimizer.learningRate = learningRate
+        optimizer.step()
+        optimizer.zeroGradients()
+        clampTemperature()
+        step += 1
+        return StepResult(step: step, loss: value, accuracy: accuracy, temperatureScale: noGrad { model.logitScale.exp().item },
+                          gradientNorm: norm, learningRate: learningRate)
+    }
+
+    /// `logit_scale` ← min(`logit_scale`, ln `maximumLogitScale`), in place (open_clip's clamp after the step).
+    public func clampTemperature() {
+        let ceiling = Float(Foundation.log(options.maximumLogitScale))
+        noGrad {
+            if model.logitScale.item > ceiling { model.logitScale.copyValues(from: Tensor.full(ceiling, model.logitScale.shape)) }
+        }
+    }
+
+    private func nonFinite(_ value: Float) -> TrainingError {
+        optimizer.zeroGradients()
+        let error = TrainingError.nonFiniteLoss(step: step + 1, value: value, lastCheckpoint: lastCheckpoint?.path ?? TrainingCheckpoint.list(in: outputDir).last?.path)
+        log?.event("stopped", step: step + 1, fields: [("reason", .string("non-finite loss")), ("value", .float(value))], text: "error: \(error)")
+        return error
+    }
+
+    private func describeRun(_ log: TrainingLog) {
+        let configuration = model.configuration
+        log.say("model: CLIPModel (\(options.model.rawValue)), \(model.parameterCount) parameters; text \(configuration.text.hiddenLayerCount)×\(configuration.text.hiddenSize), "
+                + "vision \(configuration.vision.hiddenLayerCount)×\(configuration.vision.hiddenSize) on \(configuration.vision.imageSize)×\(configuration.vision.imageSize) "
+                + "in \(configuration.vision.patchSize)×\(configuration.vision.patchSize) patches, projection \(configuration.projectionDimension)")
+        log.say("data: \(options.dataset), \(dataset.count) captioned images, \(loader.batchesPerEpoch) batches of \(options.batchSize) per epoch")
+        log.say("training: \(options.steps) steps (\(epochs) epoch(s)), lr \(options.learningRate) (cosine, warm-up \(options.resolvedWarmupSteps)), "
+                + "weight decay \(options.weightDecay) on \(optimizer.decayed.count) matrices, none on \(optimizer.undecayed.count) gains/biases/class token/temperature"
+                + (step > 0 ? ", resuming at step \(step)" : ""))
+        log.say("output: \(outputDir) (logs in \(log.directory))")
+    }
+}
+
+/// What a finished (or interrupted) CLIP training run produced.
+public struct CLIPTrainingSummary: Sendable {
+    /// Optimizer steps done, and planned.
+    public let step: Int, totalSteps: Int
+    public let interrupted: Bool
+    public let finalLoss: Float?
+    /// The model folder (when the run finished) and the newest checkpoint.
+    public let outputDir: String
+    public let lastCheckpoint: String?
+    public let logDirectory: String
+    /// Seconds in the training loop (this run), the steps it took, and the whole of `run()`.
+    public let trainingSeconds: Double
+    public let stepsThisRun: Int
+    public let seconds: Double
+}

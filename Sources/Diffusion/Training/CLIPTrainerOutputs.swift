@@ -1,0 +1,80 @@
+import Foundation
+import NN
+import Tensors
+
+// The CLIP trainer's files: the output folder, checkpoints and the final model folder.
+extension CLIPTrainer {
+    /// What an earlier run leaves in an output folder (besides checkpoints).
+    static let runArtifacts = ["logs", "config.json", "model.safetensors", "preprocessor_config.json", "eval.json", "interop",
+                               "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"]
+    /// The file in a checkpoint that holds both AdamW groups.
+    static let optimizerFile = TrainingCheckpoint.optimizerFile
+
+    /// Resumes from `resumeFromCheckpoint`, or checks (and with `overwriteOutputDir` clears) the output folder.
+    func prepareOutputFolder() throws {
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+        TrainingCheckpoint.removeTemporaries(in: outputDir)
+        if let specification = options.resumeFromCheckpoint {
+            if let path = try TrainingCheckpoint.resolve(specification, outputDir: outputDir) {
+                try restore(from: path)
+                message("resuming from \(path) at step \(step) (data \(loader.position))")
+                return
+            }
+            message("no checkpoint in \(outputDir) yet; starting a new run")
+        }
+        let checkpoints = TrainingCheckpoint.list(in: outputDir)
+        let artifacts = Self.runArtifacts.filter { manager.fileExists(atPath: (outputDir as NSString).appendingPathComponent($0)) }
+        guard !checkpoints.isEmpty || !artifacts.isEmpty else { return }
+        guard options.overwriteOutputDir else { throw TrainingError.outputExists(outputDir) }
+        for path in checkpoints.map(\.path) + artifacts.map({ (outputDir as NSString).appendingPathComponent($0) }) {
+            try manager.removeItem(atPath: path)
+        }
+    }
+
+    /// Writes `checkpoint-<step>`: the model (transformers' names), both optimizer
+    /// groups, the trainer state and the options; prunes old checkpoints.
+    func saveCheckpoint() throws {
+        let state = TrainerState(step: step, dataLoader: loader.position, generator: generator, dropoutGenerators: [:],
+                                 learningRate: Double(optimizer.learningRate), loss: nil)
+        let path = try TrainingCheckpoint.write(step: step, in: outputDir) { folder in
+            func file(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+            try model.saveSafetensors(path: file(TrainingCheckpoint.modelFile))
+            try Safetensors.save(optimizer.state, to: file(Self.optimizerFile))
+            try AtomicFile.write(Array(options.jsonText.utf8), to: file(TrainingCheckpoint.configurationFile))
+            try TrainingCheckpoint.writeJSON(state, to: file(TrainingCheckpoint.stateFile))
+        }
+        lastCheckpoint = (step, path)
+        var removed: [String] = []
+        if let limit = options.checkpointsTotalLimit { removed = TrainingCheckpoint.prune(in: outputDir, keeping: limit) }
+        log?.event("checkpoint", step: step, fields: [("path", .string(path))],
+                   text: "checkpoint \(path)" + (removed.isEmpty ? "" : " (removed \(removed.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))"))
+    }
+
+    /// Restores model, optimizer, counters, data position and generator from a checkpoint folder.
+    func restore(from path: String) throws {
+        func file(_ name: String) -> String { (path as NSString).appendingPathComponent(name) }
+        let state = try TrainingCheckpoint.readState(path)
+        do {
+            try model.loadSafetensors(path: file(TrainingCheckpoint.modelFile))
+            try optimizer.load(state: Safetensors.load(path: file(Self.optimizerFile)))
+        } catch let error as StateDictReport {
+            throw TrainingError.corruptCheckpoint("\(path): \(error) (was it written with another --model, --image-size or tokenizer?)")
+        } catch let error as OptimizerStateError {
+            throw TrainingError.corruptCheckpoint("\(path): \(error)")
+        }
+        guard state.dataLoader.offset <= dataset.count else {
+            throw TrainingError.corruptCheckpoint("its data position \(state.dataLoader) is beyond a dataset of \(dataset.count) examples")
+        }
+        step = state.step
+        loader.restore(state.dataLoader)
+        generator = try TrainerState.generator(state.generator)
+        lastCheckpoint = (step, path)
+    }
+
+    /// Writes the transformers `CLIPModel` folder at `outputDir`: config.json,
+    /// model.safetensors, the tokenizer's files and preprocessor_config.json.
+    public func saveModelFolder() throws {
+        try CLIPTraining.saveModelFolder(model: model, tokenizer: tokenizer, imageSize: options.imageSize, folder: URL(fileURLWithPath: outputDir))
+    }
+}
