@@ -1,19 +1,6 @@
 import Foundation
 import Tensors
 
-/// CLIP's pixel normalisation (transformers' `CLIPImageProcessor` defaults).
-public enum CLIPImageNormalization {
-    public static let mean: [Float] = [0.48145466, 0.4578275, 0.40821073]
-    public static let standardDeviation: [Float] = [0.26862954, 0.26130258, 0.27577711]
-
-    /// `(images − mean) / std` per channel, for RGB images `[N, 3, H, W]` in [0, 1].
-    public static func normalize(_ images: Tensor) -> Tensor {
-        let mean = Tensor(Self.mean, shape: [1, 3, 1, 1])
-        let scale = Tensor(Self.standardDeviation.map { 1 / $0 }, shape: [1, 3, 1, 1])
-        return (images - mean) * scale
-    }
-}
-
 /// Random cut-outs of images for CLIP guidance, as diffusers' community
 /// `MakeCutouts` makes them: each cut-out is a square crop of side
 /// `⌊r^power · (max − min) + min⌋` (r uniform in [0, 1), so a larger power

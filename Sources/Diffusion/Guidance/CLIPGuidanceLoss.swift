@@ -45,10 +45,11 @@ public final class CLIPGuidanceLoss: GuidanceLoss {
     /// Embeds x0 `[N, C, H, W]` (model range [-1, 1]) through `cutouts.count`
     /// cut-outs per image: unit vectors `[count · N, projection_dim]`, cut-out major.
     public func imageEmbeddings(_ predictedOriginal: Tensor) -> Tensor {
-        var images = (predictedOriginal + 1) * 0.5
+        var images = predictedOriginal
         if images.shape[1] == 1 { images = images.expanded([images.shape[0], 3, images.shape[2], images.shape[3]]) }
         precondition(images.shape[1] == 3, "CLIP guidance needs RGB or one-channel images, got \(predictedOriginal.shape)")
         let cuts = cutouts(images, size: model.configuration.vision.imageSize, generator: &generator)
+        // Cut-outs stay in [-1, 1]; the normalisation maps that range to CLIP's pixel values.
         return CLIPModel.normalized(model.imageFeatures(CLIPImageNormalization.normalize(cuts)))
     }
 
