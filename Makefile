@@ -3,7 +3,7 @@
 # `make clip-vocab` the CLIP tokenizer's BPE merges into data/clip/ (`make test` needs them).
 # Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
 SHELL := /bin/bash
-SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev dataset-fashion-mnist
+SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libdnnl-dev dataset-fashion-mnist
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 

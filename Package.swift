@@ -25,9 +25,10 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         .target(
             name: "Tensors",
-            dependencies: ["COpenBLAS", "CSystem"],
+            dependencies: ["COpenBLAS", "CSystem", "CDNNL"],
             swiftSettings: kernelSettings
         ),
         .target(

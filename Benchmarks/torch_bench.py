@@ -140,7 +140,7 @@ def ddim_sampling(batch, steps):
     return run
 
 
-def clip_text_l14():
+def clip_text_l14(bfloat16=False):
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
     config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -154,7 +154,7 @@ def clip_text_l14():
     ids = torch.tensor(rows)
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             model(input_ids=ids)
     return run
 
@@ -187,6 +187,7 @@ WORKLOADS = {
     "unet-butterflies-train-b64": lambda: unet_train(butterflies_unet(), 64, 3, 32),
     "sample-ddim50-mnist-b16": lambda: ddim_sampling(16, 50),
     "clip-text-l14-b2": clip_text_l14,
+    "clip-text-l14-b2-bf16": lambda: clip_text_l14(bfloat16=True),
     "clip-vision-b32-fwdbwd-b8": clip_vision_b32,
 }
 

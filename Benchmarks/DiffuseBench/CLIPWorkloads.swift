@@ -6,8 +6,10 @@ import Tensors
 
 /// Two 77-token prompts through Stable Diffusion 1.x's text encoder (openai
 /// ViT-L/14's text tower, random weights), no gradients.
-func clipTextL14() -> Workload {
-    Workload(name: "clip-text-l14-b2") {
+func clipTextL14(bfloat16: Bool = false) -> Workload {
+    Workload(name: bfloat16 ? "clip-text-l14-b2-bf16" : "clip-text-l14-b2") {
+        // bfloat16: Diffuse's opt-in bfloat16 inference products; PyTorch under autocast(bfloat16).
+        ComputeMode.precision = bfloat16 ? .bfloat16 : .float32
         Initialization.seed(0)
         let model = CLIPTextModel(.stableDiffusion1)
         model.eval()

@@ -234,7 +234,7 @@ func peakResidentMegabytes() -> Double {
     return 0
 }
 
-workloads += [clipTextL14(), clipVisionB32()]
+workloads += [clipTextL14(), clipTextL14(bfloat16: true), clipVisionB32()]
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)

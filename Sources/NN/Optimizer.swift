@@ -25,6 +25,7 @@ open class Optimizer {
                 update(index: index, parameter: parameter, gradient: gradient.contiguousData())
             }
         }
+        ComputeMode.weightsChanged()
     }
 
     /// Clears the gradients of all parameters.

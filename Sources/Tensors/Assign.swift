@@ -15,5 +15,6 @@ extension Tensor {
             fatalError("copyValues: destination of shape \(shape) with strides \(strides) is not dense")
         }
         Tensor.copyElements(from: source, into: self)
+        ComputeMode.weightsChanged()
     }
 }

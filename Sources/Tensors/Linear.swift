@@ -7,6 +7,12 @@ extension Tensor {
     /// pass gives the three gradients from one saved input. Anything but float32 operands with
     /// a bias takes `matmul` and `+`.
     public func linear(weight: Tensor, bias: Tensor?) -> Tensor {
+        if ComputeMode.precision == .bfloat16, rank >= 2, weight.rank == 2, shape.last == weight.shape[1], count > 0,
+           dataType == .float32, weight.dataType == .float32, bias.map({ $0.rank == 1 && $0.count == weight.shape[0] && $0.dataType == .float32 }) ?? true,
+           !(GradientMode.isEnabled && (needsGradient || weight.needsGradient || (bias?.needsGradient ?? false))),
+           let product = BFloat16Linear.linear(self, weight: weight, bias: bias) {
+            return product
+        }
         guard let bias, rank >= 2, weight.rank == 2, bias.rank == 1, shape.last == weight.shape[1], bias.count == weight.shape[0],
               dataType == .float32, weight.dataType == .float32, bias.dataType == .float32, count > 0, weight.count > 0 else {
             let product = matmul(weight.transposed())

@@ -25,5 +25,7 @@ struct Info: ParsableCommand {
         print("blas:    \(Backend.blas) (serial inside each worker)")
         print("threads: \(Parallel.threadCount) (set DIFFUSE_NUM_THREADS to change)")
         print("simd:    \(Backend.simdFeatures)")
+        print("cpu:     \(CPUFeatures.modelName): \(CPUFeatures.summary)")
+        print("compute: \(ComputeMode.description)")
     }
 }
