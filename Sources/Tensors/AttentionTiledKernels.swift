@@ -13,7 +13,7 @@ import Foundation
 ///   (Oᵀ += Vᵀ·Pᵀ, dQᵀ += Kᵀ·dSᵀ), tiles of 6 head elements × 2 vectors;
 /// - `accumulateRows`: `target[s][d] += Σᵣ W[s][r] · X[r][d]` over the 16 lanes r (dV += Pᵀ·dO,
 ///   dK += dSᵀ·Q), vectorised over the head dimension padded to a multiple of 8, tiles of
-///   6 keys × 2 vectors (a 1-vector tile for an odd count).
+///   6 keys × 2 vectors (4 keys × 3 vectors for an odd count of vectors, 1 vector for width 8).
 /// Partial tiles repeat their last key or head element (clamped pointers) and store only
 /// the real ones, so every size runs the same code.
 enum TiledAttentionKernels {
@@ -38,11 +38,21 @@ enum TiledAttentionKernels {
         UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: Vector.self)
     }
 
-    /// 2ˣ for x ≤ 0 (`SmallHeadAttention.exp2`), exactly 0 below −125 (−∞ included), so that
-    /// masked positions and padding rows (whose log-sum-exp is +∞) contribute nothing.
+    /// 2ˣ for x ≤ 0 (`SmallHeadAttention.exp2`'s polynomial), exactly 0 below −125 (−∞ included), so
+    /// that masked positions and padding rows (whose log-sum-exp is +∞) contribute nothing. (No
+    /// clamp before the polynomial: what it makes of such inputs, NaN for −∞, is replaced.)
     @inline(__always)
-    static func exp2(_ input: Vector) -> Vector {
-        SmallHeadAttention.exp2(input).replacing(with: 0, where: input .< Vector(repeating: -125))
+    static func exp2(_ x: Vector) -> Vector {
+        let shifter = VectorMath.roundingShifter
+        let biased = x + shifter
+        let f = x - (biased - shifter)
+        var p = Vector(repeating: 1.3264722656458616e-3)
+        p = Vector(repeating: 9.671512991189957e-3).addingProduct(p, f)
+        p = Vector(repeating: 5.550733581185341e-2).addingProduct(p, f)
+        p = Vector(repeating: 2.4022242426872253e-1).addingProduct(p, f)
+        p = Vector(repeating: 6.931470036506653e-1).addingProduct(p, f)
+        p = Vector(repeating: 1).addingProduct(p, f)
+        return VectorMath.timesPowerOfTwo(p, biased: biased).replacing(with: 0, where: x .< Vector(repeating: -125))
     }
 
     // MARK: Scores: out[s][lanes] = Σₑ A[s, e] · Bᵀ[e][lanes]
@@ -132,67 +142,134 @@ enum TiledAttentionKernels {
 
     /// `target[s · width + d] += Σᵣ weights[s · 16 + r] · rows[r · width + d]` for `s < count`, `d < width`,
     /// r over the 16 lanes; `width` is a multiple of 8 (the head dimension padded with zeros).
+    /// The head dimension goes in chunks of 2 vectors (tiles of 6 keys), an odd count ending in
+    /// 3 vectors (tiles of 4 keys: 40 is 2 + 3 vectors) or, for width 8, 1 (tiles of 6 keys).
     static func accumulateRows(weights: UnsafePointer<Float>, count: Int, rows: UnsafePointer<Float>, width: Int,
                                into target: UnsafeMutablePointer<Float>) {
         let vectors = width / 8
-        var first = 0
-        while first < count {
-            let last = count - 1
-            let w0 = weights + Swift.min(first, last) * 16, w1 = weights + Swift.min(first + 1, last) * 16
-            let w2 = weights + Swift.min(first + 2, last) * 16, w3 = weights + Swift.min(first + 3, last) * 16
-            let w4 = weights + Swift.min(first + 4, last) * 16, w5 = weights + Swift.min(first + 5, last) * 16
-            let real = Swift.min(6, count - first)
-            var vector = 0
-            while vector + 2 <= vectors {
-                var a0 = Vector(), b0 = Vector(), a1 = Vector(), b1 = Vector(), a2 = Vector(), b2 = Vector()
-                var a3 = Vector(), b3 = Vector(), a4 = Vector(), b4 = Vector(), a5 = Vector(), b5 = Vector()
-                var row = rows + vector * 8
-                for r in 0..<16 {
-                    let low = load(row), high = load(row + 8)
-                    let p0 = Vector(repeating: w0[r]), p1 = Vector(repeating: w1[r])
-                    a0 = a0.addingProduct(low, p0); b0 = b0.addingProduct(high, p0)
-                    a1 = a1.addingProduct(low, p1); b1 = b1.addingProduct(high, p1)
-                    let p2 = Vector(repeating: w2[r]), p3 = Vector(repeating: w3[r])
-                    a2 = a2.addingProduct(low, p2); b2 = b2.addingProduct(high, p2)
-                    a3 = a3.addingProduct(low, p3); b3 = b3.addingProduct(high, p3)
-                    let p4 = Vector(repeating: w4[r]), p5 = Vector(repeating: w5[r])
-                    a4 = a4.addingProduct(low, p4); b4 = b4.addingProduct(high, p4)
-                    a5 = a5.addingProduct(low, p5); b5 = b5.addingProduct(high, p5)
-                    row += width
-                }
-                @inline(__always) func add(_ low: Vector, _ high: Vector, _ key: Int) {
-                    let pointer = target + (first + key) * width + vector * 8
-                    store(load(pointer) + low, pointer); store(load(pointer + 8) + high, pointer + 8)
-                }
-                add(a0, b0, 0)
-                if real > 1 { add(a1, b1, 1) }
-                if real > 2 { add(a2, b2, 2) }
-                if real > 3 { add(a3, b3, 3) }
-                if real > 4 { add(a4, b4, 4) }
-                if real > 5 { add(a5, b5, 5) }
+        var vector = 0
+        while vector < vectors {
+            let remaining = vectors - vector
+            if remaining == 3 {
+                accumulateRowsThree(weights: weights, count: count, rows: rows + vector * 8, width: width, into: target + vector * 8)
+                vector += 3
+            } else if remaining == 1 {
+                accumulateRowsOne(weights: weights, count: count, rows: rows + vector * 8, width: width, into: target + vector * 8)
+                vector += 1
+            } else {
+                accumulateRowsTwo(weights: weights, count: count, rows: rows + vector * 8, width: width, into: target + vector * 8)
                 vector += 2
             }
-            if vector < vectors {
-                var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector(), a4 = Vector(), a5 = Vector()
-                var row = rows + vector * 8
-                for r in 0..<16 {
-                    let low = load(row)
-                    a0 = a0.addingProduct(low, Vector(repeating: w0[r])); a1 = a1.addingProduct(low, Vector(repeating: w1[r]))
-                    a2 = a2.addingProduct(low, Vector(repeating: w2[r])); a3 = a3.addingProduct(low, Vector(repeating: w3[r]))
-                    a4 = a4.addingProduct(low, Vector(repeating: w4[r])); a5 = a5.addingProduct(low, Vector(repeating: w5[r]))
-                    row += width
-                }
-                @inline(__always) func add(_ sum: Vector, _ key: Int) {
-                    let pointer = target + (first + key) * width + vector * 8
-                    store(load(pointer) + sum, pointer)
-                }
-                add(a0, 0)
-                if real > 1 { add(a1, 1) }
-                if real > 2 { add(a2, 2) }
-                if real > 3 { add(a3, 3) }
-                if real > 4 { add(a4, 4) }
-                if real > 5 { add(a5, 5) }
+        }
+    }
+
+    /// Weights of keys `first`, `first + 1`, … (the last real one repeated past `count`).
+    @inline(__always)
+    static func weightRow(_ weights: UnsafePointer<Float>, _ key: Int, _ count: Int) -> UnsafePointer<Float> {
+        weights + Swift.min(key, count - 1) * 16
+    }
+
+    /// `accumulateRows` for the two vectors at `rows` / `target`: tiles of 6 keys × 2 vectors.
+    @inline(__always)
+    static func accumulateRowsTwo(weights: UnsafePointer<Float>, count: Int, rows: UnsafePointer<Float>, width: Int,
+                                  into target: UnsafeMutablePointer<Float>) {
+        var first = 0
+        while first < count {
+            let w0 = weightRow(weights, first, count), w1 = weightRow(weights, first + 1, count), w2 = weightRow(weights, first + 2, count)
+            let w3 = weightRow(weights, first + 3, count), w4 = weightRow(weights, first + 4, count), w5 = weightRow(weights, first + 5, count)
+            var a0 = Vector(), b0 = Vector(), a1 = Vector(), b1 = Vector(), a2 = Vector(), b2 = Vector()
+            var a3 = Vector(), b3 = Vector(), a4 = Vector(), b4 = Vector(), a5 = Vector(), b5 = Vector()
+            var row = rows
+            for r in 0..<16 {
+                let low = load(row), high = load(row + 8)
+                let p0 = Vector(repeating: w0[r]), p1 = Vector(repeating: w1[r])
+                a0 = a0.addingProduct(low, p0); b0 = b0.addingProduct(high, p0)
+                a1 = a1.addingProduct(low, p1); b1 = b1.addingProduct(high, p1)
+                let p2 = Vector(repeating: w2[r]), p3 = Vector(repeating: w3[r])
+                a2 = a2.addingProduct(low, p2); b2 = b2.addingProduct(high, p2)
+                a3 = a3.addingProduct(low, p3); b3 = b3.addingProduct(high, p3)
+                let p4 = Vector(repeating: w4[r]), p5 = Vector(repeating: w5[r])
+                a4 = a4.addingProduct(low, p4); b4 = b4.addingProduct(high, p4)
+                a5 = a5.addingProduct(low, p5); b5 = b5.addingProduct(high, p5)
+                row += width
             }
+            let real = Swift.min(6, count - first)
+            @inline(__always) func add(_ low: Vector, _ high: Vector, _ key: Int) {
+                let pointer = target + (first + key) * width
+                store(load(pointer) + low, pointer); store(load(pointer + 8) + high, pointer + 8)
+            }
+            add(a0, b0, 0)
+            if real > 1 { add(a1, b1, 1) }
+            if real > 2 { add(a2, b2, 2) }
+            if real > 3 { add(a3, b3, 3) }
+            if real > 4 { add(a4, b4, 4) }
+            if real > 5 { add(a5, b5, 5) }
+            first += 6
+        }
+    }
+
+    /// `accumulateRows` for the three vectors at `rows` / `target`: tiles of 4 keys × 3 vectors.
+    @inline(__always)
+    static func accumulateRowsThree(weights: UnsafePointer<Float>, count: Int, rows: UnsafePointer<Float>, width: Int,
+                                    into target: UnsafeMutablePointer<Float>) {
+        var first = 0
+        while first < count {
+            let w0 = weightRow(weights, first, count), w1 = weightRow(weights, first + 1, count)
+            let w2 = weightRow(weights, first + 2, count), w3 = weightRow(weights, first + 3, count)
+            var a0 = Vector(), b0 = Vector(), c0 = Vector(), a1 = Vector(), b1 = Vector(), c1 = Vector()
+            var a2 = Vector(), b2 = Vector(), c2 = Vector(), a3 = Vector(), b3 = Vector(), c3 = Vector()
+            var row = rows
+            for r in 0..<16 {
+                let x = load(row), y = load(row + 8), z = load(row + 16)
+                let p0 = Vector(repeating: w0[r]), p1 = Vector(repeating: w1[r])
+                a0 = a0.addingProduct(x, p0); b0 = b0.addingProduct(y, p0); c0 = c0.addingProduct(z, p0)
+                a1 = a1.addingProduct(x, p1); b1 = b1.addingProduct(y, p1); c1 = c1.addingProduct(z, p1)
+                let p2 = Vector(repeating: w2[r]), p3 = Vector(repeating: w3[r])
+                a2 = a2.addingProduct(x, p2); b2 = b2.addingProduct(y, p2); c2 = c2.addingProduct(z, p2)
+                a3 = a3.addingProduct(x, p3); b3 = b3.addingProduct(y, p3); c3 = c3.addingProduct(z, p3)
+                row += width
+            }
+            let real = Swift.min(4, count - first)
+            @inline(__always) func add(_ x: Vector, _ y: Vector, _ z: Vector, _ key: Int) {
+                let pointer = target + (first + key) * width
+                store(load(pointer) + x, pointer); store(load(pointer + 8) + y, pointer + 8); store(load(pointer + 16) + z, pointer + 16)
+            }
+            add(a0, b0, c0, 0)
+            if real > 1 { add(a1, b1, c1, 1) }
+            if real > 2 { add(a2, b2, c2, 2) }
+            if real > 3 { add(a3, b3, c3, 3) }
+            first += 4
+        }
+    }
+
+    /// `accumulateRows` for the one vector at `rows` / `target`: tiles of 6 keys.
+    @inline(__always)
+    static func accumulateRowsOne(weights: UnsafePointer<Float>, count: Int, rows: UnsafePointer<Float>, width: Int,
+                                  into target: UnsafeMutablePointer<Float>) {
+        var first = 0
+        while first < count {
+            let w0 = weightRow(weights, first, count), w1 = weightRow(weights, first + 1, count), w2 = weightRow(weights, first + 2, count)
+            let w3 = weightRow(weights, first + 3, count), w4 = weightRow(weights, first + 4, count), w5 = weightRow(weights, first + 5, count)
+            var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector(), a4 = Vector(), a5 = Vector()
+            var row = rows
+            for r in 0..<16 {
+                let x = load(row)
+                a0 = a0.addingProduct(x, Vector(repeating: w0[r])); a1 = a1.addingProduct(x, Vector(repeating: w1[r]))
+                a2 = a2.addingProduct(x, Vector(repeating: w2[r])); a3 = a3.addingProduct(x, Vector(repeating: w3[r]))
+                a4 = a4.addingProduct(x, Vector(repeating: w4[r])); a5 = a5.addingProduct(x, Vector(repeating: w5[r]))
+                row += width
+            }
+            let real = Swift.min(6, count - first)
+            @inline(__always) func add(_ sum: Vector, _ key: Int) {
+                let pointer = target + (first + key) * width
+                store(load(pointer) + sum, pointer)
+            }
+            add(a0, 0)
+            if real > 1 { add(a1, 1) }
+            if real > 2 { add(a2, 2) }
+            if real > 3 { add(a3, 3) }
+            if real > 4 { add(a4, 4) }
+            if real > 5 { add(a5, 5) }
             first += 6
         }
     }
