@@ -83,6 +83,22 @@ def attention_heads8():
     return run
 
 
+def attention_sd(tokens, depth, keys=None, backward=False, batch=2, heads=8):
+    """Stable Diffusion 1.x's attention at 512x512 (a 64x64 latent, 8 heads): [batch, heads, tokens, depth]."""
+    q = torch.randn(batch, heads, tokens, depth, requires_grad=backward)
+    k, v = (torch.randn(batch, heads, keys or tokens, depth, requires_grad=backward) for _ in range(2))
+    upstream = torch.randn(batch, heads, tokens, depth)
+
+    def run():
+        if backward:
+            F.scaled_dot_product_attention(q, k, v).backward(upstream)
+            q.grad = k.grad = v.grad = None
+        else:
+            with torch.no_grad():
+                F.scaled_dot_product_attention(q, k, v)
+    return run
+
+
 def course_unet(channels=1, size=28):
     from diffusers import UNet2DModel
     torch.manual_seed(0)
@@ -189,6 +205,11 @@ WORKLOADS = {
     "clip-text-l14-b2": clip_text_l14,
     "clip-text-l14-b2-bf16": lambda: clip_text_l14(bfloat16=True),
     "clip-vision-b32-fwdbwd-b8": clip_vision_b32,
+    "attention-sd-4096": lambda: attention_sd(4096, 40),
+    "attention-sd-4096-fwdbwd": lambda: attention_sd(4096, 40, backward=True),
+    "attention-sd-cross-4096x77": lambda: attention_sd(4096, 40, keys=77),
+    "attention-sd-1024-h80": lambda: attention_sd(1024, 80),
+    "attention-sd-256-h160": lambda: attention_sd(256, 160),
 }
 
 

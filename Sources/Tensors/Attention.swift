@@ -10,7 +10,9 @@ extension Tensor {
     /// whose positions are all hidden gives zeros (as PyTorch's safe softmax).
     /// Every batch item runs two single-threaded GEMMs with the fused
     /// scale–mask–softmax between them; the items are spread over the workers.
-    /// The probabilities are kept for the backward pass.
+    /// The probabilities are kept for the backward pass. Heads of depth 8 take the fused
+    /// `SmallHeadAttention`; longer sequences the tiled online-softmax kernel `TiledAttention`
+    /// (FlashAttention's scheme: no L×S matrix, only each row's log-sum-exp kept).
     public static func scaledDotProductAttention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor? = nil, scale: Float? = nil) -> Tensor {
         func shapes() -> String {
             "query \(query.shape), key \(key.shape), value \(value.shape)" + (mask.map { ", mask \($0.shape)" } ?? "")
@@ -52,6 +54,15 @@ extension Tensor {
             return record(output, .kernel(AttentionBackward(problem: problem, probabilities: nil, logSumExp: logSumExp,
                                                             inputShapes: inputs.map(\.shape))), inputs: inputs)
         }
+        // Long sequences (and mid-sized ones, where it is the faster): the tiled kernel, which
+        // never holds the L×S scores. A mask that needs a gradient (an L×S one) takes the GEMM path.
+        let maskNeedsGradient = recording && (mask?.needsGradient ?? false)
+        if !maskNeedsGradient && TiledAttention.applies(to: problem) {
+            let (output, logSumExp) = TiledAttention.forward(problem, keepsLogSumExp: recording)
+            guard recording, let logSumExp else { return output }
+            return record(output, .kernel(AttentionBackward(problem: problem, probabilities: nil, logSumExp: logSumExp,
+                                                            tiledOutput: output.detach(), inputShapes: inputs.map(\.shape))), inputs: inputs)
+        }
         // With many items the backward pass recomputes each item's probabilities in a
         // scratch buffer (as flash attention does): keeping them costs L·S floats per
         // item, 157 MB per layer for the course UNet at batch 128.
@@ -86,6 +97,11 @@ public enum AttentionKernels {
     /// `SmallHeadAttention`; off, they take the GEMM path it is tested against.
     /// `DIFFUSE_ATTENTION=gemm` turns it off for a whole process.
     public nonisolated(unsafe) static var allowsSmallHead = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"
+
+    /// Whether long sequences take the tiled online-softmax kernel `TiledAttention` (memory
+    /// linear in the lengths; `TiledAttention.applies` has the rule); off, they take the GEMM
+    /// path it is tested against. `DIFFUSE_ATTENTION=gemm` turns it off for a whole process.
+    public nonisolated(unsafe) static var allowsTiled = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"
 }
 
 /// One input of attention as a BLAS operand per batch item: the last two
@@ -349,8 +365,10 @@ struct AttentionBackward: BackwardContext {
     var name: String { "scaledDotProductAttention" }
     let problem: AttentionProblem
     let probabilities: Tensor?
-    /// Each score row's base-2 log-sum-exp when the forward pass ran `SmallHeadAttention`.
+    /// Each score row's base-2 log-sum-exp when the forward pass ran `SmallHeadAttention` or `TiledAttention`.
     let logSumExp: Tensor?
+    /// The output (detached) when the forward pass ran `TiledAttention`, for D = rowsum(dO ∘ O).
+    var tiledOutput: Tensor? = nil
     /// Shapes of query, key, value (and mask), to sum broadcast gradients back.
     let inputShapes: [[Int]]
 
@@ -359,6 +377,13 @@ struct AttentionBackward: BackwardContext {
         let (L, S, E, Ev) = (p.queryLength, p.keyLength, p.depth, p.valueDepth)
         let needsQuery = inputs[0] != nil, needsKey = inputs[1] != nil, needsValue = inputs[2] != nil
         let needsMask = inputs.count > 3 && inputs[3] != nil
+        if let logSumExp, let tiledOutput {
+            let (dQ, dK, dV) = TiledAttention.backward(p, output: tiledOutput, logSumExp: logSumExp, outputGradient: gradient,
+                                                       needsQuery: needsQuery, needsKey: needsKey, needsValue: needsValue)
+            var result = [dQ?.summed(toShape: inputShapes[0]), dK?.summed(toShape: inputShapes[1]), dV?.summed(toShape: inputShapes[2])]
+            if inputShapes.count > 3 { result.append(nil) }
+            return result
+        }
         if let logSumExp {
             let (dQ, dK, dV) = SmallHeadAttention.backward(p, logSumExp: logSumExp, outputGradient: gradient,
                                                            needsQuery: needsQuery, needsKey: needsKey, needsValue: needsValue)

@@ -52,7 +52,7 @@ enum SmallHeadAttention {
         }
     }
 
-    /// Where a `[…, rows, 8]` result of the kernel lives: in the layout of the operand it belongs
+    /// Where a `[…, rows, depth]` result of the kernel lives (depth 8 here, any in `TiledAttention`): in the layout of the operand it belongs
     /// to when that is a dense view with the same shape (the output and dQ like the query, dK like
     /// the key, dV like the value), else row-major. A `[B, L, heads · 8]` projection split into
     /// heads (`reshaped([B, L, heads, 8]).transposed(1, 2)`) thus gets its output and gradients in
@@ -63,8 +63,8 @@ enum SmallHeadAttention {
         let itemOffsets: [Int]
         let rowStride: Int
 
-        init(like operand: AttentionOperand, batchShape: [Int], rows: Int) {
-            shape = batchShape + [rows, 8]
+        init(like operand: AttentionOperand, batchShape: [Int], rows: Int, depth: Int = 8) {
+            shape = batchShape + [rows, depth]
             let tensor = operand.tensor
             if !operand.transposed && tensor.dataType == .float32 && tensor.shape == shape && tensor.isDense && tensor.strides.last == 1 {
                 strides = tensor.strides
@@ -72,8 +72,8 @@ enum SmallHeadAttention {
                 rowStride = operand.leadingDimension
             } else {
                 strides = Shape.contiguousStrides(shape)
-                itemOffsets = (0..<Shape.count(batchShape)).map { $0 * rows * 8 }
-                rowStride = 8
+                itemOffsets = (0..<Shape.count(batchShape)).map { $0 * rows * depth }
+                rowStride = depth
             }
         }
 

@@ -32,6 +32,14 @@ public final class BufferPool: @unchecked Sendable {
     private var freeBytes = 0
     /// Bytes of pooled sizes handed out and not yet given back, and their most ever.
     private(set) var liveBytes = 0, peakLiveBytes = 0
+    /// The most bytes of pooled sizes live at once since `resetMeasuredPeak()` (for memory tests:
+    /// tensors and `ScratchMemory` of 64 KiB and more).
+    private(set) var measuredPeakBytes = 0
+    /// Starts a new `measuredPeakBytes` from the bytes live now.
+    func resetMeasuredPeak() {
+        lock.lock(); defer { lock.unlock() }
+        measuredPeakBytes = liveBytes
+    }
     /// Requests of pooled sizes served from the cache, and those that were not.
     public private(set) var hits = 0, misses = 0
     /// Bytes of cached blocks freed to make room on a miss.
@@ -86,6 +94,7 @@ public final class BufferPool: @unchecked Sendable {
             lock.lock()
             liveBytes += size
             peakLiveBytes = Swift.max(peakLiveBytes, liveBytes)
+            measuredPeakBytes = Swift.max(measuredPeakBytes, liveBytes)
             if var blocks = freeBlocks[size], let block = blocks.popLast() {
                 freeBlocks[size] = blocks.isEmpty ? nil : blocks
                 freeBytes -= size

@@ -1,0 +1,36 @@
+// Long-sequence attention rows of `make bench` (torch_bench.py runs F.scaled_dot_product_attention
+// on the same shapes): Stable Diffusion 1.x's UNet at 512×512, a 64×64 latent, 8 heads.
+import Foundation
+import Tensors
+
+/// Self-attention `[batch, 8, tokens, depth]` forward, no gradients.
+func attentionForward(_ name: String, batch: Int = 2, heads: Int = 8, tokens: Int, keys: Int? = nil, depth: Int) -> Workload {
+    Workload(name: name) {
+        let query = randn([batch, heads, tokens, depth])
+        let key = randn([batch, heads, keys ?? tokens, depth]), value = randn([batch, heads, keys ?? tokens, depth])
+        return { _ = noGrad { Tensor.scaledDotProductAttention(query: query, key: key, value: value) } }
+    }
+}
+
+/// Self-attention forward and backward to query, key and value.
+func attentionTraining(_ name: String, batch: Int = 2, heads: Int = 8, tokens: Int, depth: Int) -> Workload {
+    Workload(name: name) {
+        let query = randn([batch, heads, tokens, depth]), key = randn([batch, heads, tokens, depth])
+        let value = randn([batch, heads, tokens, depth]), upstream = randn([batch, heads, tokens, depth])
+        for tensor in [query, key, value] { tensor.requiresGrad = true }
+        return {
+            Tensor.scaledDotProductAttention(query: query, key: key, value: value).backward(upstream)
+            for tensor in [query, key, value] { tensor.grad = nil }
+        }
+    }
+}
+
+/// The 64×64 latent's self-attention (4,096 tokens, heads of 40), its cross-attention to 77 text
+/// tokens, and the deeper levels' self-attention (1,024 tokens of 80, 256 of 160).
+let attentionWorkloads: [Workload] = [
+    attentionForward("attention-sd-4096", tokens: 4096, depth: 40),
+    attentionTraining("attention-sd-4096-fwdbwd", tokens: 4096, depth: 40),
+    attentionForward("attention-sd-cross-4096x77", tokens: 4096, keys: 77, depth: 40),
+    attentionForward("attention-sd-1024-h80", tokens: 1024, depth: 80),
+    attentionForward("attention-sd-256-h160", tokens: 256, depth: 160),
+]

@@ -1,0 +1,166 @@
+import Foundation
+
+extension TiledAttention {
+    /// dQ, dK and dV (each `nil` unless asked for), laid out like the query, key and value
+    /// (`SmallHeadAttention.RowLayout`), from the forward pass's output and base-2 log-sum-exp.
+    ///
+    /// Per block of 16 query rows and per block of keys: P = 2^(scores − lse) recomputed;
+    /// dP = dO·Vᵀ; dS = P ∘ (dP − D); dQᵀ += Kᵀ·dSᵀ (in a scratch, stored once per query block);
+    /// dV += Pᵀ·dO and dK += dSᵀ·Q into the task's S-row accumulators. Memory: O(S·E) per task.
+    ///
+    /// D = rowsum(dO ∘ O), one dot product per row from the saved output, as FlashAttention does.
+    /// rowsum(P ∘ dP) would need the whole row of P and dP before any dS: a second pass over the
+    /// keys (recomputing two of the five products, 40% more work) or an S×16 buffer per block
+    /// (what `SmallHeadAttention`, with 8 products per score, affords). The two agree to rounding:
+    /// O = Σ P·V is rounded once more than dP, so where one key takes nearly all of a row, dS
+    /// there is about 10⁻⁷·|dO|·|V| instead of nearly 0, the size of dP's own rounding.
+    ///
+    /// The work is (item, run of query blocks) tasks: one run per item when the items alone keep
+    /// the workers busy, else each item's query blocks are split and the runs' dK and dV added
+    /// together under a lock (once per task).
+    static func backward(_ problem: AttentionProblem, output: Tensor, logSumExp: Tensor, outputGradient: Tensor,
+                         needsQuery: Bool, needsKey: Bool, needsValue: Bool) -> (Tensor?, Tensor?, Tensor?) {
+        let (L, S, E, Ev) = (problem.queryLength, problem.keyLength, problem.depth, problem.valueDepth)
+        let scale = problem.scale, queryScale = scale * Kernels.log2e
+        let (width, valueWidth) = ((E + 7) / 8 * 8, (Ev + 7) / 8 * 8)
+        let queryLayout = SmallHeadAttention.RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L, depth: E)
+        let outputLayout = SmallHeadAttention.RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L, depth: Ev)
+        let keyLayout = SmallHeadAttention.RowLayout(like: problem.key, batchShape: problem.batchShape, rows: S, depth: E)
+        let valueLayout = SmallHeadAttention.RowLayout(like: problem.value, batchShape: problem.batchShape, rows: S, depth: Ev)
+        let queryGradient = needsQuery ? queryLayout.allocate() : nil
+        let keyGradient = needsKey ? keyLayout.allocate() : nil
+        let valueGradient = needsValue ? valueLayout.allocate() : nil
+        // dO and O in the output's layout (`forward` allocated O so).
+        let arrangedGradient = outputLayout.arrange(outputGradient)
+        let arrangedOutput = outputLayout.arrange(output)
+        let dO = UnsafePointer(arrangedGradient.floatPointer), O = UnsafePointer(arrangedOutput.floatPointer)
+        let lse = UnsafePointer(logSumExp.floatPointer)
+        let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
+        let needsScoreGradient = needsQuery || needsKey
+        let mask = problem.mask
+        let maskBase = mask.map { UnsafePointer($0.tensor.floatPointer) }
+
+        let queryBlocks = (L + rows - 1) / rows
+        let threads = Parallel.threadCount
+        let splits = threads == 1 || problem.batch % threads == 0
+            ? 1 : Swift.max(1, Swift.min(queryBlocks, (4 * threads + problem.batch - 1) / problem.batch))
+        if splits > 1 {
+            for tensor in [keyGradient, valueGradient] {
+                if let tensor { memset(tensor.storage.bytes, 0, tensor.count * MemoryLayout<Float>.stride) }
+            }
+        }
+        let reduction = NSLock()
+
+        Parallel.forEachTask(problem.batch * splits) { task in
+            let itemIndex = task / splits
+            let blocks = AttentionProblem.block(task % splits, of: splits, queryBlocks)
+            let item = Item(problem, itemIndex)
+            let queries = ScratchMemory.floats(E * rows), queryRows = ScratchMemory.floats(rows * width)
+            let gradients = ScratchMemory.floats(Ev * rows), gradientRows = ScratchMemory.floats(rows * valueWidth)
+            let probabilities = ScratchMemory.floats(keyBlock * rows), scoreGradients = ScratchMemory.floats(keyBlock * rows)
+            let queryGradientBlock = ScratchMemory.floats(E * rows)
+            let keySums = needsKey ? ScratchMemory.floats(S * width, zeroed: true) : nil
+            let valueSums = needsValue ? ScratchMemory.floats(S * valueWidth, zeroed: true) : nil
+            let keyCopy = problem.key.transposed ? ScratchMemory.floats(S * E) : nil
+            let valueCopy = problem.value.transposed ? ScratchMemory.floats(S * Ev) : nil
+            defer {
+                for buffer in [queries, queryRows, gradients, gradientRows, probabilities, scoreGradients, queryGradientBlock] {
+                    ScratchMemory.release(buffer)
+                }
+                for buffer in [keySums, valueSums, keyCopy, valueCopy] { buffer.map(ScratchMemory.release) }
+            }
+            let keys = rowMajor(item.key, item.keyLayout, rows: S, depth: E, scratch: keyCopy ?? probabilities)
+            let values = rowMajor(item.value, item.valueLayout, rows: S, depth: Ev, scratch: valueCopy ?? probabilities)
+            let gradientItem = dO + outputLayout.itemOffsets[itemIndex], outputItem = O + outputLayout.itemOffsets[itemIndex]
+            let gradientLayout = (false, outputLayout.rowStride)
+
+            for block in blocks {
+                let first = block * rows, count = Swift.min(rows, L - first)
+                packTransposed(item.query, item.queryLayout, first: first, count: count, depth: E, factor: queryScale, into: queries)
+                packTransposed(gradientItem, gradientLayout, first: first, count: count, depth: Ev, factor: 1, into: gradients)
+                if needsKey { packRows(item.query, item.queryLayout, first: first, count: count, depth: E, width: width, into: queryRows) }
+                if needsValue {
+                    packRows(gradientItem, gradientLayout, first: first, count: count, depth: Ev, width: valueWidth, into: gradientRows)
+                }
+                // The rows' log-sum-exp (+∞ past the end: P = 0 there) and D = rowsum(dO ∘ O).
+                var shift = (Vector(repeating: .infinity), Vector(repeating: .infinity))
+                var dots = (Vector(), Vector())
+                for r in 0..<count {
+                    let gradientRow = gradientItem + (first + r) * outputLayout.rowStride
+                    let outputRow = outputItem + (first + r) * outputLayout.rowStride
+                    var dot: Float = 0
+                    for d in 0..<Ev { dot += gradientRow[d] * outputRow[d] }
+                    let value = lse[itemIndex * L + first + r]
+                    if r < 8 { shift.0[r] = value; dots.0[r] = dot } else { shift.1[r - 8] = value; dots.1[r - 8] = dot }
+                }
+                if needsQuery { queryGradientBlock.update(repeating: 0, count: E * rows) }
+
+                var keyStart = 0
+                while keyStart < S {
+                    let n = Swift.min(keyBlock, S - keyStart)
+                    // P, the forward pass's probabilities, recomputed.
+                    Kernels.products(rows: keys.0 + keyStart * keys.1, rowStride: keys.1, count: n,
+                                     columns: queries, depth: E, into: probabilities)
+                    if let mask, let maskBase {
+                        addMask(maskBase + mask.itemOffsets[itemIndex], rowStride: mask.rowStride, columnStride: mask.columnStride,
+                                first: first, count: count, keyStart: keyStart, keys: n, to: probabilities)
+                    }
+                    for s in 0..<n {
+                        let pointer = probabilities + s * rows
+                        Kernels.store(Kernels.exp2(Kernels.load(pointer) - shift.0), pointer)
+                        Kernels.store(Kernels.exp2(Kernels.load(pointer + 8) - shift.1), pointer + 8)
+                    }
+                    if needsScoreGradient {
+                        // dS = P ∘ (dO·Vᵀ − D).
+                        Kernels.products(rows: values.0 + keyStart * values.1, rowStride: values.1, count: n,
+                                         columns: gradients, depth: Ev, into: scoreGradients)
+                        for s in 0..<n {
+                            let pointer = scoreGradients + s * rows, weight = probabilities + s * rows
+                            Kernels.store(Kernels.load(weight) * (Kernels.load(pointer) - dots.0), pointer)
+                            Kernels.store(Kernels.load(weight + 8) * (Kernels.load(pointer + 8) - dots.1), pointer + 8)
+                        }
+                        if needsQuery {
+                            Kernels.accumulateColumns(rows: keys.0 + keyStart * keys.1, rowStride: keys.1, count: n, weights: scoreGradients,
+                                                      depth: E, factor: (Vector(repeating: 1), Vector(repeating: 1)), into: queryGradientBlock)
+                        }
+                        if let keySums {
+                            Kernels.accumulateRows(weights: scoreGradients, count: n, rows: queryRows, width: width,
+                                                   into: keySums + keyStart * width)
+                        }
+                    }
+                    if let valueSums {
+                        Kernels.accumulateRows(weights: probabilities, count: n, rows: gradientRows, width: valueWidth,
+                                               into: valueSums + keyStart * valueWidth)
+                    }
+                    keyStart += n
+                }
+                if let dQ {
+                    let target = dQ + queryLayout.itemOffsets[itemIndex] + first * queryLayout.rowStride
+                    for r in 0..<count {
+                        let row = target + r * queryLayout.rowStride
+                        for e in 0..<E { row[e] = queryGradientBlock[e * rows + r] * scale }
+                    }
+                }
+            }
+
+            // This task's dK (times scale) and dV, written (one task per item) or added.
+            if splits > 1 { reduction.lock() }
+            if let dK, let keySums {
+                let target = dK + keyLayout.itemOffsets[itemIndex]
+                for s in 0..<S {
+                    let row = target + s * keyLayout.rowStride, source = keySums + s * width
+                    if splits > 1 { for e in 0..<E { row[e] += source[e] * scale } } else { for e in 0..<E { row[e] = source[e] * scale } }
+                }
+            }
+            if let dV, let valueSums {
+                let target = dV + valueLayout.itemOffsets[itemIndex]
+                for s in 0..<S {
+                    let row = target + s * valueLayout.rowStride, source = valueSums + s * valueWidth
+                    if splits > 1 { for d in 0..<Ev { row[d] += source[d] } } else { for d in 0..<Ev { row[d] = source[d] } }
+                }
+            }
+            if splits > 1 { reduction.unlock() }
+        }
+        return (queryGradient, keyGradient, valueGradient)
+    }
+}
