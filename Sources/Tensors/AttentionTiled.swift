@@ -117,7 +117,7 @@ enum TiledAttention {
     static func largest(_ scores: UnsafePointer<Float>, keys: Int) -> (Vector, Vector) {
         var low = Vector(repeating: -.infinity), high = Vector(repeating: -.infinity)
         for s in 0..<keys {
-            let a = Kernels.load(scores + s * rows), b = Kernels.load(scores + s * rows + 8)
+            let a = MicroKernels.load(scores + s * rows), b = MicroKernels.load(scores + s * rows + 8)
             low.replace(with: a, where: a .> low)
             high.replace(with: b, where: b .> high)
         }
@@ -193,8 +193,8 @@ enum TiledAttention {
                     var blockSumLow = Vector(), blockSumHigh = Vector()
                     for s in 0..<n {
                         let pointer = scores + s * rows
-                        let low = Kernels.exp2(Kernels.load(pointer) - shiftLow), high = Kernels.exp2(Kernels.load(pointer + 8) - shiftHigh)
-                        Kernels.store(low, pointer); Kernels.store(high, pointer + 8)
+                        let low = Kernels.exp2(MicroKernels.load(pointer) - shiftLow), high = Kernels.exp2(MicroKernels.load(pointer + 8) - shiftHigh)
+                        MicroKernels.store(low, pointer); MicroKernels.store(high, pointer + 8)
                         blockSumLow += low; blockSumHigh += high
                     }
                     sum = (sum.0 * correction.0 + blockSumLow, sum.1 * correction.1 + blockSumHigh)

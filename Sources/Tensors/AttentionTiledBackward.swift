@@ -107,8 +107,8 @@ extension TiledAttention {
                     }
                     for s in 0..<n {
                         let pointer = probabilities + s * rows
-                        Kernels.store(Kernels.exp2(Kernels.load(pointer) - shift.0), pointer)
-                        Kernels.store(Kernels.exp2(Kernels.load(pointer + 8) - shift.1), pointer + 8)
+                        MicroKernels.store(Kernels.exp2(MicroKernels.load(pointer) - shift.0), pointer)
+                        MicroKernels.store(Kernels.exp2(MicroKernels.load(pointer + 8) - shift.1), pointer + 8)
                     }
                     if needsScoreGradient {
                         // dS = P ∘ (dO·Vᵀ − D).
@@ -116,8 +116,8 @@ extension TiledAttention {
                                          columns: gradients, depth: Ev, into: scoreGradients)
                         for s in 0..<n {
                             let pointer = scoreGradients + s * rows, weight = probabilities + s * rows
-                            Kernels.store(Kernels.load(weight) * (Kernels.load(pointer) - dots.0), pointer)
-                            Kernels.store(Kernels.load(weight + 8) * (Kernels.load(pointer + 8) - dots.1), pointer + 8)
+                            MicroKernels.store(MicroKernels.load(weight) * (MicroKernels.load(pointer) - dots.0), pointer)
+                            MicroKernels.store(MicroKernels.load(weight + 8) * (MicroKernels.load(pointer + 8) - dots.1), pointer + 8)
                         }
                         if needsQuery {
                             Kernels.accumulateColumns(rows: keys.0 + keyStart * keys.1, rowStride: keys.1, count: n, weights: scoreGradients,

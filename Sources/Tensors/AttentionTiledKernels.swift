@@ -23,21 +23,6 @@ enum TiledAttentionKernels {
     /// log₂ e: scores are kept in base 2 (the packed queries carry `scale · log₂ e`).
     static let log2e: Float = 1.4426950408889634
 
-    @inline(__always)
-    static func load(_ pointer: UnsafePointer<Float>) -> Vector {
-        UnsafeRawPointer(pointer).loadUnaligned(as: Vector.self)
-    }
-
-    @inline(__always)
-    static func load(_ pointer: UnsafeMutablePointer<Float>) -> Vector {
-        UnsafeRawPointer(pointer).loadUnaligned(as: Vector.self)
-    }
-
-    @inline(__always)
-    static func store(_ value: Vector, _ pointer: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(pointer).storeBytes(of: value, as: Vector.self)
-    }
-
     /// 2ˣ for x ≤ 0 (`SmallHeadAttention.exp2`'s polynomial), exactly 0 below −125 (−∞ included), so
     /// that masked positions and padding rows (whose log-sum-exp is +∞) contribute nothing. (No
     /// clamp before the polynomial: what it makes of such inputs, NaN for −∞, is replaced.)
@@ -70,7 +55,7 @@ enum TiledAttentionKernels {
             var a3 = Vector(), b3 = Vector(), a4 = Vector(), b4 = Vector(), a5 = Vector(), b5 = Vector()
             var column = columns
             for e in 0..<depth {
-                let low = load(column), high = load(column + 8)
+                let low = MicroKernels.load(column), high = MicroKernels.load(column + 8)
                 let k0 = Vector(repeating: r0[e]), k1 = Vector(repeating: r1[e])
                 a0 = a0.addingProduct(low, k0); b0 = b0.addingProduct(high, k0)
                 a1 = a1.addingProduct(low, k1); b1 = b1.addingProduct(high, k1)
@@ -84,12 +69,12 @@ enum TiledAttentionKernels {
             }
             let target = out + first * 16
             let real = Swift.min(6, count - first)
-            store(a0, target); store(b0, target + 8)
-            if real > 1 { store(a1, target + 16); store(b1, target + 24) }
-            if real > 2 { store(a2, target + 32); store(b2, target + 40) }
-            if real > 3 { store(a3, target + 48); store(b3, target + 56) }
-            if real > 4 { store(a4, target + 64); store(b4, target + 72) }
-            if real > 5 { store(a5, target + 80); store(b5, target + 88) }
+            MicroKernels.store(a0, target); MicroKernels.store(b0, target + 8)
+            if real > 1 { MicroKernels.store(a1, target + 16); MicroKernels.store(b1, target + 24) }
+            if real > 2 { MicroKernels.store(a2, target + 32); MicroKernels.store(b2, target + 40) }
+            if real > 3 { MicroKernels.store(a3, target + 48); MicroKernels.store(b3, target + 56) }
+            if real > 4 { MicroKernels.store(a4, target + 64); MicroKernels.store(b4, target + 72) }
+            if real > 5 { MicroKernels.store(a5, target + 80); MicroKernels.store(b5, target + 88) }
             first += 6
         }
     }
@@ -109,13 +94,13 @@ enum TiledAttentionKernels {
             let real = Swift.min(6, depth - first)
             // Partial tiles start from the last real element's sums (not stored back).
             @inline(__always) func start(_ d: Int) -> (Vector, Vector) {
-                (load(accumulator + d * 16) * factor.0, load(accumulator + d * 16 + 8) * factor.1)
+                (MicroKernels.load(accumulator + d * 16) * factor.0, MicroKernels.load(accumulator + d * 16 + 8) * factor.1)
             }
             var (a0, b0) = start(d0), (a1, b1) = start(d1), (a2, b2) = start(d2)
             var (a3, b3) = start(d3), (a4, b4) = start(d4), (a5, b5) = start(d5)
             var row = rows, weight = weights
             for _ in 0..<count {
-                let low = load(weight), high = load(weight + 8)
+                let low = MicroKernels.load(weight), high = MicroKernels.load(weight + 8)
                 let v0 = Vector(repeating: row[d0]), v1 = Vector(repeating: row[d1])
                 a0 = a0.addingProduct(low, v0); b0 = b0.addingProduct(high, v0)
                 a1 = a1.addingProduct(low, v1); b1 = b1.addingProduct(high, v1)
@@ -128,12 +113,12 @@ enum TiledAttentionKernels {
                 row += rowStride
                 weight += 16
             }
-            store(a0, source); store(b0, source + 8)
-            if real > 1 { store(a1, source + 16); store(b1, source + 24) }
-            if real > 2 { store(a2, source + 32); store(b2, source + 40) }
-            if real > 3 { store(a3, source + 48); store(b3, source + 56) }
-            if real > 4 { store(a4, source + 64); store(b4, source + 72) }
-            if real > 5 { store(a5, source + 80); store(b5, source + 88) }
+            MicroKernels.store(a0, source); MicroKernels.store(b0, source + 8)
+            if real > 1 { MicroKernels.store(a1, source + 16); MicroKernels.store(b1, source + 24) }
+            if real > 2 { MicroKernels.store(a2, source + 32); MicroKernels.store(b2, source + 40) }
+            if real > 3 { MicroKernels.store(a3, source + 48); MicroKernels.store(b3, source + 56) }
+            if real > 4 { MicroKernels.store(a4, source + 64); MicroKernels.store(b4, source + 72) }
+            if real > 5 { MicroKernels.store(a5, source + 80); MicroKernels.store(b5, source + 88) }
             first += 6
         }
     }
@@ -181,7 +166,7 @@ enum TiledAttentionKernels {
             var a3 = Vector(), b3 = Vector(), a4 = Vector(), b4 = Vector(), a5 = Vector(), b5 = Vector()
             var row = rows
             for r in 0..<16 {
-                let low = load(row), high = load(row + 8)
+                let low = MicroKernels.load(row), high = MicroKernels.load(row + 8)
                 let p0 = Vector(repeating: w0[r]), p1 = Vector(repeating: w1[r])
                 a0 = a0.addingProduct(low, p0); b0 = b0.addingProduct(high, p0)
                 a1 = a1.addingProduct(low, p1); b1 = b1.addingProduct(high, p1)
@@ -196,7 +181,7 @@ enum TiledAttentionKernels {
             let real = Swift.min(6, count - first)
             @inline(__always) func add(_ low: Vector, _ high: Vector, _ key: Int) {
                 let pointer = target + (first + key) * width
-                store(load(pointer) + low, pointer); store(load(pointer + 8) + high, pointer + 8)
+                MicroKernels.store(MicroKernels.load(pointer) + low, pointer); MicroKernels.store(MicroKernels.load(pointer + 8) + high, pointer + 8)
             }
             add(a0, b0, 0)
             if real > 1 { add(a1, b1, 1) }
@@ -220,7 +205,7 @@ enum TiledAttentionKernels {
             var a2 = Vector(), b2 = Vector(), c2 = Vector(), a3 = Vector(), b3 = Vector(), c3 = Vector()
             var row = rows
             for r in 0..<16 {
-                let x = load(row), y = load(row + 8), z = load(row + 16)
+                let x = MicroKernels.load(row), y = MicroKernels.load(row + 8), z = MicroKernels.load(row + 16)
                 let p0 = Vector(repeating: w0[r]), p1 = Vector(repeating: w1[r])
                 a0 = a0.addingProduct(x, p0); b0 = b0.addingProduct(y, p0); c0 = c0.addingProduct(z, p0)
                 a1 = a1.addingProduct(x, p1); b1 = b1.addingProduct(y, p1); c1 = c1.addingProduct(z, p1)
@@ -232,7 +217,7 @@ enum TiledAttentionKernels {
             let real = Swift.min(4, count - first)
             @inline(__always) func add(_ x: Vector, _ y: Vector, _ z: Vector, _ key: Int) {
                 let pointer = target + (first + key) * width
-                store(load(pointer) + x, pointer); store(load(pointer + 8) + y, pointer + 8); store(load(pointer + 16) + z, pointer + 16)
+                MicroKernels.store(MicroKernels.load(pointer) + x, pointer); MicroKernels.store(MicroKernels.load(pointer + 8) + y, pointer + 8); MicroKernels.store(MicroKernels.load(pointer + 16) + z, pointer + 16)
             }
             add(a0, b0, c0, 0)
             if real > 1 { add(a1, b1, c1, 1) }
@@ -253,7 +238,7 @@ enum TiledAttentionKernels {
             var a0 = Vector(), a1 = Vector(), a2 = Vector(), a3 = Vector(), a4 = Vector(), a5 = Vector()
             var row = rows
             for r in 0..<16 {
-                let x = load(row)
+                let x = MicroKernels.load(row)
                 a0 = a0.addingProduct(x, Vector(repeating: w0[r])); a1 = a1.addingProduct(x, Vector(repeating: w1[r]))
                 a2 = a2.addingProduct(x, Vector(repeating: w2[r])); a3 = a3.addingProduct(x, Vector(repeating: w3[r]))
                 a4 = a4.addingProduct(x, Vector(repeating: w4[r])); a5 = a5.addingProduct(x, Vector(repeating: w5[r]))
@@ -262,7 +247,7 @@ enum TiledAttentionKernels {
             let real = Swift.min(6, count - first)
             @inline(__always) func add(_ sum: Vector, _ key: Int) {
                 let pointer = target + (first + key) * width
-                store(load(pointer) + sum, pointer)
+                MicroKernels.store(MicroKernels.load(pointer) + sum, pointer)
             }
             add(a0, 0)
             if real > 1 { add(a1, 1) }

@@ -12,24 +12,11 @@ extension CLIPTrainer {
 
     /// Resumes from `resumeFromCheckpoint`, or checks (and with `overwriteOutputDir` clears) the output folder.
     func prepareOutputFolder() throws {
-        let manager = FileManager.default
-        try manager.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
-        TrainingCheckpoint.removeTemporaries(in: outputDir)
-        if let specification = options.resumeFromCheckpoint {
-            if let path = try TrainingCheckpoint.resolve(specification, outputDir: outputDir) {
-                try restore(from: path)
-                message("resuming from \(path) at step \(step) (data \(loader.position))")
-                return
-            }
-            message("no checkpoint in \(outputDir) yet; starting a new run")
-        }
-        let checkpoints = TrainingCheckpoint.list(in: outputDir)
-        let artifacts = Self.runArtifacts.filter { manager.fileExists(atPath: (outputDir as NSString).appendingPathComponent($0)) }
-        guard !checkpoints.isEmpty || !artifacts.isEmpty else { return }
-        guard options.overwriteOutputDir else { throw TrainingError.outputExists(outputDir) }
-        for path in checkpoints.map(\.path) + artifacts.map({ (outputDir as NSString).appendingPathComponent($0) }) {
-            try manager.removeItem(atPath: path)
-        }
+        _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: options.resumeFromCheckpoint, overwrite: options.overwriteOutputDir,
+                                                       artifacts: Self.runArtifacts, restore: { path in
+            try restore(from: path)
+            message("resuming from \(path) at step \(step) (data \(loader.position))")
+        }, message: message)
     }
 
     /// Writes `checkpoint-<step>`: the model (transformers' names), both optimizer

@@ -58,6 +58,31 @@ public struct TrainerState: Codable, Equatable, Sendable {
 /// (AdamW's moments and step), `ema.safetensors` (with EMA),
 /// `trainer_state.json` (``TrainerState``) and `train_config.json`.
 public enum TrainingCheckpoint {
+
+    /// Prepares `outputDir` for a run: resumes from `resume` (a checkpoint name, `latest` or
+    /// a path) through `restore` and returns true, or checks that no checkpoint nor any of
+    /// `artifacts` is there (removing them when `overwrite`; else throwing) and returns false.
+    static func prepareOutputFolder(_ outputDir: String, resume: String?, overwrite: Bool, artifacts: [String],
+                                    restore: (String) throws -> Void, message: (String) -> Void) throws -> Bool {
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: outputDir, withIntermediateDirectories: true)
+        removeTemporaries(in: outputDir)
+        if let specification = resume {
+            if let path = try resolve(specification, outputDir: outputDir) {
+                try restore(path)
+                return true
+            }
+            message("no checkpoint in \(outputDir) yet; starting a new run")
+        }
+        let checkpoints = list(in: outputDir)
+        let present = artifacts.filter { manager.fileExists(atPath: (outputDir as NSString).appendingPathComponent($0)) }
+        guard !checkpoints.isEmpty || !present.isEmpty else { return false }
+        guard overwrite else { throw TrainingError.outputExists(outputDir) }
+        for path in checkpoints.map(\.path) + present.map({ (outputDir as NSString).appendingPathComponent($0) }) {
+            try manager.removeItem(atPath: path)
+        }
+        return false
+    }
     /// `checkpoint-`.
     public static let prefix = "checkpoint-"
     /// File names inside a checkpoint.
