@@ -12,18 +12,14 @@ import Synchronization
 /// The float32 `linear` is the reference it is tested against (within
 /// bfloat16's rounding).
 enum BFloat16Linear {
-    /// oneDNN's CPU engine and a stream on it.
+    /// oneDNN's CPU engine (each thread makes its own stream on it).
     private final class Runtime: @unchecked Sendable {
         let engine: dnnl_engine_t
-        let stream: dnnl_stream_t
 
         init?() {
             var engine: dnnl_engine_t?
             guard dnnl_engine_create(&engine, dnnl_cpu, 0) == dnnl_success, let engine else { return nil }
-            var stream: dnnl_stream_t?
-            guard dnnl_stream_create(&stream, engine, UInt32(dnnl_stream_default_flags.rawValue)) == dnnl_success, let stream else { return nil }
             self.engine = engine
-            self.stream = stream
         }
     }
 
@@ -110,6 +106,8 @@ enum BFloat16Linear {
         return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
     }()
     private static let singleThreaded = ThreadSpecificFlag()
+    /// Each thread's oneDNN stream.
+    private static let streams = ThreadSpecificPointer()
 
     /// The product for `input` `[..., in]`, `weight` `[out, in]`, `bias` `[out]` (float32,
     /// no graph), or nil when oneDNN cannot run it (the caller then takes the float32 path).
@@ -187,10 +185,16 @@ enum BFloat16Linear {
             guard let biasMemory = memory(&primitive.bias, UnsafeMutableRawPointer(bias)) else { return false }
             arguments.append(dnnl_exec_arg_t(arg: Int32(DNNL_ARG_BIAS), memory: biasMemory))
         }
-        // A stream per call: streams are not to be shared between threads.
-        var stream: dnnl_stream_t?
-        guard dnnl_stream_create(&stream, runtime.engine, UInt32(dnnl_stream_default_flags.rawValue)) == dnnl_success, let stream else { return false }
-        defer { dnnl_stream_destroy(stream) }
+        // A stream per thread (streams are not to be shared between threads), kept for the thread's life.
+        let stream: dnnl_stream_t
+        if let existing = streams.value {
+            stream = OpaquePointer(existing)
+        } else {
+            var made: dnnl_stream_t?
+            guard dnnl_stream_create(&made, runtime.engine, UInt32(dnnl_stream_default_flags.rawValue)) == dnnl_success, let made else { return false }
+            streams.value = UnsafeMutableRawPointer(made)
+            stream = made
+        }
         return dnnl_primitive_execute(primitive.primitive, stream, Int32(arguments.count), arguments) == dnnl_success
             && dnnl_stream_wait(stream) == dnnl_success
     }
@@ -205,4 +209,16 @@ final class ThreadSpecificFlag: @unchecked Sendable {
     var isSet: Bool { pthread_getspecific(key) != nil }
 
     func set() { pthread_setspecific(key, UnsafeRawPointer(bitPattern: 1)) }
+}
+
+/// A per-thread pointer (pthread-specific data), nil until set.
+final class ThreadSpecificPointer: @unchecked Sendable {
+    private var key = pthread_key_t()
+
+    init() { pthread_key_create(&key, nil) }
+
+    var value: UnsafeMutableRawPointer? {
+        get { pthread_getspecific(key) }
+        set { pthread_setspecific(key, newValue) }
+    }
 }
