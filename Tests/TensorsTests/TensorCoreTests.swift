@@ -53,6 +53,14 @@ final class TensorCoreTests: XCTestCase {
         XCTAssertEqual((half + Tensor([1, 1, 1, 1, 1, 1, 1])).toArray()[1], 2)
         XCTAssertEqual(HalfPrecision.bfloat16Bits(1.00390625), 0x3F80) // a tie rounds to even
         XCTAssertEqual(HalfPrecision.bfloat16Bits(1.01171875), 0x3F82)
+        // The vector encoder (eight at a time) equals the scalar rounding, edge values included.
+        var generator = RandomGenerator(seed: 12)
+        var edge: [Float] = [1.00390625, 1.01171875, -1.00390625, .infinity, -.infinity, .nan, -.nan, 0, -0.0,
+                             .greatestFiniteMagnitude, .leastNonzeroMagnitude, Float(bitPattern: 0x7F7F_FFFF), Float(bitPattern: 0x3F80_8000)]
+        edge += Tensor.randn([1003], generator: &generator).toArray().map { $0 * 1000 }
+        var encoded = [UInt16](repeating: 0, count: edge.count)
+        HalfPrecision.encode(edge, into: &encoded, count: edge.count, as: .bfloat16)
+        XCTAssertEqual(encoded, edge.map(HalfPrecision.bfloat16Bits))
     }
 
     func testViewsShareMemoryAndLayouts() {
