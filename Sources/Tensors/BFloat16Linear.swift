@@ -24,8 +24,10 @@ enum BFloat16Linear {
     }
 
     private struct ShapeKey: Hashable {
-        /// `outFeatures` is the slice's width; `rowStride` the whole output's.
-        let rows: Int, inFeatures: Int, outFeatures: Int, rowStride: Int, hasBias: Bool
+        /// `rows` is the piece's row count; `piece` keeps pieces that run at once on primitives
+        /// of their own (Debian's oneDNN shares a primitive's scratchpad between its executions,
+        /// so one primitive must not run on two threads at a time).
+        let rows: Int, inFeatures: Int, outFeatures: Int, hasBias: Bool, piece: Int
     }
 
     /// One matmul primitive and the memory descriptors of its arguments.
@@ -39,7 +41,8 @@ enum BFloat16Linear {
                   // The weight [out, in] row-major is the [in, out] matrix in column order: tag ba.
                   dnnl_memory_desc_init_by_tag(&weights, 2, [k, n], dnnl_bf16, dnnl_ba) == dnnl_success,
                   dnnl_memory_desc_init_by_tag(&bias, 2, [1, n], dnnl_f32, dnnl_ab) == dnnl_success,
-                  dnnl_memory_desc_init_by_strides(&destination, 2, [m, n], dnnl_f32, [Int64(key.rowStride), 1]) == dnnl_success else { return nil }
+                  // Dense pieces: a strided destination makes oneDNN fall back from brgemm to its slower jit gemm.
+                  dnnl_memory_desc_init_by_tag(&destination, 2, [m, n], dnnl_f32, dnnl_ab) == dnnl_success else { return nil }
             var description = dnnl_matmul_desc_t()
             let status = key.hasBias ? dnnl_matmul_desc_init(&description, &source, &weights, &bias, &destination)
                 : dnnl_matmul_desc_init(&description, &source, &weights, nil, &destination)
@@ -106,6 +109,13 @@ enum BFloat16Linear {
         return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Void).self)
     }()
     private static let singleThreaded = ThreadSpecificFlag()
+
+    /// `omp_set_num_threads(1)` once per thread.
+    private static func makeOpenMPSingleThreaded() {
+        guard !singleThreaded.isSet else { return }
+        setOpenMPThreads?(1)
+        singleThreaded.set()
+    }
     /// Each thread's oneDNN stream.
     private static let streams = ThreadSpecificPointer()
 
@@ -113,11 +123,14 @@ enum BFloat16Linear {
     /// no graph), or nil when oneDNN cannot run it (the caller then takes the float32 path).
     static func linear(_ input: Tensor, weight: Tensor, bias: Tensor?) -> Tensor? {
         guard let runtime else { return nil }
+        // Before primitives are made too: oneDNN sizes a primitive's work split by the
+        // OpenMP thread count of the thread that creates it.
+        makeOpenMPSingleThreaded()
         let (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1])
         let rows = input.count / inFeatures
-        // Column slices of at least 64, multiples of 16, one per worker.
-        let pieces = Swift.max(1, Swift.min(Parallel.threadCount, outFeatures / 64))
-        let bounds = (0...pieces).map { piece in piece == pieces ? outFeatures : (outFeatures * piece / pieces) / 16 * 16 }
+        // Row slices of at least 16 rows, one per worker.
+        let pieces = Swift.max(1, Swift.min(Parallel.threadCount, rows / 16))
+        let bounds = (0...pieces).map { piece in rows * piece / pieces }
         var slices: [(range: Range<Int>, primitive: Primitive)] = []
         let packed: PackedWeight
         lock.lock()
@@ -125,7 +138,7 @@ enum BFloat16Linear {
             defer { lock.unlock() }
             for piece in 0..<pieces {
                 let range = bounds[piece]..<bounds[piece + 1]
-                let key = ShapeKey(rows: rows, inFeatures: inFeatures, outFeatures: range.count, rowStride: outFeatures, hasBias: bias != nil)
+                let key = ShapeKey(rows: range.count, inFeatures: inFeatures, outFeatures: outFeatures, hasBias: bias != nil, piece: piece)
                 if let cached = primitives[key] {
                     slices.append((range, cached))
                 } else {
@@ -150,13 +163,10 @@ enum BFloat16Linear {
         let biasData = bias?.contiguousData()
         let failed = Atomic<Bool>(false)
         Parallel.forEachTask(slices.count) { piece in
-            if !singleThreaded.isSet {
-                setOpenMPThreads?(1)
-                singleThreaded.set()
-            }
+            makeOpenMPSingleThreaded()
             let (range, primitive) = slices[piece]
-            if !execute(primitive, runtime: runtime, source: roundedInput, weights: packed.words + range.lowerBound * inFeatures,
-                        bias: biasData.map { $0.floatPointer + range.lowerBound }, destination: result.floatPointer + range.lowerBound) {
+            if !execute(primitive, runtime: runtime, source: roundedInput + range.lowerBound * inFeatures, weights: packed.words,
+                        bias: biasData?.floatPointer, destination: result.floatPointer + range.lowerBound * outFeatures) {
                 failed.store(true, ordering: .relaxed)
             }
         }
