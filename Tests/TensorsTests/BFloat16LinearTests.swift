@@ -85,4 +85,22 @@ final class BFloat16LinearTests: XCTestCase {
         let float32 = noGrad { input.linear(weight: weight, bias: nil) }
         XCTAssertEqual(recorded.toArray(), float32.toArray())
     }
+
+    /// Pieces running at once on the pool's workers give the same product every time
+    /// (they raced on a shared oneDNN primitive once; that wrote garbage into some rows).
+    func testRepeatedProductsAreIdentical() {
+        var generator = RandomGenerator(seed: 5)
+        let input = Tensor.randn([154, 768], generator: &generator)
+        let weight = Tensor.randn([320, 768], generator: &generator) * 0.1
+        let bias = Tensor.randn([320], generator: &generator)
+        ComputeMode.precision = .bfloat16
+        let first = noGrad { input.linear(weight: weight, bias: bias) }.toArray()
+        for _ in 0..<30 {
+            // Keep the workers spinning, so the next product's pieces run at the same time.
+            Parallel.forEach(1 << 16, grain: 1) { range in _ = range.reduce(0, &+) }
+            let again = noGrad { input.linear(weight: weight, bias: bias) }.toArray()
+            let difference = zip(again, first).reduce(Float(0)) { max($0, abs($1.0 - $1.1)) }
+            XCTAssertEqual(difference, 0, "a repeated product differs by up to \(difference)")
+        }
+    }
 }
