@@ -148,23 +148,12 @@ enum SmallHeadAttention {
 
     // MARK: Arithmetic
 
-    /// 2ˣ for x ≤ 0 (x below −125, −∞ included, gives about 2⁻¹²⁵, which is 0 for every use here):
-    /// x = n + f with n = round(x), 2ᶠ by a degree-5 polynomial on [−½, ½] (relative error under
-    /// 2·10⁻⁷ in float32, fitted on Chebyshev nodes), 2ⁿ added to the exponent bits.
+    /// 2ˣ for x ≤ 0 by `VectorMath.exp2Polynomial`, x clamped at −125 first (x below −125, −∞
+    /// included, gives about 2⁻¹²⁵, which is 0 for every use here).
     @inline(__always)
     static func exp2(_ input: Vector) -> Vector {
         let floor = Vector(repeating: -125)
-        let x = input.replacing(with: floor, where: input .< floor)
-        let shifter = VectorMath.roundingShifter
-        let biased = x + shifter
-        let f = x - (biased - shifter)
-        var p = Vector(repeating: 1.3264722656458616e-3)
-        p = Vector(repeating: 9.671512991189957e-3).addingProduct(p, f)
-        p = Vector(repeating: 5.550733581185341e-2).addingProduct(p, f)
-        p = Vector(repeating: 2.4022242426872253e-1).addingProduct(p, f)
-        p = Vector(repeating: 6.931470036506653e-1).addingProduct(p, f)
-        p = Vector(repeating: 1).addingProduct(p, f)
-        return VectorMath.timesPowerOfTwo(p, biased: biased)
+        return VectorMath.exp2Polynomial(input.replacing(with: floor, where: input .< floor))
     }
 
     /// `Σₑ columns.e · row[e]`: the 8 lanes' dot products with one row of 8 (broadcast from memory),

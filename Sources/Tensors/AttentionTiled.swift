@@ -44,22 +44,8 @@ enum TiledAttention {
     /// Scores per item from which the tiled kernel is used (see `applies`).
     nonisolated(unsafe) static var minimumScores = 128 * 128
 
-    /// Pointers and layouts of one item.
-    struct Item {
-        let query: UnsafePointer<Float>, key: UnsafePointer<Float>, value: UnsafePointer<Float>
-        let queryLayout: (transposed: Bool, leadingDimension: Int)
-        let keyLayout: (transposed: Bool, leadingDimension: Int)
-        let valueLayout: (transposed: Bool, leadingDimension: Int)
-
-        init(_ problem: AttentionProblem, _ item: Int) {
-            query = problem.query.pointer(item)
-            key = problem.key.pointer(item)
-            value = problem.value.pointer(item)
-            queryLayout = (problem.query.transposed, problem.query.leadingDimension)
-            keyLayout = (problem.key.transposed, problem.key.leadingDimension)
-            valueLayout = (problem.value.transposed, problem.value.leadingDimension)
-        }
-    }
+    /// Pointers and layouts of one item (the small-head kernel's).
+    typealias Item = SmallHeadAttention.Item
 
     // MARK: Packing
 

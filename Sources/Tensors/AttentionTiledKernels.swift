@@ -23,21 +23,12 @@ enum TiledAttentionKernels {
     /// log₂ e: scores are kept in base 2 (the packed queries carry `scale · log₂ e`).
     static let log2e: Float = 1.4426950408889634
 
-    /// 2ˣ for x ≤ 0 (`SmallHeadAttention.exp2`'s polynomial), exactly 0 below −125 (−∞ included), so
+    /// 2ˣ for x ≤ 0 (`VectorMath.exp2Polynomial`), exactly 0 below −125 (−∞ included), so
     /// that masked positions and padding rows (whose log-sum-exp is +∞) contribute nothing. (No
     /// clamp before the polynomial: what it makes of such inputs, NaN for −∞, is replaced.)
     @inline(__always)
     static func exp2(_ x: Vector) -> Vector {
-        let shifter = VectorMath.roundingShifter
-        let biased = x + shifter
-        let f = x - (biased - shifter)
-        var p = Vector(repeating: 1.3264722656458616e-3)
-        p = Vector(repeating: 9.671512991189957e-3).addingProduct(p, f)
-        p = Vector(repeating: 5.550733581185341e-2).addingProduct(p, f)
-        p = Vector(repeating: 2.4022242426872253e-1).addingProduct(p, f)
-        p = Vector(repeating: 6.931470036506653e-1).addingProduct(p, f)
-        p = Vector(repeating: 1).addingProduct(p, f)
-        return VectorMath.timesPowerOfTwo(p, biased: biased).replacing(with: 0, where: x .< Vector(repeating: -125))
+        VectorMath.exp2Polynomial(x).replacing(with: 0, where: x .< Vector(repeating: -125))
     }
 
     // MARK: Scores: out[s][lanes] = Σₑ A[s, e] · Bᵀ[e][lanes]
