@@ -187,6 +187,21 @@ def clip_vision_b32():
     return run
 
 
+def sd_product(m, k, n, bfloat16=False):
+    """x [m, k] · Wᵀ (W [n, k]) as a Linear computes it; bfloat16: weights stored in bfloat16, input converted each call."""
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    x = torch.randn(m, k)
+    weight = (torch.randn(n, k) * 0.05).to(dtype)
+
+    def run():
+        with torch.no_grad():
+            torch.nn.functional.linear(x.to(dtype), weight)
+    return run
+
+
+SD_PRODUCTS = [(8192, 320, 1280), (8192, 1280, 320), (154, 768, 320), (512, 1280, 1280)]
+
+
 WORKLOADS = {
     "gemm-512": lambda: gemm(512),
     "gemm-1024": lambda: gemm(1024),
@@ -211,6 +226,9 @@ WORKLOADS = {
     "attention-sd-1024-h80": lambda: attention_sd(1024, 80),
     "attention-sd-256-h160": lambda: attention_sd(256, 160),
 }
+for _m, _k, _n in SD_PRODUCTS:
+    WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}"] = lambda m=_m, k=_k, n=_n: sd_product(m, k, n)
+    WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}-bf16"] = lambda m=_m, k=_k, n=_n: sd_product(m, k, n, bfloat16=True)
 
 
 def shaped_convolution(name):
@@ -224,6 +242,29 @@ def shaped_convolution(name):
         options[option[0]] = int(option[1:])
     make = conv_forward if parts[0] == "conv-fwd" else conv_backward
     return lambda: make(batch, channels, size, out_channels, options["k"], options["s"])
+
+
+def shaped_bfloat16_convolution(name):
+    """`conv-fwd-bf16:BATCH:IN:OUT:SIZE[:kK][:sS]`: a bfloat16 convolution, channels-last, weights stored in bfloat16."""
+    parts = name.split(":")
+    if len(parts) < 5 or parts[0] != "conv-fwd-bf16":
+        return None
+    batch, channels, out_channels, size = map(int, parts[1:5])
+    options = {"k": 3, "s": 1}
+    for option in parts[5:]:
+        options[option[0]] = int(option[1:])
+    kernel, stride = options["k"], options["s"]
+
+    def make():
+        x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
+        weight = (torch.randn(out_channels, channels, kernel, kernel) * 0.05).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        bias = torch.randn(out_channels).to(torch.bfloat16)
+
+        def run():
+            with torch.no_grad():
+                torch.nn.functional.conv2d(x.to(torch.bfloat16), weight, bias, stride=stride, padding=kernel // 2)
+        return run
+    return make
 
 
 def shaped_gemm(name):
@@ -252,7 +293,7 @@ def main():
         command = parts[0]
         if command == "setup":
             name = parts[1] if len(parts) > 1 else ""
-            make = WORKLOADS.get(name) or shaped_convolution(name) or shaped_gemm(name)
+            make = WORKLOADS.get(name) or shaped_convolution(name) or shaped_bfloat16_convolution(name) or shaped_gemm(name)
             if make is None:
                 print(f"error unknown workload {name}", flush=True)
                 continue

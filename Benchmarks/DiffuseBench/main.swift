@@ -236,6 +236,7 @@ func peakResidentMegabytes() -> Double {
 
 workloads += [clipTextL14(), clipTextL14(bfloat16: true), clipVisionB32()]
 workloads += attentionWorkloads
+workloads += engineWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)
@@ -249,7 +250,7 @@ while let line = readLine() {
     guard let command = parts.first else { continue }
     switch command {
     case "setup":
-        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) ?? shapedGemm(parts[1]) else {
+        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) ?? shapedBFloat16Convolution(parts[1]) ?? shapedGemm(parts[1]) else {
             print("error unknown workload \(parts.dropFirst().joined(separator: " "))")
             continue
         }

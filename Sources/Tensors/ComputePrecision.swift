@@ -4,8 +4,9 @@ import Foundation
 public enum ComputePrecision: String, Sendable, CaseIterable {
     /// float32 everywhere (the default, and always while a graph is recorded).
     case float32
-    /// Inference `linear` products on bfloat16 inputs with float32 accumulation
-    /// (oneDNN's AVX512-BF16 kernels, `VDPBF16PS`): about twice the float32 rate,
+    /// Inference `linear` products and convolutions on bfloat16 inputs with float32
+    /// accumulation (oneDNN's AVX512-BF16 kernels, `VDPBF16PS`; convolutions where they
+    /// measure faster than the float32 Winograd kernels): about twice the float32 rate,
     /// at bfloat16's 8-bit mantissa (relative error of a product ~ 2⁻⁸ per input).
     /// Only where the CPU has AVX512-BF16; elsewhere requests fall back to float32.
     case bfloat16
@@ -22,7 +23,7 @@ public enum ComputeMode {
         default: return .float32
         }
     }() {
-        didSet { BFloat16Linear.invalidateWeights() }
+        didSet { invalidateWeightCopies() }
     }
 
     /// What runs: bfloat16 only where the CPU has bfloat16 dot products.
@@ -34,13 +35,19 @@ public enum ComputeMode {
     /// Tells the bfloat16 path that parameters were changed in place (optimizers
     /// call it after a step; `copyValues` does it itself), so it re-rounds them.
     public static func weightsChanged() {
-        if requested == .bfloat16 { BFloat16Linear.invalidateWeights() }
+        if requested == .bfloat16 { invalidateWeightCopies() }
+    }
+
+    /// Drops the bfloat16 paths' copies of weights.
+    private static func invalidateWeightCopies() {
+        BFloat16Linear.invalidateWeights()
+        BFloat16Convolution.invalidateWeights()
     }
 
     /// A line for `diffuse info`.
     public static var description: String {
         switch (requested, precision) {
-        case (.bfloat16, .bfloat16): return "bfloat16 inference products (oneDNN, AVX512-BF16)"
+        case (.bfloat16, .bfloat16): return "bfloat16 inference products and convolutions (oneDNN, AVX512-BF16)"
         case (.bfloat16, _): return "float32 (bfloat16 was asked for, but this CPU has no AVX512-BF16)"
         default: return "float32 (DIFFUSE_COMPUTE=bf16: bfloat16 inference products where the CPU has AVX512-BF16)"
         }
