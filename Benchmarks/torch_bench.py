@@ -187,15 +187,20 @@ def clip_vision_b32():
     return run
 
 
-def sd_product(m, k, n, bfloat16=False):
-    """x [m, k] · Wᵀ (W [n, k]) as a Linear computes it; bfloat16: weights stored in bfloat16, input converted each call."""
-    dtype = torch.bfloat16 if bfloat16 else torch.float32
+def sd_product(m, k, n, mode=""):
+    """x [m, k] · Wᵀ (W [n, k]) as a Linear computes it. mode "-bf16": weights stored in bfloat16, input
+    converted each call, bfloat16 product; "-w16": weights stored in bfloat16, widened each call, float32 product."""
     x = torch.randn(m, k)
-    weight = (torch.randn(n, k) * 0.05).to(dtype)
+    weight = torch.randn(n, k) * 0.05
+    if mode:
+        weight = weight.to(torch.bfloat16)
 
     def run():
         with torch.no_grad():
-            torch.nn.functional.linear(x.to(dtype), weight)
+            if mode == "-bf16":
+                torch.nn.functional.linear(x.to(torch.bfloat16), weight)
+            else:
+                torch.nn.functional.linear(x, weight.float())
     return run
 
 
@@ -227,8 +232,8 @@ WORKLOADS = {
     "attention-sd-256-h160": lambda: attention_sd(256, 160),
 }
 for _m, _k, _n in SD_PRODUCTS:
-    WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}"] = lambda m=_m, k=_k, n=_n: sd_product(m, k, n)
-    WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}-bf16"] = lambda m=_m, k=_k, n=_n: sd_product(m, k, n, bfloat16=True)
+    for _mode in ("", "-w16", "-bf16"):
+        WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}{_mode}"] = lambda m=_m, k=_k, n=_n, mode=_mode: sd_product(m, k, n, mode)
 
 
 def shaped_convolution(name):

@@ -1,6 +1,6 @@
 // Rows for the engine of Stable Diffusion's models: the matrix products of its UNet
-// (`gemm-sd-MxKxN`, as `linear` computes them: x [M, K] · Wᵀ with W [N, K]) in float32 and
-// with bfloat16 compute, and bfloat16 convolutions of any shape for tuning.
+// (`gemm-sd-MxKxN`, as `linear` computes them: x [M, K] · Wᵀ with W [N, K]) in float32, with
+// weights held in bfloat16, and with bfloat16 compute; bfloat16 convolutions of any shape for tuning.
 import Diffusion
 import Foundation
 import NN
@@ -11,16 +11,23 @@ import Tensors
 /// (cross-attention keys and values), 512 tokens × 1,280 at the 16×16 level.
 let stableDiffusionProducts: [(m: Int, k: Int, n: Int)] = [(8192, 320, 1280), (8192, 1280, 320), (154, 768, 320), (512, 1280, 1280)]
 
-func stableDiffusionProduct(m: Int, k: Int, n: Int, bfloat16: Bool) -> Workload {
-    Workload(name: "gemm-sd-\(m)x\(k)x\(n)" + (bfloat16 ? "-bf16" : "")) {
-        ComputeMode.precision = bfloat16 ? .bfloat16 : .float32
+/// How a `gemm-sd` row computes: float32; float32 on weights held in bfloat16 (`-w16`, widened
+/// per call); bfloat16 compute (`-bf16`).
+enum ProductMode: String, CaseIterable {
+    case float32 = "", sixteenBitWeights = "-w16", bfloat16 = "-bf16"
+}
+
+func stableDiffusionProduct(m: Int, k: Int, n: Int, mode: ProductMode) -> Workload {
+    Workload(name: "gemm-sd-\(m)x\(k)x\(n)" + mode.rawValue) {
+        ComputeMode.precision = mode == .bfloat16 ? .bfloat16 : .float32
         let x = randn([m, k]), weight = randn([n, k]) * 0.05
+        if mode == .sixteenBitWeights { weight.convertStorage(to: .bfloat16) }
         return { _ = noGrad { x.linear(weight: weight, bias: nil) } }
     }
 }
 
 let engineWorkloads: [Workload] = stableDiffusionProducts.flatMap { shape in
-    [false, true].map { stableDiffusionProduct(m: shape.m, k: shape.k, n: shape.n, bfloat16: $0) }
+    ProductMode.allCases.map { stableDiffusionProduct(m: shape.m, k: shape.k, n: shape.n, mode: $0) }
 }
 
 /// `conv-fwd-bf16:BATCH:IN:OUT:SIZE[:kK][:sS]`: a convolution with bfloat16 compute

@@ -130,8 +130,9 @@ extension Module {
     ///
     /// - Parameter strict: as in `load(stateDict:strict:)`: any missing,
     ///   unexpected or mis-shaped entry throws a `StateDictReport` and changes nothing.
+    ///   - precision: how the loaded parameters are held (float32 by default; see ``WeightPrecision``).
     @discardableResult
-    public func loadSafetensors(path: String, strict: Bool = true) throws -> StateDictReport {
+    public func loadSafetensors(path: String, strict: Bool = true, precision: WeightPrecision = .float32) throws -> StateDictReport {
         let checkpoint = try SafetensorsCheckpoint(path: path)
         let parameters = namedParameters()
         var report = StateDictReport()
@@ -146,7 +147,7 @@ extension Module {
         // One tensor at a time, so peak memory is the model plus one tensor.
         let mismatched = Set(report.mismatched.map(\.name))
         for (name, parameter) in parameters where checkpoint.contains(name) && !mismatched.contains(name) {
-            parameter.copyValues(from: try checkpoint.tensor(name))
+            try checkpoint.load(name, into: parameter, precision: precision)
         }
         return report
     }
@@ -156,4 +157,67 @@ extension Module {
     public func saveSafetensors(path: String, metadata: [String: String] = ["format": "pt"], dataType: DataType? = nil) throws {
         try Safetensors.save(stateDict(), to: path, metadata: metadata, dataType: dataType)
     }
+}
+
+/// How a model's parameters are held in memory. All arithmetic stays float32 (or bfloat16 in
+/// ``ComputePrecision/bfloat16`` mode): 16-bit parameters are widened one layer at a time as
+/// ops read them, so a model needs about half the memory, at 16-bit rounding of its weights.
+/// 16-bit parameters are for inference: they are frozen (`requiresGrad` false) when loaded.
+public enum WeightPrecision: String, Sendable, CaseIterable {
+    /// Everything widened to float32 (the default; what training needs).
+    case float32
+    /// As the file stores them: 16-bit tensors stay 16-bit, mapped from the file rather than
+    /// copied; float32 tensors stay float32.
+    case asStored
+    /// Every parameter in bfloat16 (16-bit files mapped when they are bfloat16, converted otherwise).
+    case bfloat16
+    /// Every parameter in float16.
+    case float16
+
+    /// The type a parameter stored as `stored` is held in.
+    func held(stored: DataType?) -> DataType {
+        switch self {
+        case .float32: return .float32
+        case .asStored: return stored ?? .float32
+        case .bfloat16: return .bfloat16
+        case .float16: return .float16
+        }
+    }
+}
+
+extension SafetensorsCheckpoint {
+    /// Puts tensor `name` into `parameter` (same element count), held as `precision` says:
+    /// copied into float32, or its storage replaced by 16-bit memory (borrowed from the file's
+    /// mapping when the file stores that type; the parameter is then frozen).
+    public func load(_ name: String, into parameter: Tensor, precision: WeightPrecision = .float32) throws {
+        switch precision.held(stored: try info(name).dataType.engineDataType) {
+        case .float32:
+            if parameter.dataType != .float32 { parameter.replaceStorage(with: Storage(count: parameter.count)) }
+            let tensor = try self.tensor(name)
+            parameter.copyValues(from: tensor.shape == parameter.shape ? tensor : tensor.reshaped(parameter.shape))
+        case let sixteenBit:
+            parameter.requiresGrad = false
+            if let mapped = try mappedStorage(name, dataType: sixteenBit) {
+                parameter.replaceStorage(with: mapped)
+            } else {
+                parameter.replaceStorage(with: try self.tensor(name, as: sixteenBit).storage)
+            }
+        }
+    }
+}
+
+extension Module {
+    /// Holds every parameter in `precision` from now on (``WeightPrecision/asStored`` keeps
+    /// them as they are). 16-bit parameters are frozen.
+    public func convertParameters(to precision: WeightPrecision) {
+        for parameter in parameters() {
+            let target = precision.held(stored: parameter.dataType)
+            guard target != parameter.dataType else { continue }
+            if target != .float32 { parameter.requiresGrad = false }
+            parameter.convertStorage(to: target)
+        }
+    }
+
+    /// Bytes the parameters occupy (16-bit ones at 2 bytes each, mapped or not).
+    public var parameterBytes: Int { parameters().reduce(0) { $0 + $1.count * $1.dataType.byteSize } }
 }

@@ -90,6 +90,11 @@ public final class SafetensorsCheckpoint {
         try file(containing: name).tensor(name, as: dataType)
     }
 
+    /// Tensor `name`'s memory borrowed from its file's mapping (see `SafetensorsFile.mappedStorage`).
+    public func mappedStorage(_ name: String, dataType: DataType) throws -> Storage? {
+        try file(containing: name).mappedStorage(name, dataType: dataType)
+    }
+
     /// Every tensor, materialised.
     public func tensors(as dataType: DataType? = nil) throws -> [String: Tensor] {
         var result: [String: Tensor] = [:]

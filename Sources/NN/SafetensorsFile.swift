@@ -15,7 +15,8 @@ import Darwin
 final class SafetensorsBytes: @unchecked Sendable {
     let base: UnsafeRawPointer?
     let count: Int
-    private let isMapped: Bool
+    /// True for a file mapping (false for bytes copied into memory).
+    let isMapped: Bool
 
     /// Maps the file at `path` read-only.
     init(mapping path: String) throws {
@@ -28,7 +29,9 @@ final class SafetensorsBytes: @unchecked Sendable {
         count = Int(status.st_size)
         isMapped = count > 0
         guard count > 0 else { base = nil; return }
-        guard let mapping = mmap(nil, count, PROT_READ, MAP_PRIVATE, descriptor, 0), mapping != MAP_FAILED else {
+        // Private and copy-on-write: tensors mapped into a model (16-bit weights kept as stored)
+        // may be written by their owner without touching the file.
+        guard let mapping = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE, descriptor, 0), mapping != MAP_FAILED else {
             throw SafetensorsError.cannotOpen(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
         }
         base = UnsafeRawPointer(mapping)
@@ -130,6 +133,18 @@ public final class SafetensorsFile {
         return try withExtendedLifetime(bytes) {
             try body(bytes.buffer((dataStart + info.dataOffsets.lowerBound)..<(dataStart + info.dataOffsets.upperBound)))
         }
+    }
+
+    /// Tensor `name`'s memory as a storage of `dataType` that borrows the file's mapping
+    /// (no copy: pages are read from the file when first touched, and copied only if written),
+    /// or nil when the file holds it in another type, it is empty, its bytes are not aligned
+    /// to the type, or the bytes are not a file mapping. The storage keeps the mapping alive.
+    public func mappedStorage(_ name: String, dataType: DataType) throws -> Storage? {
+        let info = try info(name)
+        guard bytes.isMapped, info.dataType.engineDataType == dataType, info.elementCount > 0 else { return nil }
+        let raw = bytes.buffer((dataStart + info.dataOffsets.lowerBound)..<(dataStart + info.dataOffsets.upperBound))
+        guard let base = raw.baseAddress, Int(bitPattern: base) % dataType.byteSize == 0 else { return nil }
+        return Storage(borrowing: UnsafeMutableRawPointer(mutating: base), count: info.elementCount, dataType: dataType, owner: bytes)
     }
 
     /// Tensor `name` copied out of the mapping.

@@ -40,23 +40,31 @@ enum BFloat16Linear {
         }
     }
 
-    /// A weight's bfloat16 copy; holds the weight's storage so its identity stays unique.
+    /// A weight's bfloat16 copy, or its own memory when it is held in bfloat16; holds the
+    /// weight's storage so its identity stays unique.
     private final class PackedWeight {
         let storage: Storage
         let offset: Int
         let words: UnsafeMutablePointer<UInt16>
         let count: Int
+        private let ownsWords: Bool
 
         init(_ weight: Tensor) {
-            let dense = weight.contiguousData()
             storage = weight.storage
             offset = weight.offset
-            count = dense.count
-            words = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
-            BFloat16Linear.round(UnsafePointer(dense.floatPointer), into: words, count: count)
+            count = weight.count
+            if weight.dataType == .bfloat16 && weight.isContiguous {
+                words = weight.storage.halfWords + weight.offset
+                ownsWords = false
+            } else {
+                let dense = weight.contiguousData()
+                words = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
+                ownsWords = true
+                BFloat16Linear.round(UnsafePointer(dense.floatPointer), into: words, count: count)
+            }
         }
 
-        deinit { words.deallocate() }
+        deinit { if ownsWords { words.deallocate() } }
     }
 
     private nonisolated(unsafe) static var primitives: [ShapeKey: MatmulPrimitive] = [:]

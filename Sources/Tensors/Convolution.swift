@@ -178,7 +178,7 @@ enum Convolution {
     /// (1×1: oneDNN's bfloat16 matrix product; others: its bfloat16 direct convolution, except
     /// large 3×3 images, where the float32 Winograd kernels are faster). nil otherwise.
     static func bfloat16Forward(_ input: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvolutionGeometry) -> Tensor? {
-        guard input.dataType == .float32, weight.dataType == .float32, bias?.dataType ?? .float32 == .float32, input.count > 0,
+        guard input.dataType == .float32, input.count > 0,
               !(GradientMode.isEnabled && (input.needsGradient || weight.needsGradient || (bias?.needsGradient ?? false))),
               bfloat16Suits(geometry) else { return nil }
         let channelsLast = Convolution.channelsLast(input)

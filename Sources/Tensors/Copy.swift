@@ -89,6 +89,11 @@ extension Tensor {
             destination.floatPointer.update(from: source.floatPointer, count: source.count)
             return
         }
+        if source.dataType != .float32 && source.isDense && source.strides == destination.strides {
+            // 16-bit weights widened for their layer: the vector decoder, split over the workers.
+            HalfPrecision.decode(source.storage.halfWords + source.offset, into: destination.floatPointer, count: source.count, as: source.dataType)
+            return
+        }
         let loop = StridedLoop(shape: source.shape, operandStrides: [destination.strides, source.strides])
         let output = destination.floatPointer
         let sourceStride = loop.innerStrides[1]

@@ -7,8 +7,14 @@ extension Tensor {
     /// pass gives the three gradients from one saved input. Anything but float32 operands with
     /// a bias takes `matmul` and `+`.
     public func linear(weight: Tensor, bias: Tensor?) -> Tensor {
+        // 16-bit weights (held so, outside training) are widened here, one layer at a time;
+        // the bfloat16 path keeps its own bfloat16 copy (none for bfloat16 weights).
+        if weight.dataType != .float32 && !weight.needsGradient && ComputeMode.precision != .bfloat16 {
+            return linear(weight: weight.contiguousData(), bias: bias?.contiguousData())
+        }
+        let bias = bias.map { $0.dataType == .float32 || $0.needsGradient ? $0 : $0.contiguousData() }
         if ComputeMode.precision == .bfloat16, rank >= 2, weight.rank == 2, shape.last == weight.shape[1], count > 0,
-           dataType == .float32, weight.dataType == .float32, bias.map({ $0.rank == 1 && $0.count == weight.shape[0] && $0.dataType == .float32 }) ?? true,
+           dataType == .float32, bias.map({ $0.rank == 1 && $0.count == weight.shape[0] && $0.dataType == .float32 }) ?? true,
            !(GradientMode.isEnabled && (needsGradient || weight.needsGradient || (bias?.needsGradient ?? false))),
            let product = BFloat16Linear.linear(self, weight: weight, bias: bias) {
             return product

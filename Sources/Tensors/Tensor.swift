@@ -17,8 +17,8 @@ public final class Tensor {
     public let strides: [Int]
     /// Index of the first element in `storage`.
     public let offset: Int
-    /// The memory this tensor views.
-    public let storage: Storage
+    /// The memory this tensor views (replaced only by ``replaceStorage(with:)``).
+    public internal(set) var storage: Storage
 
     /// When true, ops on this tensor record the graph needed for `backward()`.
     /// Only set it on leaves (parameters, or an input you want d loss / d input for).
@@ -93,6 +93,12 @@ public final class Tensor {
     /// A zero-dimensional tensor holding one number.
     public convenience init(scalar value: Float) {
         self.init([value], shape: [])
+    }
+
+    /// A float32 tensor whose memory is not written (its values are whatever the memory
+    /// held): for parameters about to be loaded, so building a large model touches no pages.
+    public static func uninitialized(_ shape: [Int]) -> Tensor {
+        Tensor(uninitializedShape: shape)
     }
 
     /// A tensor of zeros.

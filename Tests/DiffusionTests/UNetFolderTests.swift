@@ -64,6 +64,12 @@ final class UNetFolderTests: XCTestCase {
         let golden = try SafetensorsFixture.load("pipeline-io", subdirectory: "unet")
         let output = noGrad { half(try! golden.tensor("sample"), timesteps: try! golden.tensor("timesteps")) }
         XCTAssertLessThan(UNetParityTests.relativeError(output, try golden.tensor("output_fp16_weights")), 1e-4)
+        // Kept in 16 bits (mapped from the file), the same output as the widened weights, at half the memory.
+        let kept = try UNet2DModel.load(folder: unetFolder, variant: "fp16", precision: .asStored)
+        XCTAssertTrue(kept.parameters().allSatisfy { $0.dataType == .float16 && $0.storage.isBorrowed })
+        XCTAssertEqual(kept.parameterBytes * 2, half.parameterBytes)
+        let keptOutput = noGrad { kept(try! golden.tensor("sample"), timesteps: try! golden.tensor("timesteps")) }
+        XCTAssertEqual(keptOutput.toArray(), output.toArray())
         XCTAssertThrowsError(try UNet2DModel.load(folder: unetFolder, variant: "bf16")) { error in
             guard case .missingFile(_, let hint)? = error as? ModelFolderError else { return XCTFail("\(error)") }
             XCTAssertTrue(hint.contains("\"fp16\""), hint)

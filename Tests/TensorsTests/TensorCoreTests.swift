@@ -61,6 +61,15 @@ final class TensorCoreTests: XCTestCase {
         var encoded = [UInt16](repeating: 0, count: edge.count)
         HalfPrecision.encode(edge, into: &encoded, count: edge.count, as: .bfloat16)
         XCTAssertEqual(encoded, edge.map(HalfPrecision.bfloat16Bits))
+        // The vector decoders (eight at a time, split over the workers when large) equal the scalar
+        // widening on every 16-bit pattern (NaNs compared by bits), twice over to cross the split.
+        let words = (0..<(2 << 16) + 5).map { UInt16(truncatingIfNeeded: $0) }
+        for type in [DataType.float16, .bfloat16] {
+            var decoded = [Float](repeating: 0, count: words.count)
+            HalfPrecision.decode(words, into: &decoded, count: words.count, as: type)
+            let scalar = words.map { type == .float16 ? HalfPrecision.float(fromFloat16: $0) : HalfPrecision.float(fromBFloat16: $0) }
+            XCTAssertEqual(decoded.map(\.bitPattern), scalar.map(\.bitPattern), "\(type)")
+        }
     }
 
     func testViewsShareMemoryAndLayouts() {

@@ -62,20 +62,24 @@ public enum ModelFolder {
 extension UNet2DModel {
     /// Loads a diffusers `UNet2DModel` folder: `config.json` and
     /// `diffusion_pytorch_model[.variant].safetensors` (or a sharded index).
-    /// Half-precision weights (the `fp16` variant) are converted to `float32`.
+    /// Half-precision weights (the `fp16` variant) are widened to `float32` unless `precision` keeps them.
     ///
     /// - Parameter strict: when true (the default) any missing, unexpected or
     ///   mis-shaped parameter throws a `StateDictReport` naming all of them.
     ///   When false, matching parameters load and the rest keep their random
     ///   initial values; read `loadReport` to see which.
-    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> UNet2DModel {
+    /// - Parameter precision: how the weights are held (16-bit ones mapped from the file with `.asStored`).
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true, precision: WeightPrecision = .float32) throws -> UNet2DModel {
         let configurationPath = folder.appendingPathComponent(ModelFolder.configurationName)
         guard FileManager.default.fileExists(atPath: configurationPath.path) else {
             throw ModelFolderError.missingFile(path: configurationPath.path, hint: "a diffusers model folder holds config.json and the weights")
         }
         let configuration = try UNet2DConfiguration.load(contentsOf: configurationPath)
-        let model = try UNet2DModel(configuration: configuration)
-        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        // A strict load overwrites every parameter: no initial values to draw.
+        let model = strict ? try Initialization.withoutInitialValues { try UNet2DModel(configuration: configuration) }
+            : try UNet2DModel(configuration: configuration)
+        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict,
+                                                     precision: precision)
         return model
     }
 

@@ -91,7 +91,8 @@ public enum CLIPFolder {
     /// to the stored name with or without its tower prefix. Names under
     /// `ignoredPrefixes` (the other tower of a whole CLIP) and `position_ids`
     /// buffers are not reported as unexpected.
-    static func load(_ module: Module, path: String, strict: Bool, ignoredPrefixes: [String] = []) throws -> StateDictReport {
+    static func load(_ module: Module, path: String, strict: Bool, ignoredPrefixes: [String] = [],
+                     precision: WeightPrecision = .float32) throws -> StateDictReport {
         let checkpoint = try SafetensorsCheckpoint(path: path)
         var report = StateDictReport()
         var used = Set<String>()
@@ -113,10 +114,7 @@ public enum CLIPFolder {
             !used.contains(name) && !name.hasSuffix("position_ids") && !ignoredPrefixes.contains { name.hasPrefix($0) }
         }
         if strict && !report.isClean { throw report }
-        for (parameter, stored) in sources {
-            let tensor = try checkpoint.tensor(stored)
-            parameter.copyValues(from: tensor.shape == parameter.shape ? tensor : tensor.reshaped(parameter.shape))
-        }
+        for (parameter, stored) in sources { try checkpoint.load(stored, into: parameter, precision: precision) }
         return report
     }
 
@@ -138,10 +136,13 @@ public enum CLIPFolder {
 extension CLIPTextModel {
     /// Loads a transformers `CLIPTextModel` folder (a pipeline's `text_encoder/`),
     /// or the text tower of a whole `CLIPModel` folder. Float16 and bfloat16 weights are widened.
-    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> CLIPTextModel {
-        let model = CLIPTextModel(try CLIPFolder.textConfiguration(in: folder))
+    /// `precision` chooses how the weights are held (16-bit ones mapped from the file with `.asStored`).
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true, precision: WeightPrecision = .float32) throws -> CLIPTextModel {
+        let configuration = try CLIPFolder.textConfiguration(in: folder)
+        let model = strict ? Initialization.withoutInitialValues { CLIPTextModel(configuration) } : CLIPTextModel(configuration)
         model.loadReport = try CLIPFolder.load(model, path: try CLIPFolder.weightsPath(in: folder, variant: variant), strict: strict,
-                                               ignoredPrefixes: ["vision_model.", "visual_projection.", "text_projection.", "logit_scale"])
+                                               ignoredPrefixes: ["vision_model.", "visual_projection.", "text_projection.", "logit_scale"],
+                                               precision: precision)
         return model
     }
 
