@@ -7,6 +7,11 @@ let kernelSettings: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"]),
 ]
 
+/// Kernels for CPUs with AVX-512 (F, BW, CD, DQ, VL): called only after a run-time check.
+let avx512KernelSettings: [SwiftSetting] = [
+    .unsafeFlags(["-O", "-target-cpu", "skylake-avx512"]),
+]
+
 let package = Package(
     name: "Diffuse",
     products: [
@@ -27,8 +32,12 @@ let package = Package(
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         .target(
+            name: "TensorsAVX512",
+            swiftSettings: avx512KernelSettings
+        ),
+        .target(
             name: "Tensors",
-            dependencies: ["COpenBLAS", "CSystem", "CDNNL"],
+            dependencies: ["COpenBLAS", "CSystem", "CDNNL", "TensorsAVX512"],
             swiftSettings: kernelSettings
         ),
         .target(

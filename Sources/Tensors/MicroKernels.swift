@@ -1,4 +1,5 @@
 import Foundation
+import TensorsAVX512
 
 // MARK: - Register-blocked matrix product
 
@@ -57,11 +58,18 @@ enum MicroKernels {
     /// `C (+)= A · B` with `rows` a multiple of 4 and `columns` a multiple of 8
     /// (6-row tiles where the remaining rows allow, then 4-row tiles).
     /// `A[i][k]` is `a[i · aRowStride + k · aDepthStride]`; B and C are row-major.
+    /// On AVX-512 CPUs the columns in multiples of 32 go to `AVX512MicroKernels` (8×32 tiles)
+    /// and the rest stay here.
     static func multiply(rows: Int, columns: Int, depth: Int,
                          a: UnsafePointer<Float>, aRowStride: Int, aDepthStride: Int,
                          b: UnsafePointer<Float>, bRowStride: Int,
                          c: UnsafeMutablePointer<Float>, cRowStride: Int, accumulate: Bool) {
         var column = 0
+        if KernelSet.current == .avx512 && columns >= 32 {
+            column = columns / 32 * 32
+            AVX512MicroKernels.multiply(rows: rows, columns: column, depth: depth, a: a, aRowStride: aRowStride, aDepthStride: aDepthStride,
+                                        b: b, bRowStride: bRowStride, c: c, cRowStride: cRowStride, accumulate: accumulate)
+        }
         while column < columns {
             let wide = column + 16 <= columns
             var row = 0

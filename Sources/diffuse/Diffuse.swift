@@ -27,5 +27,6 @@ struct Info: ParsableCommand {
         print("simd:    \(Backend.simdFeatures)")
         print("cpu:     \(CPUFeatures.modelName): \(CPUFeatures.summary)")
         print("compute: \(ComputeMode.description)")
+        print("kernels: \(KernelSet.description)")
     }
 }
