@@ -160,7 +160,7 @@ extension UNet2DConfiguration: Codable {
 }
 
 /// Typed access to the members of a configuration object, with errors naming the key.
-private struct KeyReader {
+struct KeyReader {
     let members: [String: JSONValue]
 
     private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> UNet2DConfigurationError {

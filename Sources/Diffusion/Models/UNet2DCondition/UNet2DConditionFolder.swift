@@ -1,0 +1,36 @@
+import Foundation
+import NN
+import Tensors
+
+extension UNet2DConditionModel {
+    /// Loads a diffusers `UNet2DConditionModel` folder (a pipeline's `unet/`):
+    /// `config.json` and `diffusion_pytorch_model[.variant].safetensors` (or a
+    /// sharded index). Half-precision weights (the `fp16` variant) are converted to `float32`.
+    ///
+    /// - Parameter strict: when true (the default) any missing, unexpected or
+    ///   mis-shaped parameter throws a `StateDictReport` naming all of them.
+    ///   When false, matching parameters load and the rest keep their random
+    ///   initial values; read `loadReport` to see which.
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> UNet2DConditionModel {
+        let configurationPath = folder.appendingPathComponent(ModelFolder.configurationName)
+        guard FileManager.default.fileExists(atPath: configurationPath.path) else {
+            throw ModelFolderError.missingFile(path: configurationPath.path, hint: "a diffusers model folder holds config.json and the weights")
+        }
+        let configuration = try UNet2DConditionConfiguration.load(contentsOf: configurationPath)
+        let model = try UNet2DConditionModel(configuration: configuration)
+        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        return model
+    }
+
+    /// Writes a diffusers model folder: `config.json` as diffusers writes it and
+    /// the weights as `diffusion_pytorch_model[.variant].safetensors` with `format: pt` metadata.
+    ///
+    /// - Parameter dataType: the stored type; by default `float16` for the
+    ///   `fp16` variant, `bfloat16` for `bf16`, else `float32`.
+    public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try configuration.save(to: folder.appendingPathComponent(ModelFolder.configurationName))
+        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
+        try saveSafetensors(path: folder.appendingPathComponent(ModelFolder.weightsName(variant: variant)).path, dataType: stored)
+    }
+}
