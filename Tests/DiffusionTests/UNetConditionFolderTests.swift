@@ -96,19 +96,13 @@ final class UNetConditionFolderTests: XCTestCase {
     /// Options Diffuse does not build are errors that name the key.
     func testUnsupportedConfigurationsNameTheKey() throws {
         let text = try String(contentsOf: fixtures.appendingPathComponent("sd1").appendingPathComponent("config.json"), encoding: .utf8)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         func reading(_ key: String, _ value: String) -> Error? {
-            let pattern = "\"\(key)\": "
-            let edited: String
-            if let range = text.range(of: pattern) {
-                let end = text[range.upperBound...].firstIndex(where: { $0 == "\n" }) ?? text.endIndex
-                let line = text[range.upperBound..<end]
-                let comma = line.hasSuffix(",") ? "," : ""
-                edited = text.replacingCharacters(in: range.lowerBound..<end, with: pattern + value + comma)
-            } else {
-                edited = text.replacingOccurrences(of: "{\n", with: "{\n  \(pattern)\(value),\n")
-            }
+            var edited = object
+            edited[key] = try! JSONSerialization.jsonObject(with: Data(value.utf8), options: .fragmentsAllowed)
             do {
-                _ = try UNet2DConditionModel(configuration: UNet2DConditionConfiguration(jsonText: edited))
+                let data = try JSONSerialization.data(withJSONObject: edited)
+                _ = try UNet2DConditionModel(configuration: UNet2DConditionConfiguration(jsonText: String(decoding: data, as: UTF8.self)))
                 return nil
             } catch {
                 return error
