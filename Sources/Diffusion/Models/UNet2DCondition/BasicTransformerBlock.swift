@@ -13,8 +13,17 @@ public final class GEGLU: Module, UnaryLayer {
     }
 
     public func callAsFunction(_ input: Tensor) -> Tensor {
-        let halves = proj(input).chunked(2, axis: input.rank - 1)
-        return halves[0] * halves[1].gelu()
+        guard input.shape.last == proj.inFeatures else {
+            fatalError("GEGLU: input shape \(input.shape) does not end in \(proj.inFeatures) features")
+        }
+        // Two products with the halves of the weight (row blocks, so views) rather than
+        // one product split in two: the split of the activation would be strided, and its
+        // backward would write two activation-sized gradients.
+        let weights = proj.weight.chunked(2, axis: 0)
+        let biases = proj.bias?.chunked(2, axis: 0)
+        let hidden = input.linear(weight: weights[0], bias: biases?[0])
+        let gate = input.linear(weight: weights[1], bias: biases?[1])
+        return hidden * gate.gelu()
     }
 }
 
