@@ -148,4 +148,27 @@ final class UNetConditionFolderTests: XCTestCase {
         XCTAssertEqual((counted.downBlocks[0] as? CrossAttnDownBlock2D)?.attentions[0].transformerBlocks[0].attn1.heads, 2)
         XCTAssertEqual((counted.upBlocks[3] as? CrossAttnUpBlock2D)?.attentions[0].transformerBlocks[0].attn1.heads, 2)
     }
+    /// Writes a folder for `Scripts/make-unet-condition-goldens --verify-diffuse-folder` (runs when
+    /// `DIFFUSE_UNET_CONDITION_EXPORT=DIR` is set): the `sd2` configuration with random weights,
+    /// float32 and fp16 variant, and `diffuse_check.safetensors` with an input and Diffuse's outputs.
+    func testWriteFolderForPythonVerification() throws {
+        guard let path = ProcessInfo.processInfo.environment["DIFFUSE_UNET_CONDITION_EXPORT"] else {
+            throw XCTSkip("set DIFFUSE_UNET_CONDITION_EXPORT to a folder to write")
+        }
+        let folder = URL(fileURLWithPath: path)
+        Initialization.seed(11)
+        let configuration = try UNet2DConditionConfiguration.load(contentsOf: fixtures.appendingPathComponent("sd2"))
+        let model = try UNet2DConditionModel(configuration: configuration)
+        try model.save(folder: folder)
+        try model.save(folder: folder, variant: "fp16")
+        let half = try UNet2DConditionModel.load(folder: folder, variant: "fp16")
+        var draws = RandomGenerator(seed: 12)
+        let sample = Tensor.randn([2, 4, 16, 16], generator: &draws), context = Tensor.randn([2, 5, 32], generator: &draws)
+        let timesteps = Tensor([999, 10], shape: [2])
+        let output = noGrad { model(sample, timesteps: timesteps, encoderHiddenStates: context) }
+        let halfOutput = noGrad { half(sample, timesteps: timesteps, encoderHiddenStates: context) }
+        try Safetensors.save(["sample": sample, "timesteps": timesteps, "encoder_hidden_states": context, "output": output,
+                              "output_fp16_weights": halfOutput],
+                             to: folder.appendingPathComponent("diffuse_check.safetensors").path, metadata: ["format": "pt"])
+    }
 }
