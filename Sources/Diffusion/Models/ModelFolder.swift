@@ -57,6 +57,33 @@ public enum ModelFolder {
             : "the folder has the variant(s) \(variants.sorted().map { "\"\($0)\"" }.joined(separator: ", ")); pass variant:"
         throw ModelFolderError.missingFile(path: folder.appendingPathComponent(weightsName(variant: variant)).path, hint: hint)
     }
+
+    /// The folder's `config.json`, with an error when it is missing.
+    public static func configurationPath(in folder: URL) throws -> URL {
+        let path = folder.appendingPathComponent(configurationName)
+        guard FileManager.default.fileExists(atPath: path.path) else {
+            throw ModelFolderError.missingFile(path: path.path, hint: "a diffusers model folder holds config.json and the weights")
+        }
+        return path
+    }
+
+    /// Loads `module`'s weights from the folder's weights file of `variant` (or its sharded index),
+    /// converting 16-bit values to `float32`. Strict: any missing, unexpected or mis-shaped
+    /// parameter throws the `StateDictReport`; otherwise the report of what did not load.
+    public static func loadWeights(into module: Module, folder: URL, variant: String?, strict: Bool) throws -> StateDictReport {
+        try module.loadSafetensors(path: try weightsPath(in: folder, variant: variant), strict: strict)
+    }
+
+    /// Writes a diffusers model folder: `config.json` as diffusers writes it and the weights as
+    /// `diffusion_pytorch_model[.variant].safetensors` with `format: pt` metadata, stored as
+    /// `dataType` (by default `float16` for the `fp16` variant, `bfloat16` for `bf16`, else `float32`).
+    public static func save(_ module: Module, configuration: some ModelConfigurationFile, folder: URL, variant: String?,
+                            dataType: DataType?) throws {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try configuration.save(to: folder.appendingPathComponent(configurationName))
+        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
+        try module.saveSafetensors(path: folder.appendingPathComponent(weightsName(variant: variant)).path, dataType: stored)
+    }
 }
 
 extension UNet2DModel {
@@ -69,13 +96,8 @@ extension UNet2DModel {
     ///   When false, matching parameters load and the rest keep their random
     ///   initial values; read `loadReport` to see which.
     public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> UNet2DModel {
-        let configurationPath = folder.appendingPathComponent(ModelFolder.configurationName)
-        guard FileManager.default.fileExists(atPath: configurationPath.path) else {
-            throw ModelFolderError.missingFile(path: configurationPath.path, hint: "a diffusers model folder holds config.json and the weights")
-        }
-        let configuration = try UNet2DConfiguration.load(contentsOf: configurationPath)
-        let model = try UNet2DModel(configuration: configuration)
-        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        let model = try UNet2DModel(configuration: UNet2DConfiguration.load(contentsOf: ModelFolder.configurationPath(in: folder)))
+        model.loadReport = try ModelFolder.loadWeights(into: model, folder: folder, variant: variant, strict: strict)
         return model
     }
 
@@ -86,10 +108,7 @@ extension UNet2DModel {
     /// - Parameter dataType: the stored type; by default `float16` for the
     ///   `fp16` variant, `bfloat16` for `bf16`, else `float32`.
     public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try configuration.save(to: folder.appendingPathComponent(ModelFolder.configurationName))
-        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
-        try saveSafetensors(path: folder.appendingPathComponent(ModelFolder.weightsName(variant: variant)).path, dataType: stored)
+        try ModelFolder.save(self, configuration: configuration, folder: folder, variant: variant, dataType: dataType)
     }
 }
 

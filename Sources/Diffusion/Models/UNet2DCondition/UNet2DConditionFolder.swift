@@ -12,13 +12,9 @@ extension UNet2DConditionModel {
     ///   When false, matching parameters load and the rest keep their random
     ///   initial values; read `loadReport` to see which.
     public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> UNet2DConditionModel {
-        let configurationPath = folder.appendingPathComponent(ModelFolder.configurationName)
-        guard FileManager.default.fileExists(atPath: configurationPath.path) else {
-            throw ModelFolderError.missingFile(path: configurationPath.path, hint: "a diffusers model folder holds config.json and the weights")
-        }
-        let configuration = try UNet2DConditionConfiguration.load(contentsOf: configurationPath)
+        let configuration = try UNet2DConditionConfiguration.load(contentsOf: ModelFolder.configurationPath(in: folder))
         let model = try UNet2DConditionModel(configuration: configuration)
-        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        model.loadReport = try ModelFolder.loadWeights(into: model, folder: folder, variant: variant, strict: strict)
         return model
     }
 
@@ -28,9 +24,6 @@ extension UNet2DConditionModel {
     /// - Parameter dataType: the stored type; by default `float16` for the
     ///   `fp16` variant, `bfloat16` for `bf16`, else `float32`.
     public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try configuration.save(to: folder.appendingPathComponent(ModelFolder.configurationName))
-        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
-        try saveSafetensors(path: folder.appendingPathComponent(ModelFolder.weightsName(variant: variant)).path, dataType: stored)
+        try ModelFolder.save(self, configuration: configuration, folder: folder, variant: variant, dataType: dataType)
     }
 }
