@@ -43,7 +43,7 @@ final class UNetConditionFolderTests: XCTestCase {
 
     /// `config.json` is written back as diffusers wrote it (the version aside).
     func testConfigurationTextRoundTrips() throws {
-        for name in ["sd1", "sd2", "options", "projection", "timestep", "folder"] {
+        for name in ["sd1", "sd2", "options", "projection", "timestep", "identity", "simple_projection", "folder"] {
             let url = fixtures.appendingPathComponent(name).appendingPathComponent("config.json")
             let text = try String(contentsOf: url, encoding: .utf8)
             let configuration = try UNet2DConditionConfiguration(jsonText: text)

@@ -5,7 +5,7 @@ import Tensors
 import TestSupport
 import XCTest
 
-/// `UNet2DConditionModel` against diffusers on five small configurations
+/// `UNet2DConditionModel` against diffusers on seven small configurations
 /// (`Scripts/make-unet-condition-goldens`): the same output for the same weights
 /// and inputs, and the same gradients of `sum(output · upstream)` with respect
 /// to the sample, the context (`encoder_hidden_states`) and every parameter.
@@ -72,6 +72,8 @@ final class UNetConditionParityTests: XCTestCase {
     func testTransformerLayersOnlyCrossAttentionMaskClassesTimeCondition() throws { try assertParity("options") }
     func testProjectionClassEmbeddingConcatenatedPlainMidBlock() throws { try assertParity("projection") }
     func testTimestepClassEmbeddingWithoutMidBlock() throws { try assertParity("timestep") }
+    func testIdentityClassEmbeddingKernelsOnlyCrossAttention() throws { try assertParity("identity") }
+    func testSimpleProjectionClassEmbeddingLinearProjectionMask() throws { try assertParity("simple_projection") }
 
     /// Random weights at Stable Diffusion 1.5's and 2.1's real configurations, written by
     /// `Scripts/make-unet-condition-goldens --large DIR`; runs when `DIFFUSE_SD_LARGE=DIR`

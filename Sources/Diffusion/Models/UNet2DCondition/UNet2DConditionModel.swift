@@ -107,7 +107,11 @@ public final class UNet2DConditionModel: Module {
         midSettings.outputScaleFactor = Float(configuration.midBlockScaleFactor)
         switch configuration.midBlockType {
         case .crossAttention?:
-            midBlock = UNetMidBlock2DCrossAttn(channels: channels[count - 1], settings: midSettings, transformer: transformer(count - 1))
+            // diffusers builds the middle transformer without only_cross_attention
+            // (mid_block_only_cross_attention is for UNetMidBlock2DSimpleCrossAttn).
+            var midTransformer = transformer(count - 1)
+            midTransformer.onlyCrossAttention = false
+            midBlock = UNetMidBlock2DCrossAttn(channels: channels[count - 1], settings: midSettings, transformer: midTransformer)
         case .plain?:
             midBlock = UNetMidBlock2D(channels: channels[count - 1], settings: midSettings, layers: 0,
                                       attentionHeadDimension: channels[count - 1], attentionGroups: nil, addAttention: false)
