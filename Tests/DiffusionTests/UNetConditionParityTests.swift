@@ -5,7 +5,7 @@ import Tensors
 import TestSupport
 import XCTest
 
-/// `UNet2DConditionModel` against diffusers on seven small configurations
+/// `UNet2DConditionModel` against diffusers on eight small configurations (one on a sample of odd size)
 /// (`Scripts/make-unet-condition-goldens`): the same output for the same weights
 /// and inputs, and the same gradients of `sum(output · upstream)` with respect
 /// to the sample, the context (`encoder_hidden_states`) and every parameter.
@@ -68,6 +68,7 @@ final class UNetConditionParityTests: XCTestCase {
     }
 
     func testStableDiffusion1Layout() throws { try assertParity("sd1") }
+    func testSampleSidesNotDivisibleByTheDownsampling() throws { try assertParity("odd_size") }
     func testStableDiffusion2LayoutLinearProjectionHeadList() throws { try assertParity("sd2") }
     func testTransformerLayersOnlyCrossAttentionMaskClassesTimeCondition() throws { try assertParity("options") }
     func testProjectionClassEmbeddingConcatenatedPlainMidBlock() throws { try assertParity("projection") }

@@ -114,7 +114,10 @@ public final class CrossAttnUpBlock2D: Module {
             hidden = resnet(UNet2DConditionModel.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding)
             hidden = attention(hidden, context: context.states, contextMask: context.mask)
         }
-        if let upsampler = upsamplers.first { hidden = upsampler(hidden) }
+        if let upsampler = upsamplers.first {
+            // To the next skip connection's size: twice this one's, or one less for an odd side.
+            hidden = residuals.last.map { upsampler(hidden, height: $0.shape[2], width: $0.shape[3]) } ?? upsampler(hidden)
+        }
         return hidden
     }
 }

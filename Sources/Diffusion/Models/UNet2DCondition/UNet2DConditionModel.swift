@@ -191,10 +191,6 @@ public final class UNet2DConditionModel: Module {
             fatalError("\(name): sample must be [batch, \(configuration.inChannels), height, width], got \(input.shape)")
         }
         let batch = input.shape[0]
-        let factor = 1 << (configuration.blockOutChannels.count - 1)
-        guard input.shape[2] % factor == 0, input.shape[3] % factor == 0 else {
-            fatalError("\(name): height and width must be divisible by \(factor), got \(input.shape)")
-        }
         guard context.rank == 3, context.shape[0] == batch else {
             fatalError("\(name): encoderHiddenStates must be [\(batch), tokens, channels], got \(context.shape)")
         }
