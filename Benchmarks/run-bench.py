@@ -20,6 +20,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# Floating-point operations per repetition (torch's flop counter on diffusers' model), for the
+# GFLOP/s printed beside a row.
+FLOPS = {"sd15-unet-b2-64": 1354e9}
+
 
 class Worker:
     def __init__(self, command, environment):
@@ -102,6 +106,8 @@ def main():
         diffuse_ms = statistics.median(timings["diffuse"])
         pytorch_ms = statistics.median(timings["pytorch"])
         row = f"{name} diffuse_ms={diffuse_ms:.2f} pytorch_ms={pytorch_ms:.2f} ratio={diffuse_ms / pytorch_ms:.2f}"
+        if name in FLOPS:
+            row += f" diffuse_gflops={FLOPS[name] / diffuse_ms / 1e6:.1f} pytorch_gflops={FLOPS[name] / pytorch_ms / 1e6:.1f}"
         print(row, flush=True)
         rows.append(row)
 

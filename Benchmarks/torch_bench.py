@@ -207,6 +207,49 @@ def sd_product(m, k, n, mode=""):
 SD_PRODUCTS = [(8192, 320, 1280), (8192, 1280, 320), (154, 768, 320), (512, 1280, 1280)]
 
 
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                 attention_head_dim=8, cross_attention_dim=768,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def sd15_unet():
+    """Stable Diffusion 1.5's UNet, random weights, batch 2, 4x64x64 latents, 77x768 context."""
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**SD15_UNET).eval()
+    latents = torch.randn(2, 4, 64, 64)
+    context = torch.randn(2, 77, 768)
+    timesteps = torch.tensor([981, 981])
+
+    def run():
+        with torch.no_grad():
+            model(latents, timesteps, encoder_hidden_states=context)
+    return run
+
+
+def sd_unet_small_train(batch=8):
+    """A small UNet2DConditionModel's training step: (32, 64, 64), 32x32x4 latents, 16x64 context, AdamW."""
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(sample_size=32, block_out_channels=(32, 64, 64), cross_attention_dim=64,
+                                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    clean = torch.randn(batch, 4, 32, 32)
+    noise = torch.randn(batch, 4, 32, 32)
+    context = torch.randn(batch, 16, 64)
+    t = torch.randint(0, 1000, (batch,))
+
+    def run():
+        prediction = model(clean + noise, t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(prediction, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return run
+
+
 WORKLOADS = {
     "gemm-512": lambda: gemm(512),
     "gemm-1024": lambda: gemm(1024),
@@ -230,6 +273,8 @@ WORKLOADS = {
     "attention-sd-cross-4096x77": lambda: attention_sd(4096, 40, keys=77),
     "attention-sd-1024-h80": lambda: attention_sd(1024, 80),
     "attention-sd-256-h160": lambda: attention_sd(256, 160),
+    "sd15-unet-b2-64": sd15_unet,
+    "sd-unet-small-train-b8": sd_unet_small_train,
 }
 for _m, _k, _n in SD_PRODUCTS:
     for _mode in ("", "-w16", "-bf16"):

@@ -153,7 +153,7 @@ func shapedGemm(_ name: String) -> Workload? {
 }
 
 /// Rows that compare peak memory (the driver runs each side in a fresh process).
-let memoryRows = ["unet-mnist-train-b128-rss"]
+let memoryRows = ["unet-mnist-train-b128-rss"] + unetConditionMemoryRows
 
 /// The course's MNIST UNet: 28×28, 1 channel, (32, 64, 64), Down/AttnDown/AttnDown.
 func courseUNet() -> UNet2DModel {
@@ -237,6 +237,7 @@ func peakResidentMegabytes() -> Double {
 workloads += [clipTextL14(), clipTextL14(bfloat16: true), clipVisionB32()]
 workloads += attentionWorkloads
 workloads += engineWorkloads
+workloads += unetConditionWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)

@@ -121,23 +121,35 @@ extension Embedding: TimestepProjection {
     }
 }
 
-/// diffusers' `TimestepEmbedding`: `linear_2(act(linear_1(x)))`.
+/// diffusers' `TimestepEmbedding`: `linear_2(act(linear_1(x)))`, with
+/// `x + cond_proj(condition)` in place of `x` when it has a condition
+/// projection (`time_cond_proj_dim` of `UNet2DConditionModel`).
 public final class TimestepEmbedding: Module {
     public let linear1: Linear
     public let linear2: Linear
     public let activation: Activation
+    /// `cond_proj`: condition width → input width, no bias.
+    public let conditionProjection: Linear?
 
-    public override class var stateDictKeys: [String: String] { ["linear1": "linear_1", "linear2": "linear_2", "activation": "act"] }
+    public override class var stateDictKeys: [String: String] {
+        ["linear1": "linear_1", "linear2": "linear_2", "activation": "act", "conditionProjection": "cond_proj"]
+    }
 
-    public init(inputChannels: Int, embeddingDimension: Int, activation: Activation.Function = .silu) {
+    public init(inputChannels: Int, embeddingDimension: Int, activation: Activation.Function = .silu, conditionDimension: Int? = nil) {
         linear1 = Linear(inputChannels, embeddingDimension)
         self.activation = Activation(activation)
         linear2 = Linear(embeddingDimension, embeddingDimension)
+        conditionProjection = conditionDimension.map { Linear($0, inputChannels, bias: false) }
         super.init()
     }
 
-    public func callAsFunction(_ input: Tensor) -> Tensor {
-        linear2(activation(linear1(input)))
+    public func callAsFunction(_ input: Tensor, condition: Tensor? = nil) -> Tensor {
+        var sample = input
+        if let condition {
+            guard let conditionProjection else { fatalError("TimestepEmbedding: a condition was given, but there is no cond_proj") }
+            sample = sample + conditionProjection(condition)
+        }
+        return linear2(activation(linear1(sample)))
     }
 }
 

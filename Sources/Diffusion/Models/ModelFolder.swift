@@ -57,6 +57,41 @@ public enum ModelFolder {
             : "the folder has the variant(s) \(variants.sorted().map { "\"\($0)\"" }.joined(separator: ", ")); pass variant:"
         throw ModelFolderError.missingFile(path: folder.appendingPathComponent(weightsName(variant: variant)).path, hint: hint)
     }
+
+    /// The folder's `config.json`, with an error when it is missing.
+    public static func configurationPath(in folder: URL) throws -> URL {
+        let path = folder.appendingPathComponent(configurationName)
+        guard FileManager.default.fileExists(atPath: path.path) else {
+            throw ModelFolderError.missingFile(path: path.path, hint: "a diffusers model folder holds config.json and the weights")
+        }
+        return path
+    }
+
+    /// Loads `module`'s weights from the folder's weights file of `variant` (or its sharded index),
+    /// held as `precision` says (16-bit values widened to `float32` by default). Strict: any missing,
+    /// unexpected or mis-shaped parameter throws the `StateDictReport`; otherwise the report of what did not load.
+    public static func loadWeights(into module: Module, folder: URL, variant: String?, strict: Bool,
+                                   precision: WeightPrecision = .float32) throws -> StateDictReport {
+        try module.loadSafetensors(path: try weightsPath(in: folder, variant: variant), strict: strict, precision: precision)
+    }
+
+    /// Builds a model about to be loaded: a strict load overwrites every parameter, so no initial
+    /// values are drawn (``Initialization/withoutInitialValues(_:)``); a lenient one keeps them for
+    /// the parameters the checkpoint lacks.
+    public static func build<Model>(strict: Bool, _ make: () throws -> Model) rethrows -> Model {
+        strict ? try Initialization.withoutInitialValues(make) : try make()
+    }
+
+    /// Writes a diffusers model folder: `config.json` as diffusers writes it and the weights as
+    /// `diffusion_pytorch_model[.variant].safetensors` with `format: pt` metadata, stored as
+    /// `dataType` (by default `float16` for the `fp16` variant, `bfloat16` for `bf16`, else `float32`).
+    public static func save(_ module: Module, configuration: some ModelConfigurationFile, folder: URL, variant: String?,
+                            dataType: DataType?) throws {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try configuration.save(to: folder.appendingPathComponent(configurationName))
+        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
+        try module.saveSafetensors(path: folder.appendingPathComponent(weightsName(variant: variant)).path, dataType: stored)
+    }
 }
 
 extension UNet2DModel {
@@ -70,16 +105,9 @@ extension UNet2DModel {
     ///   initial values; read `loadReport` to see which.
     /// - Parameter precision: how the weights are held (16-bit ones mapped from the file with `.asStored`).
     public static func load(folder: URL, variant: String? = nil, strict: Bool = true, precision: WeightPrecision = .float32) throws -> UNet2DModel {
-        let configurationPath = folder.appendingPathComponent(ModelFolder.configurationName)
-        guard FileManager.default.fileExists(atPath: configurationPath.path) else {
-            throw ModelFolderError.missingFile(path: configurationPath.path, hint: "a diffusers model folder holds config.json and the weights")
-        }
-        let configuration = try UNet2DConfiguration.load(contentsOf: configurationPath)
-        // A strict load overwrites every parameter: no initial values to draw.
-        let model = strict ? try Initialization.withoutInitialValues { try UNet2DModel(configuration: configuration) }
-            : try UNet2DModel(configuration: configuration)
-        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict,
-                                                     precision: precision)
+        let configuration = try UNet2DConfiguration.load(contentsOf: ModelFolder.configurationPath(in: folder))
+        let model = try ModelFolder.build(strict: strict) { try UNet2DModel(configuration: configuration) }
+        model.loadReport = try ModelFolder.loadWeights(into: model, folder: folder, variant: variant, strict: strict, precision: precision)
         return model
     }
 
@@ -90,10 +118,7 @@ extension UNet2DModel {
     /// - Parameter dataType: the stored type; by default `float16` for the
     ///   `fp16` variant, `bfloat16` for `bf16`, else `float32`.
     public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try configuration.save(to: folder.appendingPathComponent(ModelFolder.configurationName))
-        let stored = dataType ?? (variant == "fp16" ? .float16 : variant == "bf16" ? .bfloat16 : nil)
-        try saveSafetensors(path: folder.appendingPathComponent(ModelFolder.weightsName(variant: variant)).path, dataType: stored)
+        try ModelFolder.save(self, configuration: configuration, folder: folder, variant: variant, dataType: dataType)
     }
 }
 

@@ -35,4 +35,19 @@ public final class Upsample2D: Module, UnaryLayer {
     public func callAsFunction(_ input: Tensor) -> Tensor {
         conv(input.upsampleNearest(scaleFactor: 2))
     }
+
+    /// Nearest-neighbour to `height × width` (diffusers' `output_size`, which a UNet
+    /// passes when the sample's sides are not divisible by its total downsampling),
+    /// then the convolution. Each side must be twice the input's or one less: for
+    /// those, nearest interpolation is doubling and dropping the last row or column.
+    public func callAsFunction(_ input: Tensor, height: Int, width: Int) -> Tensor {
+        let (inputHeight, inputWidth) = (input.shape[2], input.shape[3])
+        guard [2 * inputHeight, 2 * inputHeight - 1].contains(height), [2 * inputWidth, 2 * inputWidth - 1].contains(width) else {
+            fatalError("Upsample2D: cannot upsample \(inputHeight)×\(inputWidth) to \(height)×\(width) (only ×2, or ×2 less one)")
+        }
+        var upsampled = input.upsampleNearest(scaleFactor: 2)
+        if height < 2 * inputHeight { upsampled = upsampled.narrowed(axis: 2, start: 0, length: height) }
+        if width < 2 * inputWidth { upsampled = upsampled.narrowed(axis: 3, start: 0, length: width) }
+        return conv(upsampled)
+    }
 }

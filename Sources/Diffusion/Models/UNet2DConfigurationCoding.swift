@@ -4,12 +4,10 @@ import NN
 // Reading and writing `config.json`: diffusers' keys and JSON conventions at
 // the edge, Swift enums inside.
 
-extension UNet2DConfiguration: Codable {
+extension UNet2DConfiguration: Codable, ModelConfigurationFile {
     /// Decodes a JSON object with diffusers' keys, as `init(jsonObject:)`.
     public init(from decoder: Decoder) throws {
-        let value = try decoder.singleValueContainer().decode(CodableJSONValue.self).value
-        guard case .object(let members) = value else { throw UNet2DConfigurationError.invalidJSON("found a \(value.typeName)") }
-        try self.init(jsonObject: members)
+        try self.init(jsonValue: try decoder.singleValueContainer().decode(CodableJSONValue.self).value)
     }
 
     /// Encodes every key of `jsonObject`.
@@ -18,27 +16,8 @@ extension UNet2DConfiguration: Codable {
         try container.encode(CodableJSONValue(.object(jsonObject)))
     }
 
-    /// Reads the text of a `config.json`.
-    public init(jsonText: String) throws {
-        let root: JSONValue
-        do {
-            root = try JSONText.parse(jsonText)
-        } catch let error as JSONSyntaxError {
-            throw UNet2DConfigurationError.invalidJSON(error.description)
-        }
-        guard case .object(let members) = root else { throw UNet2DConfigurationError.invalidJSON("found a \(root.typeName)") }
-        try self.init(jsonObject: members)
-    }
-
-    /// Reads `config.json` (or the `config.json` in a directory).
-    public static func load(contentsOf url: URL) throws -> UNet2DConfiguration {
-        var file = url
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            file = url.appendingPathComponent("config.json")
-        }
-        return try UNet2DConfiguration(jsonText: String(contentsOf: file, encoding: .utf8))
-    }
+    /// The error for a `config.json` that is not a JSON object.
+    public static func invalidJSON(_ reason: String) -> Error { UNet2DConfigurationError.invalidJSON(reason) }
 
     /// Builds the configuration from diffusers' keys; absent keys take diffusers' defaults.
     public init(jsonObject members: [String: JSONValue]) throws {
@@ -144,23 +123,10 @@ extension UNet2DConfiguration: Codable {
         if let nameOrPath { object["_name_or_path"] = .string(nameOrPath) }
         return object
     }
-
-    /// The `config.json` text diffusers writes: `json.dumps(config, indent=2, sort_keys=True)` and a newline.
-    public var jsonText: String { JSONText.write(.object(jsonObject), indent: 2) + "\n" }
-
-    /// Writes `config.json` at `url` (a file, or a directory to put it in).
-    public func save(to url: URL) throws {
-        var file = url
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-            file = url.appendingPathComponent("config.json")
-        }
-        try jsonText.write(to: file, atomically: true, encoding: .utf8)
-    }
 }
 
 /// Typed access to the members of a configuration object, with errors naming the key.
-private struct KeyReader {
+struct KeyReader {
     let members: [String: JSONValue]
 
     private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> UNet2DConfigurationError {

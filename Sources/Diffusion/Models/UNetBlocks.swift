@@ -159,7 +159,8 @@ public final class UNetUpBlock: Module {
             if let resnet = upsampler as? ResnetBlock2D {
                 hidden = resnet(hidden, timeEmbedding: timeEmbedding)
             } else if let convolution = upsampler as? Upsample2D {
-                hidden = convolution(hidden)
+                // To the next skip connection's size: twice this one's, or one less for an odd side.
+                hidden = residuals.last.map { convolution(hidden, height: $0.shape[2], width: $0.shape[3]) } ?? convolution(hidden)
             }
         }
         return hidden

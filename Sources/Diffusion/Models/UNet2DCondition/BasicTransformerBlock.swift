@@ -1,0 +1,100 @@
+import Foundation
+import NN
+import Tensors
+
+/// diffusers' `GEGLU`: one projection to twice the width, split in two halves
+/// `h` and `g`, output `h · gelu(g)` (the exact GELU). Parameter name `proj`.
+public final class GEGLU: Module, UnaryLayer {
+    public let proj: Linear
+
+    public init(inputDimension: Int, outputDimension: Int, bias: Bool = true) {
+        proj = Linear(inputDimension, 2 * outputDimension, bias: bias)
+        super.init()
+    }
+
+    public func callAsFunction(_ input: Tensor) -> Tensor {
+        guard input.shape.last == proj.inFeatures else {
+            fatalError("GEGLU: input shape \(input.shape) does not end in \(proj.inFeatures) features")
+        }
+        // Two products with the halves of the weight (row blocks, so views) rather than
+        // one product split in two: the split of the activation would be strided, and its
+        // backward would write two activation-sized gradients.
+        let weights = proj.weight.chunked(2, axis: 0)
+        let biases = proj.bias?.chunked(2, axis: 0)
+        let hidden = input.linear(weight: weights[0], bias: biases?[0])
+        let gate = input.linear(weight: weights[1], bias: biases?[1])
+        return hidden * gate.gelu()
+    }
+}
+
+/// diffusers' `FeedForward` with the `geglu` activation: `net.0` a `GEGLU`
+/// to `multiplier × dimension`, `net.1` dropout, `net.2` a `Linear` back.
+public final class FeedForward: Module, UnaryLayer {
+    public let net: [Module]
+
+    public init(dimension: Int, outputDimension: Int? = nil, multiplier: Int = 4, dropout: Float = 0) {
+        let inner = dimension * multiplier
+        net = [GEGLU(inputDimension: dimension, outputDimension: inner), Dropout(dropout),
+               Linear(inner, outputDimension ?? dimension)]
+        super.init()
+    }
+
+    public func callAsFunction(_ input: Tensor) -> Tensor {
+        guard let gated = net[0] as? GEGLU, let dropout = net[1] as? Dropout, let output = net[2] as? Linear else {
+            fatalError("FeedForward: net must be [GEGLU, Dropout, Linear]")
+        }
+        return output(dropout(gated(input)))
+    }
+}
+
+/// diffusers' `BasicTransformerBlock` as Stable Diffusion's UNet builds it
+/// (`norm_type: layer_norm`, GEGLU feed-forward): `norm1` + `attn1`
+/// self-attention (attention to the context with `only_cross_attention`),
+/// `norm2` + `attn2` cross-attention to `encoder_hidden_states`, `norm3` + `ff`,
+/// each added to its input.
+public final class BasicTransformerBlock: Module {
+    public let norm1: LayerNorm
+    public let attn1: Attention
+    public let norm2: LayerNorm?
+    public let attn2: Attention?
+    public let norm3: LayerNorm
+    public let ff: FeedForward
+    /// `attn1` attends to the context instead of the tokens themselves.
+    public let onlyCrossAttention: Bool
+
+    /// - Parameters:
+    ///   - dimension: token width (`dim`), `heads × headDimension`.
+    ///   - crossAttentionDimension: context width; nil for a block without `attn2`.
+    public init(dimension: Int, heads: Int, headDimension: Int, crossAttentionDimension: Int?, dropout: Float = 0,
+                onlyCrossAttention: Bool = false, attentionBias: Bool = false) {
+        norm1 = LayerNorm(dimension)
+        attn1 = Attention(queryDimension: dimension, crossAttentionDimension: onlyCrossAttention ? crossAttentionDimension : nil,
+                          heads: heads, dimensionPerHead: headDimension, dropout: dropout, bias: attentionBias)
+        if let crossAttentionDimension {
+            norm2 = LayerNorm(dimension)
+            attn2 = Attention(queryDimension: dimension, crossAttentionDimension: crossAttentionDimension, heads: heads,
+                              dimensionPerHead: headDimension, dropout: dropout, bias: attentionBias)
+        } else {
+            norm2 = nil
+            attn2 = nil
+        }
+        norm3 = LayerNorm(dimension)
+        ff = FeedForward(dimension: dimension, dropout: dropout)
+        self.onlyCrossAttention = onlyCrossAttention
+        super.init()
+    }
+
+    /// - Parameters:
+    ///   - input: `[batch, tokens, dimension]`.
+    ///   - context: `[batch, contextTokens, crossAttentionDimension]`.
+    ///   - contextMask: an additive bias broadcastable to `[batch, heads, tokens, contextTokens]`, used by `attn2`.
+    public func callAsFunction(_ input: Tensor, context: Tensor?, contextMask: Tensor? = nil) -> Tensor {
+        var hidden = input
+        hidden = attn1(norm1(hidden), context: onlyCrossAttention ? context : nil) + hidden
+        if let norm2, let attn2 {
+            guard let context else { fatalError("BasicTransformerBlock: cross-attention needs encoder_hidden_states") }
+            hidden = attn2(norm2(hidden), context: context, mask: contextMask) + hidden
+        }
+        return ff(norm3(hidden)) + hidden
+    }
+}
