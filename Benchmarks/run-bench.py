@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Floating-point operations per repetition (torch's flop counter on diffusers' model), for the
 # GFLOP/s printed beside a row.
-FLOPS = {"sd15-unet-b2-64": 1354e9}
+FLOPS = {"sd15-unet-b2-64": 1354e9, "sd15-unet-b2-64-w16": 1354e9, "sd15-unet-b2-64-bf16": 1354e9}
 
 
 class Worker:

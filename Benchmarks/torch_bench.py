@@ -274,6 +274,10 @@ WORKLOADS = {
     "attention-sd-1024-h80": lambda: attention_sd(1024, 80),
     "attention-sd-256-h160": lambda: attention_sd(256, 160),
     "sd15-unet-b2-64": sd15_unet,
+    # Diffuse's side holds 16-bit weights (-w16: float32 compute, -bf16: bfloat16 compute); PyTorch's is
+    # diffusers' default float32 model, the reference of issue #18's targets.
+    "sd15-unet-b2-64-w16": sd15_unet,
+    "sd15-unet-b2-64-bf16": sd15_unet,
     "sd-unet-small-train-b8": sd_unet_small_train,
 }
 for _m, _k, _n in SD_PRODUCTS:

@@ -18,6 +18,34 @@ func stableDiffusion15UNet() -> Workload {
     }
 }
 
+/// The same UNet with its weights held in bfloat16 (built without float32 initial values, each
+/// parameter drawn and rounded one at a time, so the float32 model never exists): `-w16` computes
+/// in float32 (weights widened layer by layer), `-bf16` in bfloat16 (oneDNN; the weights used as
+/// they are). PyTorch's side of both is diffusers' default float32 model, the reference.
+func stableDiffusion15UNetSixteenBit(bfloat16Compute: Bool) -> Workload {
+    Workload(name: bfloat16Compute ? "sd15-unet-b2-64-bf16" : "sd15-unet-b2-64-w16") {
+        ComputeMode.precision = bfloat16Compute ? .bfloat16 : .float32
+        let model = Initialization.withoutInitialValues { try! UNet2DConditionModel(configuration: .stableDiffusion15) }
+        var draws = RandomGenerator(seed: 5)
+        for (name, parameter) in model.namedParameters() {
+            let values: Tensor
+            if parameter.rank >= 2 {
+                let bound = 1 / Float(parameter.count / parameter.shape[0]).squareRoot()
+                values = Tensor.rand(parameter.shape, low: -bound, high: bound, generator: &draws)
+            } else {
+                values = name.contains("norm") && name.hasSuffix("weight") ? Tensor.ones(parameter.shape)
+                    : Tensor.rand(parameter.shape, low: -0.02, high: 0.02, generator: &draws)
+            }
+            parameter.requiresGrad = false
+            parameter.replaceStorage(with: values.converted(to: .bfloat16).storage)
+        }
+        model.eval()
+        let latents = Tensor.randn([2, 4, 64, 64], generator: &draws)
+        let context = Tensor.randn([2, 77, 768], generator: &draws)
+        return { _ = noGrad { model(latents, timestep: 981, encoderHiddenStates: context) } }
+    }
+}
+
 /// A small UNet2DConditionModel's training step at batch 8: blocks (32, 64, 64), 32×32
 /// latents of 4 channels, a 16-token context of width 64, MSE to the noise, AdamW.
 func smallConditionUNetTraining() -> Workload {
@@ -48,5 +76,6 @@ func smallConditionUNetTraining() -> Workload {
     }
 }
 
-let unetConditionWorkloads = [stableDiffusion15UNet(), smallConditionUNetTraining()]
-let unetConditionMemoryRows = ["sd15-unet-b2-64-rss"]
+let unetConditionWorkloads = [stableDiffusion15UNet(), stableDiffusion15UNetSixteenBit(bfloat16Compute: false),
+                              stableDiffusion15UNetSixteenBit(bfloat16Compute: true), smallConditionUNetTraining()]
+let unetConditionMemoryRows = ["sd15-unet-b2-64-rss", "sd15-unet-b2-64-w16-rss"]
