@@ -80,7 +80,8 @@ extension Tensor {
 /// The sizes of one convolution, validated.
 struct ConvolutionGeometry {
     let batch: Int, inChannels: Int, height: Int, width: Int
-    let outChannels: Int, kernelHeight: Int, kernelWidth: Int
+    var outChannels: Int
+    let kernelHeight: Int, kernelWidth: Int
     let stride: Int, padding: Int
     let outHeight: Int, outWidth: Int
 

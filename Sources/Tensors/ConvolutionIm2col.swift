@@ -11,19 +11,59 @@ extension Convolution {
         let biasPointer = bias.map { UnsafePointer($0.floatPointer) }
         switch algorithm {
         case .winograd:
-            let (plan, schedule) = winogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
-                                                inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
-                                                outputTile: winogradTile, blockBytes: forwardBlockBytes)
-            let transformed = Winograd.transformWeight(weight.floatPointer, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
-                                                       outputTile: winogradTile, forDataGradient: false)
-            defer { ScratchMemory.release(transformed) }
-            Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan, schedule: schedule,
-                              transformedWeight: transformed, bias: biasPointer, output: output.floatPointer)
+            let groups = winogradOutputGroups(geometry)
+            if groups == 1 {
+                winogradForward(input: input, inputIsChannelsLast: inputIsChannelsLast, weight: UnsafePointer(weight.floatPointer), bias: biasPointer,
+                                geometry: geometry, output: output.floatPointer)
+                break
+            }
+            // Output channels in groups (multiples of 8), each through a channels-last output of its own
+            // copied into its columns: the transformed weights of one group stay under the budget.
+            for group in 0..<groups {
+                let first = (geometry.outChannels * group / groups) / 8 * 8
+                let end = group == groups - 1 ? geometry.outChannels : (geometry.outChannels * (group + 1) / groups) / 8 * 8
+                var part = geometry
+                part.outChannels = end - first
+                let partOutput = channelsLastTensor(part.outputShape)
+                winogradForward(input: input, inputIsChannelsLast: inputIsChannelsLast,
+                                weight: UnsafePointer(weight.floatPointer) + first * geometry.inChannels * 9, bias: biasPointer.map { $0 + first },
+                                geometry: part, output: partOutput.floatPointer)
+                let (source, target, width, stride) = (UnsafePointer(partOutput.floatPointer), output.floatPointer + first, end - first, geometry.outChannels)
+                Parallel.forEach(geometry.outputPixels, grain: 256) { pixels in
+                    for pixel in pixels { (target + pixel * stride).update(from: source + pixel * width, count: width) }
+                }
+            }
         case .pointwise, .im2col:
             precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
             im2colForward(input: input.floatPointer, weight: weightMatrix(weight, geometry), bias: biasPointer, geometry: geometry, output: output.floatPointer)
         }
         return output
+    }
+
+    /// Most bytes of Winograd-transformed weights one forward convolution holds at a time
+    /// (36 positions × input × output channels × 4 bytes: 478 MB for Stable Diffusion's
+    /// 2,560 → 1,280 layers). Larger convolutions run in groups of output channels. The
+    /// transform is a transient of every call, so a cap lowers the peak memory of inference.
+    nonisolated(unsafe) static var winogradWeightBudgetBytes = 64 << 20
+
+    /// How many output-channel groups keep the transformed weights under the budget.
+    static func winogradOutputGroups(_ geometry: ConvolutionGeometry) -> Int {
+        let size = winogradTile + 2
+        let bytes = 4 * size * size * ((geometry.inChannels + 7) / 8 * 8) * WinogradPlan.rowStride((geometry.outChannels + 7) / 8 * 8)
+        return Swift.max(1, Swift.min(geometry.outChannels / 32, (bytes + winogradWeightBudgetBytes - 1) / winogradWeightBudgetBytes))
+    }
+
+    /// One Winograd forward convolution: weights transformed, then the tiles.
+    static func winogradForward(input: Tensor, inputIsChannelsLast: Bool, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                geometry: ConvolutionGeometry, output: UnsafeMutablePointer<Float>) {
+        let (plan, schedule) = winogradPlan(batch: geometry.batch, height: geometry.height, width: geometry.width,
+                                            inChannels: geometry.inChannels, outChannels: geometry.outChannels, padding: geometry.padding,
+                                            outputTile: winogradTile, blockBytes: forwardBlockBytes)
+        let transformed = Winograd.transformWeight(weight, outChannels: geometry.outChannels, inChannels: geometry.inChannels,
+                                                   outputTile: winogradTile, forDataGradient: false)
+        defer { ScratchMemory.release(transformed) }
+        Winograd.convolve(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, plan: plan, schedule: schedule,
+                          transformedWeight: transformed, bias: bias, output: output)
     }
 
     /// Rows of the im2col matrix handled at a time (keeps the patch buffer near `im2colBlockBytes`).

@@ -109,6 +109,25 @@ final class ConvolutionTests: XCTestCase {
         }
     }
 
+    /// Large Winograd convolutions run in groups of output channels (the transformed weights stay
+    /// under a budget); here a tiny budget forces groups on small shapes, odd channel counts included.
+    func testWinogradInOutputChannelGroups() {
+        let saved = Convolution.winogradWeightBudgetBytes
+        defer { Convolution.winogradWeightBudgetBytes = saved }
+        for (index, (channels, outChannels, size)) in [(16, 72, 9), (33, 100, 12), (8, 64, 5)].enumerated() {
+            let input = random([2, channels, size, size], seed: 300 + UInt64(index))
+            let weight = random([outChannels, channels, 3, 3], seed: 400 + UInt64(index), scale: 0.3)
+            let bias = random([outChannels], seed: 500 + UInt64(index))
+            let expected = Tensor.conv2dReference(input: input, weight: weight, bias: bias, padding: 1)
+            Convolution.winogradWeightBudgetBytes = 4096
+            let geometry = ConvolutionGeometry(input: input.shape, weight: weight.shape, bias: bias.shape, stride: 1, padding: 1)
+            XCTAssertGreaterThan(Convolution.winogradOutputGroups(geometry), 1, "case \(index) must run in groups")
+            assertMatches(noGrad { input.conv2d(weight: weight, bias: bias, padding: 1) }, expected, "case \(index) in groups")
+            Convolution.winogradWeightBudgetBytes = saved
+            assertMatches(noGrad { input.conv2d(weight: weight, bias: bias, padding: 1) }, expected, "case \(index) whole")
+        }
+    }
+
     func testAlgorithmChoice() {
         func choice(_ channels: Int, _ kernel: Int, stride: Int, padding: Int) -> ConvolutionAlgorithm {
             Convolution.algorithm(for: ConvolutionGeometry(input: [2, channels, 8, 8], weight: [channels, channels, kernel, kernel],
