@@ -204,13 +204,13 @@ enum Convolution {
     /// Whether the bfloat16 path is expected to beat the float32 kernels on this shape.
     static func bfloat16Suits(_ geometry: ConvolutionGeometry) -> Bool {
         if let preferBFloat16 { return preferBFloat16 }
-        // Measured on Zen 4, 2 threads (conv-fwd-bf16:… with DIFFUSE_BF16_CONV=always / never): oneDNN's
-        // bfloat16 direct convolution beats the float32 Winograd kernels from 320 channels on (2×320 at
-        // 128×128: 141 against 198 ms; 1×512 at 128×128: 176 against 200 ms) and on images up to 64×64
-        // (2×1,280 at 16×16: 33 against 118 ms), but not on large images with few channels (1×128 at
-        // 512×512: 239 against 148 ms; 1×256 at 256×256: 183 against 179 ms).
+        // Measured on Zen 4, 2 threads (conv-fwd-bf16:… with DIFFUSE_BF16_CONV=always / never), against the
+        // float32 Winograd kernels in output-channel groups: oneDNN's bfloat16 direct convolution wins on
+        // small images (2×1,280 at 16×16: 33 against 57 ms; 2×2,560→1,280 at 16×16: 65 against 150–260 ms;
+        // at 8×8: 8.5 against 34 ms), ties at 32×32 (2×640: 32 against 32 ms) and loses on larger ones
+        // (2×960→320 at 64×64: 99 against 90 ms; 1×512 at 64×64: 42 against 39 ms).
         if geometry.suitsWinograd && geometry.inChannels >= 8 && geometry.outChannels >= 8 {
-            return Swift.min(geometry.inChannels, geometry.outChannels) >= 320 || geometry.outHeight * geometry.outWidth <= 64 * 64
+            return geometry.outHeight * geometry.outWidth <= 16 * 16
         }
         return true
     }

@@ -114,7 +114,7 @@ final class ConvolutionTests: XCTestCase {
     func testWinogradInOutputChannelGroups() {
         let saved = Convolution.winogradWeightBudgetBytes
         defer { Convolution.winogradWeightBudgetBytes = saved }
-        for (index, (channels, outChannels, size)) in [(16, 72, 9), (33, 100, 12), (8, 64, 5)].enumerated() {
+        for (index, (channels, outChannels, size)) in [(16, 136, 9), (33, 200, 12), (8, 128, 5)].enumerated() {
             let input = random([2, channels, size, size], seed: 300 + UInt64(index))
             let weight = random([outChannels, channels, 3, 3], seed: 400 + UInt64(index), scale: 0.3)
             let bias = random([outChannels], seed: 500 + UInt64(index))
