@@ -175,12 +175,13 @@ extension AutoencoderTiny {
     public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> AutoencoderTiny {
         let configuration = try AutoencoderTinyConfiguration.load(contentsOf: try AutoencoderFolder.configurationURL(in: folder))
         let model = try AutoencoderTiny(configuration: configuration)
-        model.loadReport = try model.loadSafetensors(path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
         return model
     }
 
-    /// Writes a diffusers model folder (see `AutoencoderKL.save(folder:variant:dataType:)`).
-    public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
-        try AutoencoderFolder.save(self, configurationText: configuration.jsonText, folder: folder, variant: variant, dataType: dataType)
+    /// Writes a diffusers model folder (see `AutoencoderKL.save(folder:variant:dataType:maximumShardBytes:)`).
+    public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil, maximumShardBytes: Int? = nil) throws {
+        try AutoencoderFolder.save(self, configurationText: configuration.jsonText, folder: folder, variant: variant, dataType: dataType,
+                                   maximumShardBytes: maximumShardBytes)
     }
 }
