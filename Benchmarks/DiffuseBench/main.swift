@@ -237,6 +237,7 @@ func peakResidentMegabytes() -> Double {
 workloads += [clipTextL14(), clipTextL14(bfloat16: true), clipVisionB32()]
 workloads += attentionWorkloads
 workloads += engineWorkloads
+workloads += autoencoderWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)
