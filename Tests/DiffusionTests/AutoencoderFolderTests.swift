@@ -183,3 +183,58 @@ extension AutoencoderFolderTests {
         XCTAssertEqual(model.parameters().map { $0.toArray() }, reference.parameters().map { $0.toArray() })
     }
 }
+
+extension AutoencoderFolderTests {
+    /// Writes folders for `Scripts/make-vae-goldens --verify-diffuse-folder`: `kl/` (a
+    /// random AutoencoderKL with shift factor, float32 and fp16 variant), `kl-sharded/`
+    /// (the same, sharded) and `tiny/` (a random AutoencoderTiny), each with
+    /// `diffuse_check.safetensors` holding an input and Diffuse's outputs. Set
+    /// `DIFFUSE_VAE_EXPORT` to keep them.
+    func testWriteFoldersForPythonVerification() throws {
+        let environment = ProcessInfo.processInfo.environment["DIFFUSE_VAE_EXPORT"]
+        let root = try environment.map { URL(fileURLWithPath: $0) } ?? temporaryFolder("export")
+        try? FileManager.default.removeItem(at: root)
+        Initialization.seed(2025)
+        var configuration = AutoencoderKLConfiguration()
+        configuration.blockOutChannels = [8, 16]
+        configuration.downBlockTypes = [.downEncoderBlock, .downEncoderBlock]
+        configuration.upBlockTypes = [.upDecoderBlock, .upDecoderBlock]
+        configuration.normGroupCount = 4
+        configuration.shiftFactor = 0.0609
+        configuration.scalingFactor = 1.5305
+        let kl = try AutoencoderKL(configuration: configuration)
+        var tinyConfiguration = AutoencoderTinyConfiguration()
+        tinyConfiguration.encoderBlockOutChannels = [8, 8]
+        tinyConfiguration.decoderBlockOutChannels = [8, 8]
+        tinyConfiguration.encoderBlockCounts = [1, 1]
+        tinyConfiguration.decoderBlockCounts = [1, 1]
+        let tiny = try AutoencoderTiny(configuration: tinyConfiguration)
+        // Non-trivial norm parameters, so a transposed or dropped scale would show.
+        for (name, parameter) in kl.namedParameters() where name.contains("norm") {
+            var generator = RandomGenerator(seed: UInt64(name.utf8.count))
+            parameter.copyValues(from: noGrad { parameter + Tensor.randn(parameter.shape, generator: &generator) * 0.1 })
+        }
+        var generator = RandomGenerator(seed: 9)
+        let image = Tensor.randn([2, 3, 16, 16], generator: &generator)
+        try kl.save(folder: root.appendingPathComponent("kl"))
+        try kl.save(folder: root.appendingPathComponent("kl"), variant: "fp16")
+        try kl.save(folder: root.appendingPathComponent("kl-sharded"), maximumShardBytes: 60_000)
+        let half = try AutoencoderKL.load(folder: root.appendingPathComponent("kl"), variant: "fp16")
+        for (name, model) in [("kl", kl), ("kl-sharded", kl)] {
+            let moments = noGrad { model.encodeMoments(image) }
+            let decoded = noGrad { model.decode(moments.narrowed(axis: 1, start: 0, length: 4)) }
+            var tensors = ["image": image, "moments": moments, "decoded": decoded]
+            if name == "kl" {
+                tensors["moments_fp16_weights"] = noGrad { half.encodeMoments(image) }
+            }
+            try Safetensors.save(tensors, to: root.appendingPathComponent(name).appendingPathComponent("diffuse_check.safetensors").path)
+        }
+        try tiny.save(folder: root.appendingPathComponent("tiny"))
+        let latents = noGrad { tiny.encode(image) }
+        try Safetensors.save(["image": image, "latents": latents, "decoded": noGrad { tiny.decode(latents) }],
+                             to: root.appendingPathComponent("tiny").appendingPathComponent("diffuse_check.safetensors").path)
+        let reloaded = try AutoencoderKL.load(folder: root.appendingPathComponent("kl-sharded"))
+        XCTAssertEqual(noGrad { reloaded.encodeMoments(image) }.toArray(), noGrad { kl.encodeMoments(image) }.toArray())
+        if let environment { print("wrote Diffuse VAE folders to \(environment)") }
+    }
+}
