@@ -108,3 +108,21 @@ extension AutoencoderKL {
                                    maximumShardBytes: maximumShardBytes)
     }
 }
+
+extension AutoencoderTiny {
+    /// Loads a diffusers `AutoencoderTiny` folder (e.g. madebyollin/taesd):
+    /// `config.json` and `diffusion_pytorch_model[.variant].safetensors`.
+    /// `strict` as in `AutoencoderKL.load(folder:variant:strict:)`.
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> AutoencoderTiny {
+        let configuration = try AutoencoderTinyConfiguration.load(contentsOf: try AutoencoderFolder.configurationURL(in: folder))
+        let model = try AutoencoderTiny(configuration: configuration)
+        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        return model
+    }
+
+    /// Writes a diffusers model folder (see `AutoencoderKL.save(folder:variant:dataType:maximumShardBytes:)`).
+    public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil, maximumShardBytes: Int? = nil) throws {
+        try AutoencoderFolder.save(self, configurationText: configuration.jsonText, folder: folder, variant: variant, dataType: dataType,
+                                   maximumShardBytes: maximumShardBytes)
+    }
+}
