@@ -40,6 +40,14 @@ final class AutoencoderFolderTests: XCTestCase {
         for ((name, a), (_, b)) in zip(model.namedParameters(), half.namedParameters()) {
             XCTAssertEqual(b.toArray(), a.converted(to: .float16).converted(to: .float32).toArray(), name)
         }
+        // Kept in 16 bits: half the bytes, and exactly the widened model's outputs.
+        let kept = try AutoencoderKL.load(folder: folder, variant: "fp16", precision: .asStored)
+        XCTAssertEqual(kept.loadReport, StateDictReport())
+        XCTAssertEqual(kept.parameterBytes * 2, half.parameterBytes)
+        let image = try golden.tensor("image")
+        XCTAssertEqual(noGrad { kept.encodeMoments(image) }.toArray(), noGrad { half.encodeMoments(image) }.toArray())
+        let latent = moments.narrowed(axis: 1, start: 0, length: 4)
+        XCTAssertEqual(noGrad { kept.decode(latent) }.toArray(), noGrad { half.decode(latent) }.toArray())
     }
 
     func testDiffusersTinyFolderLoadsWithCleanReport() throws {

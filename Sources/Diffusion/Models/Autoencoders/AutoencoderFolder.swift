@@ -29,9 +29,10 @@ enum AutoencoderFolder {
 
     /// Copies the checkpoint at `path` (a file or sharded index) into `model`,
     /// accepting the deprecated attention names and 1×1-convolution shapes
-    /// `[C, C, 1, 1]` for the attention projections. Reports (and, when
-    /// `strict`, throws) what does not match, changing nothing then.
-    static func loadWeights(into model: Module, path: String, strict: Bool) throws -> StateDictReport {
+    /// `[C, C, 1, 1]` for the attention projections, holding the weights as
+    /// `precision` says. Reports (and, when `strict`, throws) what does not
+    /// match, changing nothing then.
+    static func loadWeights(into model: Module, path: String, strict: Bool, precision: WeightPrecision) throws -> StateDictReport {
         let checkpoint = try SafetensorsCheckpoint(path: path)
         var report = StateDictReport()
         var used = Set<String>()
@@ -51,10 +52,7 @@ enum AutoencoderFolder {
         report.unexpected = checkpoint.names.filter { !used.contains($0) }
         if strict && !report.isClean { throw report }
         // One tensor at a time, so peak memory is the model plus one tensor.
-        for (parameter, stored) in sources {
-            let tensor = try checkpoint.tensor(stored)
-            parameter.copyValues(from: tensor.shape == parameter.shape ? tensor : tensor.reshaped(parameter.shape))
-        }
+        for (parameter, stored) in sources { try checkpoint.load(stored, into: parameter, precision: precision) }
         return report
     }
 
@@ -80,18 +78,26 @@ enum AutoencoderFolder {
 extension AutoencoderKL {
     /// Loads a diffusers `AutoencoderKL` folder (a pipeline's `vae/`):
     /// `config.json` and `diffusion_pytorch_model[.variant].safetensors` (or a
-    /// sharded index). Half-precision weights are widened to `float32`; the
-    /// attention names of files written before diffusers 0.14 (`query`, `key`,
-    /// `value`, `proj_attn`) are accepted, as diffusers accepts them.
+    /// sharded index). Half-precision weights are widened to `float32` unless
+    /// `precision` keeps them; the attention names of files written before
+    /// diffusers 0.14 (`query`, `key`, `value`, `proj_attn`) are accepted, as
+    /// diffusers accepts them.
     ///
-    /// - Parameter strict: when true (the default) any missing, unexpected or
-    ///   mis-shaped parameter throws a `StateDictReport` naming all of them.
-    ///   When false, matching parameters load and the rest keep their random
-    ///   initial values; read `loadReport` to see which.
-    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> AutoencoderKL {
+    /// - Parameters:
+    ///   - strict: when true (the default) any missing, unexpected or
+    ///     mis-shaped parameter throws a `StateDictReport` naming all of them.
+    ///     When false, matching parameters load and the rest keep their random
+    ///     initial values; read `loadReport` to see which.
+    ///   - precision: how the weights are held (`.asStored` keeps an fp16
+    ///     variant's weights in 16 bits, mapped from the file, for inference).
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true,
+                            precision: WeightPrecision = .float32) throws -> AutoencoderKL {
         let configuration = try AutoencoderKLConfiguration.load(contentsOf: try AutoencoderFolder.configurationURL(in: folder))
-        let model = try AutoencoderKL(configuration: configuration)
-        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        // A strict load overwrites every parameter: no initial values to draw.
+        let model = strict ? try Initialization.withoutInitialValues { try AutoencoderKL(configuration: configuration) }
+            : try AutoencoderKL(configuration: configuration)
+        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant),
+                                                             strict: strict, precision: precision)
         return model
     }
 
@@ -112,11 +118,14 @@ extension AutoencoderKL {
 extension AutoencoderTiny {
     /// Loads a diffusers `AutoencoderTiny` folder (e.g. madebyollin/taesd):
     /// `config.json` and `diffusion_pytorch_model[.variant].safetensors`.
-    /// `strict` as in `AutoencoderKL.load(folder:variant:strict:)`.
-    public static func load(folder: URL, variant: String? = nil, strict: Bool = true) throws -> AutoencoderTiny {
+    /// `strict` and `precision` as in `AutoencoderKL.load(folder:variant:strict:precision:)`.
+    public static func load(folder: URL, variant: String? = nil, strict: Bool = true,
+                            precision: WeightPrecision = .float32) throws -> AutoencoderTiny {
         let configuration = try AutoencoderTinyConfiguration.load(contentsOf: try AutoencoderFolder.configurationURL(in: folder))
-        let model = try AutoencoderTiny(configuration: configuration)
-        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant), strict: strict)
+        let model = strict ? try Initialization.withoutInitialValues { try AutoencoderTiny(configuration: configuration) }
+            : try AutoencoderTiny(configuration: configuration)
+        model.loadReport = try AutoencoderFolder.loadWeights(into: model, path: try ModelFolder.weightsPath(in: folder, variant: variant),
+                                                             strict: strict, precision: precision)
         return model
     }
 
