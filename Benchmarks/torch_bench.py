@@ -281,6 +281,27 @@ for _m, _k, _n in SD_PRODUCTS:
         WORKLOADS[f"gemm-sd-{_m}x{_k}x{_n}{_mode}"] = lambda m=_m, k=_k, n=_n, mode=_mode: sd_product(m, k, n, mode)
 
 
+def sd15_vae(decode):
+    """Stable Diffusion 1.5's VAE (random weights): a 1×4×64×64 latent to 512×512, or a 512×512 image to the posterior."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    model = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                          block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512).eval()
+    data = torch.randn(1, 4, 64, 64) if decode else torch.randn(1, 3, 512, 512)
+
+    def run():
+        with torch.no_grad():
+            if decode:
+                model.decode(data)
+            else:
+                model.encode(data).latent_dist.mean
+    return run
+
+
+WORKLOADS["sd15-vae-decode-64"] = lambda: sd15_vae(decode=True)
+WORKLOADS["sd15-vae-encode-512"] = lambda: sd15_vae(decode=False)
+
+
 def shaped_convolution(name):
     """`conv-fwd:BATCH:IN:OUT:SIZE[:kK][:sS]` or `conv-bwd:...`: one layer's shape (not a make bench row)."""
     parts = name.split(":")

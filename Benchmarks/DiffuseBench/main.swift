@@ -238,6 +238,7 @@ workloads += [clipTextL14(), clipTextL14(bfloat16: true), clipVisionB32()]
 workloads += attentionWorkloads
 workloads += engineWorkloads
 workloads += unetConditionWorkloads
+workloads += autoencoderWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)

@@ -18,6 +18,11 @@ public final class Downsample2D: Module, UnaryLayer {
 
     public func callAsFunction(_ input: Tensor) -> Tensor {
         guard padding == 0 else { return conv(input) }
+        if input.rank == 4 && input.layout == .channelsLast {
+            // Padded as the [N, H, W, C] matrix it is in memory (runs of C contiguous
+            // values), which stays channels-last for the convolution.
+            return conv(input.permuted(0, 2, 3, 1).padded([(0, 0), (0, 1), (0, 1)]).permuted(0, 3, 1, 2))
+        }
         return conv(input.padded([(0, 1), (0, 1)]))
     }
 }
