@@ -33,20 +33,11 @@ extension StableDiffusionPipeline {
 
         let scheduler = try makeScheduler(parameters.scheduler)
         if let ddim = scheduler as? DDIMScheduler { ddim.eta = Float(parameters.eta) }
-        try scheduler.setTimesteps(parameters.steps)
-        var timesteps = scheduler.timesteps
+        let timesteps = try Self.timesteps(scheduler: scheduler, parameters: parameters)
         let batch = parameters.batchSize
         var latents: Tensor
         if let image = plan.initImage {
-            // get_timesteps: init_timestep = min(int(steps × strength), steps); start at (steps − init_timestep) × order.
-            let initial = Swift.min(Int(Double(parameters.steps) * parameters.strength), parameters.steps)
-            let start = Swift.max(parameters.steps - initial, 0) * scheduler.order
-            timesteps = start < timesteps.count ? Array(timesteps[start...]) : []
-            guard let first = timesteps.first else {
-                throw StableDiffusionError("strength \(parameters.strength) with \(parameters.steps) steps leaves no step to run; "
-                                           + "raise --strength or --steps")
-            }
-            latents = try imageLatents(image, batch: batch, timestep: first, scheduler: scheduler, parameters: parameters,
+            latents = try imageLatents(image, batch: batch, timestep: timesteps[0], scheduler: scheduler, parameters: parameters,
                                        generator: &generator)
         } else {
             let shape = [batch, unet.configuration.inChannels, plan.height / vaeScaleFactor, plan.width / vaeScaleFactor]
@@ -79,6 +70,26 @@ extension StableDiffusionPipeline {
         }
         let images = noGrad { decodeLatents(latents) }
         return StableDiffusionOutput(images: images, latents: latents, timesteps: timesteps, embeddings: embeddings)
+    }
+
+    /// The timesteps a generation runs (after `scheduler.setTimesteps(parameters.steps)`): all of them for
+    /// text-to-image; for image-to-image diffusers' `get_timesteps`: `init_timestep = min(int(steps × strength), steps)`,
+    /// starting at `(steps − init_timestep) × order`.
+    public func timesteps(for parameters: StableDiffusionParameters) throws -> [Float] {
+        try Self.timesteps(scheduler: try makeScheduler(parameters.scheduler), parameters: parameters)
+    }
+
+    static func timesteps(scheduler: any Scheduler, parameters: StableDiffusionParameters) throws -> [Float] {
+        try scheduler.setTimesteps(parameters.steps)
+        let all = scheduler.timesteps
+        guard parameters.initImage != nil else { return all }
+        let initial = Swift.min(Int(Double(parameters.steps) * parameters.strength), parameters.steps)
+        let start = Swift.max(parameters.steps - initial, 0) * scheduler.order
+        guard start < all.count else {
+            throw StableDiffusionError("strength \(parameters.strength) with \(parameters.steps) steps leaves no step to run; "
+                                       + "raise the strength or the steps")
+        }
+        return Array(all[start...])
     }
 
     /// Latents to images in [0, 1]: `vae.decode(latents / scaling_factor)`, then `(x / 2 + 0.5)` clamped.

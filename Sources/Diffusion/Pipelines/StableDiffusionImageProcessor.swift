@@ -9,15 +9,13 @@ public enum StableDiffusionImageProcessor {
     /// resized to them with Pillow's Lanczos filter (only when they change), then `value / 255`
     /// mapped to [-1, 1] as `2x − 1`. Returns `[1, 3, height, width]`.
     public static func preprocess(_ picture: PixelImage, scaleFactor: Int = 8) throws -> Tensor {
-        var rgb = picture
-        switch picture.channels {
-        case 3: break
-        case 4: rgb = picture.droppingAlpha()
-        case 1, 2:
-            let grey = picture.channels == 2 ? picture.droppingAlpha() : picture
-            rgb = PixelImage(width: grey.width, height: grey.height, channels: 3, samples: grey.samples.flatMap { [$0, $0, $0] })
-        default:
+        guard (1...4).contains(picture.channels) else {
             throw StableDiffusionError("the init image has \(picture.channels) channels; expected grey or RGB")
+        }
+        // Grey repeated to three channels, alpha dropped.
+        var rgb = picture.channels == 3 ? picture : picture.channels == 4 || picture.channels == 2 ? picture.droppingAlpha() : picture
+        if rgb.channels == 1 {
+            rgb = PixelImage(width: rgb.width, height: rgb.height, channels: 3, samples: rgb.samples.flatMap { [$0, $0, $0] })
         }
         let width = rgb.width - rgb.width % scaleFactor
         let height = rgb.height - rgb.height % scaleFactor

@@ -157,7 +157,13 @@ public final class StableDiffusionPipeline {
     public func save(folder: URL, variant: String? = nil, dataType: DataType? = nil) throws {
         let manager = FileManager.default
         try manager.createDirectory(at: folder, withIntermediateDirectories: true)
-        try textEncoder.save(folder: folder.appendingPathComponent("text_encoder"), variant: variant, dataType: dataType)
+        // transformers' config.json records the stored dtype; a variant saved beside float32 weights keeps
+        // the folder's config (else from_pretrained would load the plain weights as float16).
+        let textFolder = folder.appendingPathComponent("text_encoder")
+        let textConfiguration = textFolder.appendingPathComponent("config.json")
+        let previous = variant == nil ? nil : try? Data(contentsOf: textConfiguration)
+        try textEncoder.save(folder: textFolder, variant: variant, dataType: dataType)
+        if let previous { try previous.write(to: textConfiguration) }
         try tokenizer.save(to: folder.appendingPathComponent("tokenizer"))
         try unet.save(folder: folder.appendingPathComponent("unet"), variant: variant, dataType: dataType)
         try vae.save(folder: folder.appendingPathComponent("vae"), variant: variant, dataType: dataType)
