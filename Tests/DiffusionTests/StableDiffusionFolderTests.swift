@@ -157,6 +157,18 @@ final class StableDiffusionFolderTests: XCTestCase {
         assertThrows(try pipeline.generate(parameters, generator: &generator), containing: "leaves no step to run")
     }
 
+    /// One PNDM step: diffusers' schedule is the single timestep 1 (`_timesteps[-2:-1]` is empty), and it runs.
+    func testSinglePNDMStep() throws {
+        let pipeline = try StableDiffusionParityTests.pipeline()
+        var parameters = StableDiffusionParameters(prompt: "a cat")
+        parameters.steps = 1
+        parameters.height = 32
+        parameters.width = 32
+        XCTAssertEqual(try pipeline.timesteps(for: parameters), [1])
+        var generator = RandomGenerator(seed: 0)
+        XCTAssertEqual(try pipeline.generate(parameters, generator: &generator).timesteps, [1])
+    }
+
     /// The request type `diffuse generate` and a server share: PNGs written, the same seed the same
     /// image, and given latents reproduce diffusers' image to the byte (or one level).
     func testRequestWritesImagesAsDiffusersWould() throws {
