@@ -74,7 +74,7 @@ public final class PNDMScheduler: Scheduler {
         if skipPRKSteps {
             // An extra copy of the second-to-last: PLMS needs a warm-up step.
             prkTimesteps = []
-            plms = Array((base.dropLast() + base.suffix(2).prefix(1) + base.suffix(1)).reversed())
+            plms = Array((base.dropLast() + base.dropLast().suffix(1) + base.suffix(1)).reversed())  // [:-1], [-2:-1], [-1:]
         } else {
             let half = trainTimesteps / count / 2
             let last = base.suffix(pndmOrder)
