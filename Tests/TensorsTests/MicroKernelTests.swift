@@ -17,7 +17,7 @@ final class MicroKernelTests: XCTestCase {
               + (sets.count == 1 ? " (no AVX-512 on this CPU: the AVX-512 kernels were not run)" : ""))
         var generator = RandomGenerator(seed: 9)
         // rows (multiple of 4), columns (multiple of 8), depth, A transposed in memory?
-        for (rows, columns, depth, depthMajor) in [(4, 8, 3, false), (12, 40, 17, false), (20, 96, 64, true), (8, 32, 1, false), (28, 72, 33, true)] {
+        for (rows, columns, depth, depthMajor) in [(4, 8, 3, false), (12, 40, 17, false), (20, 96, 64, true), (8, 32, 1, false), (28, 72, 33, true), (12, 64, 130, false)] {
             let a = Tensor.randn([rows * depth], generator: &generator).toArray()
             let b = Tensor.randn([depth * columns], generator: &generator).toArray()
             let start = Tensor.randn([rows * columns], generator: &generator).toArray()
