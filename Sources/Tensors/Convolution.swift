@@ -175,9 +175,10 @@ enum Convolution {
     }
 
     /// The bfloat16 inference path (``ComputePrecision/bfloat16``) when it applies: no graph
-    /// recorded, float32 operands, and a shape where it is faster than the float32 kernels
-    /// (1×1: oneDNN's bfloat16 matrix product; others: its bfloat16 direct convolution, except
-    /// large 3×3 images, where the float32 Winograd kernels are faster). nil otherwise.
+    /// recorded, a float32 input (weights of any storage type; they are rounded once and kept),
+    /// and a shape where it is faster than the float32 kernels (1×1: oneDNN's bfloat16 matrix
+    /// product; others: its bfloat16 direct convolution, except 3×3 images larger than 16×16,
+    /// where the float32 Winograd kernels are faster). nil otherwise.
     static func bfloat16Forward(_ input: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvolutionGeometry) -> Tensor? {
         guard input.dataType == .float32, input.count > 0,
               !(GradientMode.isEnabled && (input.needsGradient || weight.needsGradient || (bias?.needsGradient ?? false))),
