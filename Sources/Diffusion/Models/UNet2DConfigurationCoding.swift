@@ -125,12 +125,29 @@ extension UNet2DConfiguration: Codable, ModelConfigurationFile {
     }
 }
 
+/// The errors a `KeyReader` throws, each naming the key: a model family's own error type.
+struct KeyReaderFailures: Sendable {
+    let wrongType: @Sendable (_ key: String, _ expected: String, _ found: String) -> Error
+    let unsupportedValue: @Sendable (_ key: String, _ value: String, _ supported: [String]) -> Error
+
+    /// `UNet2DConfigurationError` (UNet2DModel and UNet2DConditionModel configurations).
+    static let unet2D = KeyReaderFailures(
+        wrongType: { UNet2DConfigurationError.wrongType(key: $0, expected: $1, found: $2) },
+        unsupportedValue: { UNet2DConfigurationError.unsupportedValue(key: $0, value: $1, supported: $2) })
+}
+
 /// Typed access to the members of a configuration object, with errors naming the key.
 struct KeyReader {
     let members: [String: JSONValue]
+    let failures: KeyReaderFailures
 
-    private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> UNet2DConfigurationError {
-        .wrongType(key: key, expected: expected, found: value == .null ? "null" : "\(value.typeName) \(value)")
+    init(members: [String: JSONValue], failures: KeyReaderFailures = .unet2D) {
+        self.members = members
+        self.failures = failures
+    }
+
+    private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> Error {
+        failures.wrongType(key, expected, value == .null ? "null" : "\(value.typeName) \(value)")
     }
 
     func integer(_ key: String) throws -> Int? {
@@ -151,6 +168,14 @@ struct KeyReader {
         guard let value = members[key] else { return nil }
         if let number = value.numberValue { return number }
         throw wrongType(key, "a number", value)
+    }
+
+    /// Absent: nil; null: `.some(nil)`.
+    func nullableNumber(_ key: String) throws -> Double?? {
+        guard let value = members[key] else { return nil }
+        if case .null = value { return .some(nil) }
+        if let number = value.numberValue { return .some(number) }
+        throw wrongType(key, "a number or null", value)
     }
 
     func flag(_ key: String) throws -> Bool? {
@@ -174,10 +199,19 @@ struct KeyReader {
         }
     }
 
+    /// Absent: nil; null: `.some(nil)`.
+    func nullableNumbers(_ key: String) throws -> [Double]?? {
+        guard let value = members[key] else { return nil }
+        if case .null = value { return .some(nil) }
+        guard case .array(let items) = value else { throw wrongType(key, "a list of numbers or null", value) }
+        return .some(try items.map { item in
+            guard let number = item.numberValue else { throw wrongType(key, "a list of numbers or null", value) }
+            return number
+        })
+    }
+
     private func parse<T: RawRepresentable & CaseIterable>(_ key: String, _ text: String) throws -> T where T.RawValue == String {
-        guard let result = T(rawValue: text) else {
-            throw UNet2DConfigurationError.unsupportedValue(key: key, value: text, supported: T.allCases.map(\.rawValue))
-        }
+        guard let result = T(rawValue: text) else { throw failures.unsupportedValue(key, text, T.allCases.map(\.rawValue)) }
         return result
     }
 

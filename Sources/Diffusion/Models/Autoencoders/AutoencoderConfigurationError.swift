@@ -36,11 +36,9 @@ public enum AutoencoderConfigurationError: Error, CustomStringConvertible, Equat
     }
 }
 
-/// Typed access to a diffusers configuration object, with errors naming the key.
-struct AutoencoderKeyReader {
-    let model: String
-    let members: [String: JSONValue]
-
+/// How the autoencoders read their `config.json`: the shared `KeyReader`, with errors that name
+/// the model, plus the check of the keys it does not read.
+enum AutoencoderKeyReader {
     /// diffusers' private keys, accepted and not used.
     static let privateKeys: Set<String> = ["_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"]
 
@@ -58,90 +56,20 @@ struct AutoencoderKeyReader {
         return members
     }
 
+    /// A reader of `members` whose errors are `AutoencoderConfigurationError`s naming `model`.
+    static func reader(model: String, members: [String: JSONValue]) -> KeyReader {
+        KeyReader(members: members, failures: KeyReaderFailures(
+            wrongType: { .wrongType(model: model, key: $0, expected: $1, found: $2) as AutoencoderConfigurationError },
+            unsupportedValue: { .unsupportedValue(model: model, key: $0, value: $1, supported: $2) as AutoencoderConfigurationError }))
+    }
+
     /// Throws for a key outside `keys` and the private keys, and for another `_class_name`.
-    func checkKeys(_ keys: Set<String>) throws {
-        for key in members.keys.sorted() where !keys.contains(key) && !Self.privateKeys.contains(key) {
+    static func checkKeys(_ keys: Set<String>, in reader: KeyReader, model: String) throws {
+        for key in reader.members.keys.sorted() where !keys.contains(key) && !privateKeys.contains(key) {
             throw AutoencoderConfigurationError.unsupportedKey(model: model, key: key)
         }
-        if let name = try string("_class_name"), name != model {
+        if let name = try reader.string("_class_name"), name != model {
             throw AutoencoderConfigurationError.wrongClassName(model: model, found: name)
-        }
-    }
-
-    private func wrongType(_ key: String, _ expected: String, _ value: JSONValue) -> AutoencoderConfigurationError {
-        .wrongType(model: model, key: key, expected: expected, found: value == .null ? "null" : "\(value.typeName) \(value)")
-    }
-
-    func integer(_ key: String) throws -> Int? {
-        guard let value = members[key] else { return nil }
-        if case .int(let number) = value { return number }
-        throw wrongType(key, "an integer", value)
-    }
-
-    func number(_ key: String) throws -> Double? {
-        guard let value = members[key] else { return nil }
-        if let number = value.numberValue { return number }
-        throw wrongType(key, "a number", value)
-    }
-
-    /// Absent: nil; null: `.some(nil)`.
-    func nullableNumber(_ key: String) throws -> Double?? {
-        guard let value = members[key] else { return nil }
-        if case .null = value { return .some(nil) }
-        if let number = value.numberValue { return .some(number) }
-        throw wrongType(key, "a number or null", value)
-    }
-
-    func flag(_ key: String) throws -> Bool? {
-        guard let value = members[key] else { return nil }
-        if case .bool(let flag) = value { return flag }
-        throw wrongType(key, "true or false", value)
-    }
-
-    func string(_ key: String) throws -> String? {
-        guard let value = members[key] else { return nil }
-        if case .string(let text) = value { return text }
-        throw wrongType(key, "a string", value)
-    }
-
-    func integers(_ key: String) throws -> [Int]? {
-        guard let value = members[key] else { return nil }
-        guard case .array(let items) = value else { throw wrongType(key, "a list of integers", value) }
-        return try items.map { item in
-            if case .int(let number) = item { return number }
-            throw wrongType(key, "a list of integers", value)
-        }
-    }
-
-    /// Absent: nil; null: `.some(nil)`.
-    func nullableNumbers(_ key: String) throws -> [Double]?? {
-        guard let value = members[key] else { return nil }
-        if case .null = value { return .some(nil) }
-        guard case .array(let items) = value else { throw wrongType(key, "a list of numbers or null", value) }
-        return .some(try items.map { item in
-            guard let number = item.numberValue else { throw wrongType(key, "a list of numbers or null", value) }
-            return number
-        })
-    }
-
-    private func parse<T: RawRepresentable & CaseIterable>(_ key: String, _ text: String) throws -> T where T.RawValue == String {
-        guard let result = T(rawValue: text) else {
-            throw AutoencoderConfigurationError.unsupportedValue(model: model, key: key, value: text, supported: T.allCases.map(\.rawValue))
-        }
-        return result
-    }
-
-    func choice<T: RawRepresentable & CaseIterable>(_ key: String) throws -> T? where T.RawValue == String {
-        guard let text = try string(key) else { return nil }
-        return try parse(key, text)
-    }
-
-    func choices<T: RawRepresentable & CaseIterable>(_ key: String) throws -> [T]? where T.RawValue == String {
-        guard let value = members[key] else { return nil }
-        guard case .array(let items) = value else { throw wrongType(key, "a list of strings", value) }
-        return try items.map { item in
-            guard case .string(let text) = item else { throw wrongType(key, "a list of strings", value) }
-            return try parse(key, text)
         }
     }
 }

@@ -40,8 +40,8 @@ extension AutoencoderKLConfiguration: Codable {
     /// Builds the configuration from diffusers' keys; absent keys take diffusers' defaults.
     public init(jsonObject members: [String: JSONValue]) throws {
         self.init()
-        let reader = AutoencoderKeyReader(model: Self.className, members: members)
-        try reader.checkKeys(Self.keys)
+        let reader = AutoencoderKeyReader.reader(model: Self.className, members: members)
+        try AutoencoderKeyReader.checkKeys(Self.keys, in: reader, model: Self.className)
         nameOrPath = try reader.string("_name_or_path")
         if let value = try reader.integer("in_channels") { inChannels = value }
         if let value = try reader.integer("out_channels") { outChannels = value }
