@@ -32,12 +32,16 @@ let package = Package(
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         .target(
+            name: "CBFloat16Kernels",
+            cSettings: [.unsafeFlags(["-O3"])]
+        ),
+        .target(
             name: "TensorsAVX512",
             swiftSettings: avx512KernelSettings
         ),
         .target(
             name: "Tensors",
-            dependencies: ["COpenBLAS", "CSystem", "CDNNL", "TensorsAVX512"],
+            dependencies: ["COpenBLAS", "CSystem", "CDNNL", "TensorsAVX512", "CBFloat16Kernels"],
             swiftSettings: kernelSettings
         ),
         .target(

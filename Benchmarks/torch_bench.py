@@ -83,10 +83,10 @@ def attention_heads8():
     return run
 
 
-def attention_sd(tokens, depth, keys=None, backward=False, batch=2, heads=8):
+def attention_sd(tokens, depth, keys=None, backward=False, batch=2, heads=8, dtype=torch.float32):
     """Stable Diffusion 1.x's attention at 512x512 (a 64x64 latent, 8 heads): [batch, heads, tokens, depth]."""
-    q = torch.randn(batch, heads, tokens, depth, requires_grad=backward)
-    k, v = (torch.randn(batch, heads, keys or tokens, depth, requires_grad=backward) for _ in range(2))
+    q = torch.randn(batch, heads, tokens, depth, requires_grad=backward).to(dtype)
+    k, v = (torch.randn(batch, heads, keys or tokens, depth, requires_grad=backward).to(dtype) for _ in range(2))
     upstream = torch.randn(batch, heads, tokens, depth)
 
     def run():
@@ -273,6 +273,11 @@ WORKLOADS = {
     "attention-sd-cross-4096x77": lambda: attention_sd(4096, 40, keys=77),
     "attention-sd-1024-h80": lambda: attention_sd(1024, 80),
     "attention-sd-256-h160": lambda: attention_sd(256, 160),
+    # Diffuse's -bf16 rows run in bfloat16 inference mode; PyTorch's on bfloat16 tensors.
+    "attention-sd-4096-bf16": lambda: attention_sd(4096, 40, dtype=torch.bfloat16),
+    "attention-sd-cross-4096x77-bf16": lambda: attention_sd(4096, 40, keys=77, dtype=torch.bfloat16),
+    "attention-sd-1024-h80-bf16": lambda: attention_sd(1024, 80, dtype=torch.bfloat16),
+    "attention-sd-256-h160-bf16": lambda: attention_sd(256, 160, dtype=torch.bfloat16),
     "sd15-unet-b2-64": sd15_unet,
     # Diffuse's side holds 16-bit weights (-w16: float32 compute, -bf16: bfloat16 compute); PyTorch's is
     # diffusers' default float32 model, the reference of issue #18's targets.

@@ -3,12 +3,18 @@
 import Foundation
 import Tensors
 
-/// Self-attention `[batch, 8, tokens, depth]` forward, no gradients.
-func attentionForward(_ name: String, batch: Int = 2, heads: Int = 8, tokens: Int, keys: Int? = nil, depth: Int) -> Workload {
+/// Self-attention `[batch, 8, tokens, depth]` forward, no gradients; `-bf16` rows in bfloat16
+/// inference mode (`BFloat16Attention`; PyTorch's side runs its attention on bfloat16 tensors).
+func attentionForward(_ name: String, batch: Int = 2, heads: Int = 8, tokens: Int, keys: Int? = nil, depth: Int,
+                      precision: ComputePrecision = .float32) -> Workload {
     Workload(name: name) {
         let query = randn([batch, heads, tokens, depth])
         let key = randn([batch, heads, keys ?? tokens, depth]), value = randn([batch, heads, keys ?? tokens, depth])
-        return { _ = noGrad { Tensor.scaledDotProductAttention(query: query, key: key, value: value) } }
+        return {
+            // Set on every run: the worker runs rows of both modes in turn.
+            if ComputeMode.requested != precision { ComputeMode.precision = precision }
+            _ = noGrad { Tensor.scaledDotProductAttention(query: query, key: key, value: value) }
+        }
     }
 }
 
@@ -33,4 +39,8 @@ let attentionWorkloads: [Workload] = [
     attentionForward("attention-sd-cross-4096x77", tokens: 4096, keys: 77, depth: 40),
     attentionForward("attention-sd-1024-h80", tokens: 1024, depth: 80),
     attentionForward("attention-sd-256-h160", tokens: 256, depth: 160),
+    attentionForward("attention-sd-4096-bf16", tokens: 4096, depth: 40, precision: .bfloat16),
+    attentionForward("attention-sd-cross-4096x77-bf16", tokens: 4096, keys: 77, depth: 40, precision: .bfloat16),
+    attentionForward("attention-sd-1024-h80-bf16", tokens: 1024, depth: 80, precision: .bfloat16),
+    attentionForward("attention-sd-256-h160-bf16", tokens: 256, depth: 160, precision: .bfloat16),
 ]

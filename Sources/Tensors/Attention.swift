@@ -54,6 +54,10 @@ extension Tensor {
             return record(output, .kernel(AttentionBackward(problem: problem, probabilities: nil, logSumExp: logSumExp,
                                                             inputShapes: inputs.map(\.shape))), inputs: inputs)
         }
+        // bfloat16 inference (opt-in, AVX512-BF16): the same scheme on bfloat16 products.
+        if BFloat16Attention.applies(to: problem, recording: recording) {
+            return BFloat16Attention.forward(problem)
+        }
         // Long sequences (and mid-sized ones, where it is the faster): the tiled kernel, which
         // never holds the L×S scores. A mask that needs a gradient (an L×S one) takes the GEMM path.
         let maskNeedsGradient = recording && (mask?.needsGradient ?? false)
@@ -102,6 +106,12 @@ public enum AttentionKernels {
     /// linear in the lengths; `TiledAttention.applies` has the rule); off, they take the GEMM
     /// path it is tested against. `DIFFUSE_ATTENTION=gemm` turns it off for a whole process.
     public nonisolated(unsafe) static var allowsTiled = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"
+
+    /// Whether, in ``ComputePrecision/bfloat16`` inference on a CPU with AVX512-BF16, long
+    /// sequences take the bfloat16 kernel `BFloat16Attention` (off: the float32 tiled kernel).
+    /// `DIFFUSE_ATTENTION=gemm` or `DIFFUSE_BF16_ATTENTION=never` turns it off for a whole process.
+    public nonisolated(unsafe) static var allowsBFloat16 = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"
+        && ProcessInfo.processInfo.environment["DIFFUSE_BF16_ATTENTION"] != "never"
 }
 
 /// One input of attention as a BLAS operand per batch item: the last two
