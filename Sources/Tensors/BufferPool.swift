@@ -56,6 +56,9 @@ public final class BufferPool: @unchecked Sendable {
     /// memory is unchanged (slack during training's own graph-free parts, the noise and the
     /// optimizer update, raised it by 120 MB).
     static let inferenceSlackBytes = 128 * 1024 * 1024
+    /// Bytes of the slack already held by another cache of reused memory (`WeightWidening`'s
+    /// block): the pool's own slack is what remains, so the two together stay within it.
+    nonisolated(unsafe) static var slackHeldElsewhere = 0
     /// Set by the first recorded op (`Tensor.record`); from then on there is no slack.
     nonisolated(unsafe) static var graphRecorded = false
 
@@ -106,7 +109,7 @@ public final class BufferPool: @unchecked Sendable {
             // A miss: free cached blocks of other sizes, largest first, until live
             // plus cached memory is back under the high-water mark.
             var evicted: [UnsafeMutableRawPointer] = []
-            let slack = BufferPool.graphRecorded ? 0 : BufferPool.inferenceSlackBytes
+            let slack = BufferPool.graphRecorded ? 0 : Swift.max(0, BufferPool.inferenceSlackBytes - BufferPool.slackHeldElsewhere)
             var excess = liveBytes + freeBytes - peakLiveBytes - slack
             while excess > 0, let largest = freeBlocks.keys.max() {
                 var remaining = freeBlocks[largest]!

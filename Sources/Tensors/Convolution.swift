@@ -26,7 +26,7 @@ extension Tensor {
         // The Winograd passes read a row-major input as it is; the other paths want it channels-last.
         let readsRowMajor = algorithm == .winograd && isContiguous && dataType == .float32
         let input = readsRowMajor ? self : Convolution.channelsLast(self)
-        let weightData = weight.contiguousData()
+        let weightData = weight.layerWeightData()
         let biasData = bias?.contiguousData()
         let result = Convolution.forward(input: input, inputIsChannelsLast: !readsRowMajor, weight: weightData, bias: biasData,
                                          geometry: geometry, algorithm: algorithm)

@@ -10,7 +10,7 @@ extension Tensor {
         // 16-bit weights (held so, outside training) are widened here, one layer at a time;
         // the bfloat16 path keeps its own bfloat16 copy (none for bfloat16 weights).
         if weight.dataType != .float32 && !weight.needsGradient && ComputeMode.precision != .bfloat16 {
-            return linear(weight: weight.contiguousData(), bias: bias?.contiguousData())
+            return linear(weight: weight.layerWeightData(), bias: bias?.contiguousData())
         }
         let bias = bias.map { $0.dataType == .float32 || $0.needsGradient ? $0 : $0.contiguousData() }
         if ComputeMode.precision == .bfloat16, rank >= 2, weight.rank == 2, shape.last == weight.shape[1], count > 0,

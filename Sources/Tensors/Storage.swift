@@ -62,8 +62,20 @@ public final class Storage: @unchecked Sendable {
         self.owner = owner
     }
 
-    /// True when the bytes belong to another object (a mapped file) rather than the buffer pool.
-    public var isBorrowed: Bool { owner != nil }
+    /// True when the bytes belong to another object (a mapped file) rather than the buffer pool
+    /// (memory of ``outsidePool(count:dataType:)`` is the process's own: not borrowed).
+    public var isBorrowed: Bool { owner != nil && !(owner is ProcessOwnedMemory) }
+
+    /// Uninitialised memory mapped from the system for this storage alone, outside the buffer
+    /// pool (nil if the mapping fails): for parameters about to be replaced or loaded. Pages
+    /// never written cost nothing, and the pool's high-water mark never counts them — a
+    /// placeholder model of 3.3 GB that 16-bit weights then replace let the pool cache up to
+    /// 1.7 GB of activations it had no need for.
+    public static func outsidePool(count: Int, dataType: DataType = .float32) -> Storage? {
+        precondition(count >= 0, "Storage: negative element count \(count)")
+        guard let mapping = AnonymousMapping(byteCount: Swift.max(count * dataType.byteSize, 1)) else { return nil }
+        return Storage(borrowing: mapping.bytes, count: count, dataType: dataType, owner: mapping)
+    }
 
     deinit {
         guard owner == nil else { return }
@@ -190,4 +202,22 @@ public enum HalfPrecision {
             index += 1
         }
     }
+}
+
+/// An owner of storage memory that is the process's own (not a file's): `isBorrowed` is false.
+protocol ProcessOwnedMemory: AnyObject {}
+
+/// Anonymous memory from `mmap`, unmapped when the last storage over it goes.
+final class AnonymousMapping: ProcessOwnedMemory {
+    let bytes: UnsafeMutableRawPointer
+    let byteCount: Int
+
+    init?(byteCount: Int) {
+        guard let mapping = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              mapping != MAP_FAILED else { return nil }
+        bytes = mapping
+        self.byteCount = byteCount
+    }
+
+    deinit { munmap(bytes, byteCount) }
 }

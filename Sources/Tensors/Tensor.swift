@@ -97,8 +97,12 @@ public final class Tensor {
 
     /// A float32 tensor whose memory is not written (its values are whatever the memory
     /// held): for parameters about to be loaded, so building a large model touches no pages.
+    /// The memory is mapped outside the buffer pool (`Storage.outsidePool`), so placeholders
+    /// that loading replaces (16-bit or mapped weights) never raise the pool's high-water mark.
     public static func uninitialized(_ shape: [Int]) -> Tensor {
-        Tensor(uninitializedShape: shape)
+        Shape.validate(shape, op: "uninitialized")
+        guard let storage = Storage.outsidePool(count: Shape.count(shape)) else { return Tensor(uninitializedShape: shape) }
+        return Tensor(storage: storage, shape: shape)
     }
 
     /// A tensor of zeros.
