@@ -40,14 +40,15 @@ final class SingleFileLoadingTests: XCTestCase {
         XCTAssertEqual(file.vaeConfiguration.scalingFactor, vae.scalingFactor, name)
         XCTAssertEqual(file.vaeConfiguration.sampleSize, vae.sampleSize, name)
 
-        let text = try CLIPTextModel.load(folder: folder.appendingPathComponent("text_encoder"), strict: false).configuration
-        XCTAssertEqual(file.textConfiguration.hiddenSize, text.hiddenSize, name)
-        XCTAssertEqual(file.textConfiguration.hiddenLayerCount, text.hiddenLayerCount, name)
-        XCTAssertEqual(file.textConfiguration.intermediateSize, text.intermediateSize, name)
-        XCTAssertEqual(file.textConfiguration.attentionHeadCount, text.attentionHeadCount, name)
-        XCTAssertEqual(file.textConfiguration.activation, text.activation, name)
-        XCTAssertEqual(file.textConfiguration.vocabularySize, text.vocabularySize, name)
-        XCTAssertEqual(file.textConfiguration.maximumPositionEmbeddings, text.maximumPositionEmbeddings, name)
+        let textData = try Data(contentsOf: folder.appendingPathComponent("text_encoder/config.json"))
+        let text = try XCTUnwrap(try JSONSerialization.jsonObject(with: textData) as? [String: Any])
+        XCTAssertEqual(file.textConfiguration.hiddenSize, text["hidden_size"] as? Int, name)
+        XCTAssertEqual(file.textConfiguration.hiddenLayerCount, text["num_hidden_layers"] as? Int, name)
+        XCTAssertEqual(file.textConfiguration.intermediateSize, text["intermediate_size"] as? Int, name)
+        XCTAssertEqual(file.textConfiguration.attentionHeadCount, text["num_attention_heads"] as? Int, name)
+        XCTAssertEqual(file.textConfiguration.activation.rawValue, text["hidden_act"] as? String, name)
+        XCTAssertEqual(file.textConfiguration.vocabularySize, text["vocab_size"] as? Int, name)
+        XCTAssertEqual(file.textConfiguration.maximumPositionEmbeddings, text["max_position_embeddings"] as? Int, name)
 
         let scheduler = try SchedulerConfiguration.load(contentsOf: folder.appendingPathComponent("scheduler"))
         XCTAssertEqual(scheduler.values["prediction_type"], .string(file.predictionType.rawValue), name)

@@ -64,25 +64,26 @@ public final class StableDiffusionSingleFile {
         self.checkpoint = checkpoint
         let reader = SingleFileShapes(checkpoint: checkpoint, path: path)
         try reader.checkParts()
-        let text = try reader.textEncoder()
-        family = text.0
-        textEncoderLayout = text.1
-        textConfiguration = text.2
+        let (family, layout, text) = try reader.textEncoder()
         var unet = try reader.unet(family: family)
         let inferred = family == .stableDiffusion2 && unet.inChannels == unet.outChannels ? PredictionType.vPrediction : .epsilon
-        self.predictionType = predictionType ?? inferred
-        predictionTypeInferred = predictionType == nil
+        let prediction = predictionType ?? inferred
         // diffusers' image sizes: 768 for the 2.x v-prediction models, 512 otherwise.
-        let imageSize = family == .stableDiffusion2 && self.predictionType == .vPrediction ? 768 : 512
+        let imageSize = family == .stableDiffusion2 && prediction == .vPrediction ? 768 : 512
         var vae = try reader.vae()
         vae.sampleSize = .square(imageSize)
         unet.sampleSize = .square(imageSize / vae.downsamplingFactor)
-        unetConfiguration = unet
-        vaeConfiguration = vae
-        let width = textConfiguration.hiddenSize
+        let width = text.hiddenSize
         if let other = unet.crossAttentionDimension.values(count: unet.blockOutChannels.count).first(where: { $0 != width }) {
             throw SingleFileError.inconsistent(path: path, reason: "the text encoder is \(width) wide but the UNet's cross-attention takes \(other)")
         }
+        self.family = family
+        textEncoderLayout = layout
+        textConfiguration = text
+        unetConfiguration = unet
+        vaeConfiguration = vae
+        self.predictionType = prediction
+        predictionTypeInferred = predictionType == nil
     }
 
     /// The scheduler configuration diffusers uses for single files of Stable Diffusion: PNDM with
