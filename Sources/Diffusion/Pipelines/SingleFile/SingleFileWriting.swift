@@ -33,8 +33,12 @@ extension StableDiffusionPipeline {
             guard let original = SingleFileKeys.vaeName(name, levels: levels) else {
                 throw StableDiffusionError("the VAE's \"\(name)\" has no place in the original Stable Diffusion layout")
             }
-            let stored = SingleFileKeys.isVAEAttentionProjection(name) && tensor.shape.count == 2
-                ? tensor.contiguous().reshaped(tensor.shape + [1, 1]) : tensor
+            var stored = tensor
+            if SingleFileKeys.isVAEAttentionProjection(name) && tensor.shape.count == 2 {
+                // The engine's reshape works in float32; a 16-bit weight goes back to its type (exactly).
+                stored = tensor.converted(to: .float32).contiguous().reshaped(tensor.shape + [1, 1])
+                if tensor.dataType != .float32 { stored = stored.converted(to: tensor.dataType) }
+            }
             try put(SingleFileKeys.vaePrefix + original, stored, from: name)
         }
         switch singleFileTextLayout {
