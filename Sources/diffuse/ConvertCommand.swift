@@ -56,6 +56,9 @@ struct Convert: ParsableCommand {
             dataType = value
         }
         if StableDiffusionSingleFile.isSingleFile(inputURL) {
+            guard !["safetensors", "ckpt"].contains(outputURL.pathExtension.lowercased()) else {
+                throw ValidationError("a single file converts to a diffusers folder; OUTPUT names the folder to write")
+            }
             let file = try StableDiffusionSingleFile(path: inputURL.path, predictionType: prediction)
             print(file.summary)
             let options = SingleFileOptions(predictionType: prediction, tokenizer: tokenizer.map { URL(fileURLWithPath: $0) })

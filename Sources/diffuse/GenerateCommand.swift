@@ -18,7 +18,7 @@ struct Generate: ParsableCommand {
         StableDiffusionImg2ImgPipeline does.
         """)
 
-    @Argument(help: "The pipeline folder.") var pipeline: String
+    @Argument(help: "The pipeline folder, or a single .safetensors checkpoint (original Stable Diffusion layout).") var pipeline: String
     @Argument(help: "The prompt (or use --prompt).") var promptText: String?
     @Option(help: "The prompt.") var prompt: String?
     @Option(help: "The negative prompt (default: empty).") var negativePrompt: String?

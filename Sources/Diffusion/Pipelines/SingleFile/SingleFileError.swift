@@ -22,6 +22,7 @@ public enum SingleFileError: Error, CustomStringConvertible, Equatable {
                 d = d.get('state_dict', d); s.save_file({k: v.contiguous() for k, v in d.items() if isinstance(v, torch.Tensor)}, '\(base).safetensors')"
                 or to a diffusers folder:
                   python -c "from diffusers import StableDiffusionPipeline as P; P.from_single_file('\(path)').save_pretrained('\(base)')"
+                (torch refuses some training checkpoints with weights_only=True; use False only for a file you trust)
                 """
         case .missingParts(let path, let parts):
             return "\(path) is a Stable Diffusion single file without " + parts.joined(separator: ", ")
