@@ -24,6 +24,8 @@ struct Convert: ParsableCommand {
     var predictionType: String?
     @Option(help: "A tokenizer folder or bpe_simple_vocab_16e6.txt.gz for a single file (default: $DIFFUSE_CLIP_VOCAB or data/clip/).")
     var tokenizer: String?
+    @Option(help: ArgumentHelp("A diffusers folder whose config.json files describe a single file's models (as diffusers' from_single_file(config=)), for sizes the tensors cannot tell.", valueName: "folder"))
+    var config: String?
     @Option(help: "Store every weight as float32, float16 or bfloat16 (default: as the input stores them).")
     var dtype: String?
 
@@ -59,9 +61,11 @@ struct Convert: ParsableCommand {
             guard !["safetensors", "ckpt"].contains(outputURL.pathExtension.lowercased()) else {
                 throw ValidationError("a single file converts to a diffusers folder; OUTPUT names the folder to write")
             }
-            let file = try StableDiffusionSingleFile(path: inputURL.path, predictionType: prediction)
+            let configurationFolder = config.map { URL(fileURLWithPath: $0) }
+            let file = try StableDiffusionSingleFile(path: inputURL.path, predictionType: prediction, configurationFolder: configurationFolder)
             print(file.summary)
-            let options = SingleFileOptions(predictionType: prediction, tokenizer: tokenizer.map { URL(fileURLWithPath: $0) })
+            let options = SingleFileOptions(predictionType: prediction, tokenizer: tokenizer.map { URL(fileURLWithPath: $0) },
+                                            configurationFolder: configurationFolder)
             let pipeline = try StableDiffusionPipeline.load(singleFile: inputURL, options: options, precision: .asStored)
             // One stored type for the folder when the file has one (the text encoder is otherwise written as float32).
             let storedTypes = Set(file.checkpoint.names.compactMap { try? file.checkpoint.info($0).dataType.engineDataType })

@@ -49,6 +49,53 @@ final class SingleFileConvertTests: XCTestCase {
 
     func testStableDiffusion2RoundTripIsExact() throws { try checkRoundTrip("sd2") }
 
+    /// A folder whose structure diffusers' script cannot write (one layer per block, 4 GroupNorm groups): the
+    /// file Diffuse writes has the original layout's block indices, and reads back, with the folder's
+    /// configurations, into the same parameters. (diffusers' from_single_file reads it too:
+    /// Tests/Fixtures/single-file/python-check-sd-pipeline-tiny.txt.)
+    func testFolderToSingleFileWithOneLayerPerBlock() throws {
+        let folder = StableDiffusionParityTests.tiny
+        let directory = try SingleFileFixtures.temporaryDirectory(self)
+        let pipeline = try StableDiffusionPipeline.load(folder: folder)
+        let url = directory.appendingPathComponent("tiny.safetensors")
+        try pipeline.saveSingleFile(to: url)
+        let written = try SafetensorsCheckpoint(path: url.path)
+        XCTAssertEqual(written.names.count, pipeline.unet.namedParameters().count + pipeline.vae.namedParameters().count
+                       + pipeline.textEncoder.namedParameters().count)
+        for name in ["model.diffusion_model.input_blocks.2.0.op.weight", "model.diffusion_model.input_blocks.3.0.in_layers.0.weight",
+                     "model.diffusion_model.output_blocks.1.1.conv.weight", "model.diffusion_model.output_blocks.2.1.proj_in.weight",
+                     "model.diffusion_model.middle_block.2.emb_layers.1.weight", "first_stage_model.decoder.up.3.upsample.conv.weight",
+                     "first_stage_model.encoder.mid.attn_1.proj_out.weight", "cond_stage_model.transformer.text_model.final_layer_norm.bias"] {
+            XCTAssertTrue(written.contains(name), name)
+        }
+        XCTAssertEqual(try written.info("first_stage_model.encoder.mid.attn_1.q.weight").shape.count, 4)
+        let back = try StableDiffusionPipeline.load(singleFile: url, options: SingleFileOptions(configurationFolder: folder))
+        for (label, ours, theirs) in [("unet", back.unet as Module, pipeline.unet as Module), ("vae", back.vae, pipeline.vae),
+                                      ("text", back.textEncoder, pipeline.textEncoder)] {
+            var expected: [String: (shape: [Int], hash: String)] = [:]
+            for (name, tensor) in theirs.namedParameters() { expected[name] = (tensor.shape, SingleFileFixtures.hash(tensor)) }
+            XCTAssertEqual(SingleFileFixtures.compare(ours, with: expected, label: label), expected.count, label)
+        }
+    }
+
+    func testInpaintingUNetIsInferredAndKeepsEpsilon() throws {
+        let source = try SafetensorsCheckpoint(path: SingleFileFixtures.file("sd2").path)
+        var tensors: [String: Tensor] = [:]
+        for name in source.names { tensors[name] = try source.tensor(name) }
+        let key = "model.diffusion_model.input_blocks.0.0.weight"
+        let convIn = try XCTUnwrap(tensors[key])
+        tensors[key] = Tensor.zeros([convIn.shape[0], 9] + convIn.shape.suffix(2)).converted(to: .float16)
+        let url = try SingleFileFixtures.temporaryDirectory(self).appendingPathComponent("inpainting.safetensors")
+        try Safetensors.save(tensors, to: url.path)
+        let file = try StableDiffusionSingleFile(path: url.path)
+        XCTAssertEqual(file.unetConfiguration.inChannels, 9)
+        XCTAssertEqual(file.unetConfiguration.outChannels, 4)
+        XCTAssertEqual(file.family, .stableDiffusion2)
+        XCTAssertEqual(file.predictionType, .epsilon, "diffusers' inpainting_v2 is an epsilon model")
+        XCTAssertTrue(file.summary.contains("inpainting"), file.summary)
+        XCTAssertEqual(try file.loadUNet().configuration.inChannels, 9)
+    }
+
     // MARK: Errors
 
     func testPickleCheckpointIsRefusedWithTheConversionCommand() throws {

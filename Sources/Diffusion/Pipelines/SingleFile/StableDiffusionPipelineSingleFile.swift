@@ -9,10 +9,14 @@ public struct SingleFileOptions: Sendable {
     /// A tokenizer (a tokenizer or pipeline folder, or `bpe_simple_vocab_16e6.txt.gz`) instead of CLIP's BPE
     /// vocabulary from `$DIFFUSE_CLIP_VOCAB` or `data/clip/` (padded with `<|endoftext|>` for 1.x, `!` for 2.x).
     public var tokenizer: URL?
+    /// A diffusers pipeline folder whose configurations describe the models (and whose `tokenizer/` is used
+    /// unless ``tokenizer`` is given), as diffusers' `from_single_file(config=)`: for sizes the tensors cannot tell.
+    public var configurationFolder: URL?
 
-    public init(predictionType: PredictionType? = nil, tokenizer: URL? = nil) {
+    public init(predictionType: PredictionType? = nil, tokenizer: URL? = nil, configurationFolder: URL? = nil) {
         self.predictionType = predictionType
         self.tokenizer = tokenizer
+        self.configurationFolder = configurationFolder
     }
 }
 
@@ -27,8 +31,9 @@ extension StableDiffusionPipeline {
     ///   - strict: any missing, unexpected or mis-shaped tensor is an error naming it.
     public static func load(singleFile url: URL, options: SingleFileOptions = SingleFileOptions(), precision: WeightPrecision = .float32,
                             scheduler kind: SchedulerKind? = nil, strict: Bool = true) throws -> StableDiffusionPipeline {
-        let file = try StableDiffusionSingleFile(path: url.path, predictionType: options.predictionType)
-        let tokenizer = try file.makeTokenizer(options.tokenizer)
+        let file = try StableDiffusionSingleFile(path: url.path, predictionType: options.predictionType,
+                                                 configurationFolder: options.configurationFolder)
+        let tokenizer = try file.makeTokenizer(options.tokenizer ?? options.configurationFolder?.appendingPathComponent("tokenizer"))
         let textEncoder = try file.loadTextEncoder(strict: strict, precision: precision)
         let unet = try file.loadUNet(strict: strict, precision: precision)
         let vae = try file.loadVAE(strict: strict, precision: precision)

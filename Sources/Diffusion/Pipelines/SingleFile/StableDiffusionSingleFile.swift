@@ -52,7 +52,14 @@ public final class StableDiffusionSingleFile {
     /// Opens and inspects the file; nothing is loaded yet.
     ///
     /// - Throws: ``SingleFileError`` for a pickle checkpoint, missing parts or an unknown layout.
-    public init(path: String, predictionType: PredictionType? = nil) throws {
+    ///
+    /// - Parameters:
+    ///   - predictionType: the prediction type instead of the inferred one.
+    ///   - configurationFolder: a diffusers pipeline folder whose `unet/`, `vae/` and `text_encoder/`
+    ///     `config.json` describe the models instead of the inference (as diffusers' `from_single_file(config=)`),
+    ///     for sizes the tensors cannot tell (GroupNorm groups, heads); its scheduler's prediction type is used
+    ///     unless `predictionType` is given. The family and layout still come from the tensors.
+    public init(path: String, predictionType: PredictionType? = nil, configurationFolder: URL? = nil) throws {
         if Self.isPickleName(path) { throw SingleFileError.pickleCheckpoint(path: path) }
         let checkpoint: SafetensorsCheckpoint
         do {
@@ -64,15 +71,28 @@ public final class StableDiffusionSingleFile {
         self.checkpoint = checkpoint
         let reader = SingleFileShapes(checkpoint: checkpoint, path: path)
         try reader.checkParts()
-        let (family, layout, text) = try reader.textEncoder()
+        var (family, layout, text) = try reader.textEncoder()
         var unet = try reader.unet(family: family)
-        let inferred = family == .stableDiffusion2 && unet.inChannels == unet.outChannels ? PredictionType.vPrediction : .epsilon
-        let prediction = predictionType ?? inferred
-        // diffusers' image sizes: 768 for the 2.x v-prediction models, 512 otherwise.
-        let imageSize = family == .stableDiffusion2 && prediction == .vPrediction ? 768 : 512
         var vae = try reader.vae()
-        vae.sampleSize = .square(imageSize)
-        unet.sampleSize = .square(imageSize / vae.downsamplingFactor)
+        var inferred = family == .stableDiffusion2 && unet.inChannels == unet.outChannels ? PredictionType.vPrediction : .epsilon
+        if let folder = configurationFolder {
+            unet = try UNet2DConditionConfiguration.load(contentsOf: ModelFolder.configurationPath(in: folder.appendingPathComponent("unet")))
+            vae = try AutoencoderKLConfiguration.load(contentsOf: ModelFolder.configurationPath(in: folder.appendingPathComponent("vae")))
+            text = try CLIPFolder.textConfiguration(in: folder.appendingPathComponent("text_encoder"))
+            let scheduler = folder.appendingPathComponent("scheduler")
+            if FileManager.default.fileExists(atPath: scheduler.path),
+               case .string(let name)? = try SchedulerConfiguration.load(contentsOf: scheduler).values["prediction_type"],
+               let given = PredictionType(rawValue: name) {
+                inferred = given
+            }
+        }
+        let prediction = predictionType ?? inferred
+        if configurationFolder == nil {
+            // diffusers' image sizes: 768 for the 2.x v-prediction models, 512 otherwise.
+            let imageSize = family == .stableDiffusion2 && prediction == .vPrediction ? 768 : 512
+            vae.sampleSize = .square(imageSize)
+            unet.sampleSize = .square(imageSize / vae.downsamplingFactor)
+        }
         let width = text.hiddenSize
         if let other = unet.crossAttentionDimension.values(count: unet.blockOutChannels.count).first(where: { $0 != width }) {
             throw SingleFileError.inconsistent(path: path, reason: "the text encoder is \(width) wide but the UNet's cross-attention takes \(other)")
@@ -83,7 +103,7 @@ public final class StableDiffusionSingleFile {
         unetConfiguration = unet
         vaeConfiguration = vae
         self.predictionType = prediction
-        predictionTypeInferred = predictionType == nil
+        predictionTypeInferred = predictionType == nil && configurationFolder == nil
     }
 
     /// The scheduler configuration diffusers uses for single files of Stable Diffusion: PNDM with
