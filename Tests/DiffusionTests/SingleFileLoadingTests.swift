@@ -136,8 +136,9 @@ final class SingleFileLoadingTests: XCTestCase {
         let imageError = StableDiffusionParityTests.relativeError(output.images, try golden.tensor("image"))
         print(String(format: "SingleFile %@ text-to-image from the single file against diffusers from the folder: "
                      + "final latents max relative error %.2e, image %.2e", name, latentError, imageError))
-        XCTAssertLessThan(latentError, 1e-4)
-        XCTAssertLessThan(imageError, 1e-4)
+        // The bound is 1e-3; these tiny random models measure 1.9e-6 (sd1) and 8.9e-5 (sd2, v-prediction).
+        XCTAssertLessThan(latentError, 5e-4)
+        XCTAssertLessThan(imageError, 5e-4)
     }
 
     func testStableDiffusion1GenerationFromTheFileMatchesDiffusersFromTheFolder() throws { try checkGeneration("sd1") }
