@@ -4,6 +4,9 @@ import Foundation
 import NN
 import Tensors
 
+/// `--prediction-type epsilon|v_prediction|sample` (convert and generate).
+extension PredictionType: ExpressibleByArgument {}
+
 /// `diffuse convert INPUT OUTPUT`: a single-file Stable Diffusion checkpoint to a diffusers folder, or back.
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,7 +24,7 @@ struct Convert: ParsableCommand {
     @Argument(help: "A single .safetensors file, or a diffusers pipeline folder.") var input: String
     @Argument(help: "The folder to write (for a file input) or the .safetensors file (for a folder input).") var output: String
     @Option(help: "The prediction type of a single file (epsilon, v_prediction, sample) instead of the inferred one.")
-    var predictionType: String?
+    var predictionType: PredictionType?
     @Option(help: "A tokenizer folder or bpe_simple_vocab_16e6.txt.gz for a single file (default: $DIFFUSE_CLIP_VOCAB or data/clip/).")
     var tokenizer: String?
     @Option(help: ArgumentHelp("A diffusers folder whose config.json files describe a single file's models (as diffusers' from_single_file(config=)), for sizes the tensors cannot tell.", valueName: "folder"))
@@ -43,13 +46,7 @@ struct Convert: ParsableCommand {
     private func convert() throws {
         let inputURL = URL(fileURLWithPath: input)
         let outputURL = URL(fileURLWithPath: output)
-        var prediction: PredictionType?
-        if let predictionType {
-            guard let value = PredictionType(rawValue: predictionType) else {
-                throw ValidationError("--prediction-type must be one of " + PredictionType.allCases.map(\.rawValue).joined(separator: ", "))
-            }
-            prediction = value
-        }
+        let prediction = predictionType
         let types: [String: DataType] = ["float32": .float32, "fp32": .float32, "float16": .float16, "fp16": .float16,
                                          "bfloat16": .bfloat16, "bf16": .bfloat16]
         var dataType: DataType?
