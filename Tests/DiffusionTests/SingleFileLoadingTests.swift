@@ -111,6 +111,38 @@ final class SingleFileLoadingTests: XCTestCase {
         XCTAssertTrue(text.namedParameters().allSatisfy { $0.tensor.dataType == .float16 })
     }
 
+    /// What original checkpoints carry beside the three models: OpenCLIP's 24th layer, `text_projection` and
+    /// `logit_scale` (2.x; Stable Diffusion uses the penultimate layer, so the last is not loaded), EMA copies,
+    /// the DDPM schedule buffers, `position_ids`, the VAE's training loss. A strict load ignores them.
+    func testOriginalCheckpointExtrasAreIgnored() throws {
+        let source = try SafetensorsCheckpoint(path: SingleFileFixtures.file("sd2").path)
+        var tensors: [String: Tensor] = [:]
+        for name in source.names { tensors[name] = try source.tensor(name) }
+        let open = "cond_stage_model.model."
+        for name in source.names where name.hasPrefix(open + "transformer.resblocks.22.") {
+            tensors[name.replacingOccurrences(of: "resblocks.22.", with: "resblocks.23.")] = Tensor.zeros(try source.info(name).shape)
+        }
+        let width = try source.info(open + "token_embedding.weight").shape[1]
+        tensors[open + "text_projection"] = Tensor.zeros([width, width])
+        tensors[open + "logit_scale"] = Tensor.zeros([])
+        tensors["model_ema.decay"] = Tensor.zeros([])
+        tensors["model_ema.diffusion_modelout2weight"] = Tensor.zeros([4])
+        tensors["alphas_cumprod"] = Tensor.zeros([1000])
+        tensors["first_stage_model.loss.logvar"] = Tensor.zeros([])
+        let url = try SingleFileFixtures.temporaryDirectory(self).appendingPathComponent("original.safetensors")
+        try Safetensors.save(tensors, to: url.path)
+        let file = try StableDiffusionSingleFile(path: url.path)
+        XCTAssertEqual(file.textEncoderLayout, .openCLIP(storedLayers: 24))
+        XCTAssertEqual(file.textConfiguration.hiddenLayerCount, 23)
+        let manifest = try SingleFileFixtures.manifest("sd2")
+        let text = try file.loadTextEncoder()
+        XCTAssertEqual(text.loadReport, StateDictReport())
+        let total = try XCTUnwrap(manifest["text_encoder"]).count
+        XCTAssertEqual(SingleFileFixtures.compare(text, with: try XCTUnwrap(manifest["text_encoder"]), label: "text"), total)
+        XCTAssertEqual(try file.loadVAE().loadReport, StateDictReport())
+        XCTAssertEqual(try file.loadUNet().loadReport, StateDictReport())
+    }
+
     // MARK: Generation
 
     func checkGeneration(_ name: String) throws {
