@@ -18,7 +18,7 @@ struct Generate: ParsableCommand {
         StableDiffusionImg2ImgPipeline does.
         """)
 
-    @Argument(help: "The pipeline folder.") var pipeline: String
+    @Argument(help: "The pipeline folder, or a single .safetensors checkpoint (original Stable Diffusion layout).") var pipeline: String
     @Argument(help: "The prompt (or use --prompt).") var promptText: String?
     @Option(help: "The prompt.") var prompt: String?
     @Option(help: "The negative prompt (default: empty).") var negativePrompt: String?
@@ -42,6 +42,7 @@ struct Generate: ParsableCommand {
     var initLatents: String?
     @Option(name: .shortAndLong, help: "The PNG to write (several images: NAME-1.png, NAME-2.png, ...).") var output = "image.png"
     @Flag(help: "No live progress line.") var noProgress = false
+    @Option(help: "A single file's prediction type (epsilon, v_prediction, sample) instead of the inferred one.") var predictionType: PredictionType?
 
     func run() throws {
         try CommandFailure.report {
@@ -66,6 +67,7 @@ struct Generate: ParsableCommand {
             request.variant = variant
             request.initLatents = initLatents
             request.output = output
+            request.singleFile.predictionType = predictionType
             let precisions: [String: WeightPrecision] = ["float32": .float32, "fp32": .float32, "as-stored": .asStored,
                                                          "bf16": .bfloat16, "bfloat16": .bfloat16, "fp16": .float16, "float16": .float16]
             guard let precision = precisions[weights.lowercased()] else {

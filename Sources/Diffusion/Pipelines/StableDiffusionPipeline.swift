@@ -84,7 +84,8 @@ public final class StableDiffusionPipeline {
         }
     }
 
-    /// Loads a pipeline folder saved by diffusers' `save_pretrained` (or by ``save(folder:variant:dataType:)``).
+    /// Loads a pipeline folder saved by diffusers' `save_pretrained` (or by ``save(folder:variant:dataType:)``),
+    /// or a single `.safetensors` file in the original Stable Diffusion layout (``load(singleFile:options:precision:scheduler:strict:)``).
     ///
     /// - Parameters:
     ///   - variant: the weights variant of every model (`"fp16"` reads `*.fp16.safetensors`).
@@ -94,6 +95,9 @@ public final class StableDiffusionPipeline {
     ///   - strict: when true, any missing, unexpected or mis-shaped weight is an error naming it.
     public static func load(folder: URL, variant: String? = nil, precision: WeightPrecision = .float32,
                             scheduler kind: SchedulerKind? = nil, strict: Bool = true) throws -> StableDiffusionPipeline {
+        if StableDiffusionSingleFile.isSingleFile(folder) {
+            return try load(singleFile: folder, precision: precision, scheduler: kind, strict: strict)
+        }
         let indexURL = folder.appendingPathComponent("model_index.json")
         let index = try StableDiffusionModelIndex.load(contentsOf: indexURL)
         let path = indexURL.path

@@ -42,6 +42,8 @@ public struct StableDiffusionRequest: Sendable {
     public var output = "image.png"
     /// Unit-variance starting latents in a safetensors file (text-to-image), instead of seeded ones.
     public var initLatents: String?
+    /// What a single `.safetensors` checkpoint cannot say (prediction type, tokenizer, configuration folder).
+    public var singleFile = SingleFileOptions()
 
     public init(pipeline: String, prompt: String) {
         self.pipeline = pipeline
@@ -103,7 +105,7 @@ public enum StableDiffusionRun {
         }
 
         let loadStart = Date()
-        let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: request.pipeline), variant: request.variant,
+        let pipeline = try StableDiffusionPipeline.load(URL(fileURLWithPath: request.pipeline), variant: request.variant, options: request.singleFile,
                                                         precision: request.precision, scheduler: kind)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let start = Date()
