@@ -109,6 +109,28 @@ final class StableDiffusionRunTests: XCTestCase {
         for (ours, theirs) in zip(preview, expected) { XCTAssertEqual(ours, theirs, accuracy: 1e-6) }
     }
 
+    /// With a TAESD folder the previews are its decode of the predicted x0, `(decode(x0) / 2 + 0.5)` clamped
+    /// (the small AutoencoderTiny of Tests/Fixtures/vae/folder-tiny, random weights).
+    func testTAESDPreviews() throws {
+        let folder = try temporaryFolder()
+        let taesd = UNetParityTests.fixtures.deletingLastPathComponent().appendingPathComponent("vae/folder-tiny")
+        var request = request()
+        request.preview = .taesd(folder: taesd.path)
+        request.trace = true
+        request.output = folder.appendingPathComponent("taesd.png").path
+        var steps: [StableDiffusionStep] = []
+        let outcome = try StableDiffusionRun.run(request) { steps.append($0) }
+        XCTAssertNotNil(outcome.tracePath)
+        let decoder = try AutoencoderTiny.load(folder: taesd)
+        for step in steps {
+            let preview = try XCTUnwrap(step.preview)
+            let expected = noGrad { (decoder.decode(step.predictedOriginal) / 2 + 0.5).clamped(min: 0, max: 1) }
+            XCTAssertEqual(preview.shape, expected.shape)
+            XCTAssertEqual(preview.toArray(), expected.toArray())
+            XCTAssertEqual(step.previewPictures.count, 1)
+        }
+    }
+
     func testInpaintingFromFilesWritesDenoisingStrength() throws {
         let folder = try temporaryFolder()
         var request = request()
