@@ -147,6 +147,47 @@ final class StableDiffusionRunTests: XCTestCase {
         XCTAssert(text.hasSuffix("Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 32x48, Model: tiny, Denoising strength: 1"), text)
     }
 
+    /// A folder as runwayml's inpainting checkpoint has it (`StableDiffusionInpaintPipeline`, a 9-channel UNet): the tiny
+    /// folder with tiny-inpaint-unet/ as its UNet. With --init-image and --mask it generates what the library does from
+    /// the same seed; without a mask it is refused before generating.
+    func testInpaintingPipelineFolder() throws {
+        let folder = try temporaryFolder().appendingPathComponent("inpainting")
+        let manager = FileManager.default
+        try manager.copyItem(at: StableDiffusionParityTests.tiny, to: folder)
+        try manager.removeItem(at: folder.appendingPathComponent("unet"))
+        try manager.copyItem(at: Self.fixtures.appendingPathComponent("tiny-inpaint-unet"), to: folder.appendingPathComponent("unet"))
+        let index = folder.appendingPathComponent("model_index.json")
+        let text = try String(contentsOf: index, encoding: .utf8)
+            .replacingOccurrences(of: "\"StableDiffusionPipeline\"", with: "\"StableDiffusionInpaintPipeline\"")
+        try text.write(to: index, atomically: true, encoding: .utf8)
+
+        var request = request()
+        request.pipeline = folder.path
+        request.width = nil
+        request.height = nil
+        request.initImage = Self.fixtures.appendingPathComponent("init.png").path
+        request.mask = Self.fixtures.appendingPathComponent("mask.png").path
+        request.output = folder.appendingPathComponent("out.png").path
+        _ = try StableDiffusionRun.run(request)
+        let written = try ImageFile.read(request.output)
+
+        let pipeline = try StableDiffusionPipeline.load(folder: folder)
+        XCTAssertTrue(pipeline.hasInpaintingUNet)
+        var parameters = StableDiffusionParameters(prompt: request.prompt)
+        parameters.steps = request.steps
+        parameters.initImage = try StableDiffusionInpaintingTests.initImage()
+        parameters.mask = try StableDiffusionInpaintingTests.mask()
+        parameters.strength = 1
+        var generator = RandomGenerator(seed: request.seed)
+        let output = try pipeline.generate(parameters, generator: &generator)
+        XCTAssertEqual(written, StableDiffusionImageProcessor.pixelImages(output.images)[0])
+
+        request.mask = nil
+        XCTAssertThrowsError(try StableDiffusionRun.run(request)) { error in
+            XCTAssert("\(error)".contains("is an inpainting UNet (in_channels 9); it needs an init image and a mask"), "\(error)")
+        }
+    }
+
     // MARK: Karras sigmas
 
     func testKarrasDPMSolverMatchesDiffusers() throws { try StableDiffusionParityTests.check("dpm-karras") }
