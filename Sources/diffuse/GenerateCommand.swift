@@ -76,7 +76,8 @@ struct Generate: ParsableCommand {
             request.count = count
             request.clipSkip = clipSkip
             request.initImage = initImage
-            request.strength = strength
+            if strength != nil && initImage == nil { throw ValidationError("--strength needs --init-image") }
+            request.strength = strength ?? (mask == nil ? 0.8 : 1)
             request.mask = mask
             request.karras = karras
             request.trace = trace || traceEvery != nil

@@ -138,6 +138,7 @@ final class StableDiffusionRunTests: XCTestCase {
         request.height = nil
         request.initImage = Self.fixtures.appendingPathComponent("init.png").path
         request.mask = Self.fixtures.appendingPathComponent("mask.png").path
+        request.strength = 1
         request.scheduler = "ddim"
         request.output = folder.appendingPathComponent("inpainted.png").path
         let outcome = try StableDiffusionRun.run(request)
@@ -167,6 +168,7 @@ final class StableDiffusionRunTests: XCTestCase {
         request.height = nil
         request.initImage = Self.fixtures.appendingPathComponent("init.png").path
         request.mask = Self.fixtures.appendingPathComponent("mask.png").path
+        request.strength = 1
         request.output = folder.appendingPathComponent("out.png").path
         _ = try StableDiffusionRun.run(request)
         let written = try ImageFile.read(request.output)

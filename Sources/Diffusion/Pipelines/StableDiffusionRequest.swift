@@ -35,9 +35,9 @@ public struct StableDiffusionRequest: Sendable {
     /// Inpainting (with ``initImage``): a PNG or JPEG of the init image's size, white where to repaint,
     /// black where to keep (binarized at half grey, as diffusers' mask processor).
     public var mask: String?
-    /// Image-to-image and inpainting: how much of the schedule runs (0…1; nil: 0.8 for image-to-image,
-    /// 1 for inpainting, diffusers' defaults).
-    public var strength: Double?
+    /// Image-to-image and inpainting: how much of the schedule runs (0…1). 0.8 is diffusers' image-to-image
+    /// default; its inpainting default is 1 (`diffuse generate --mask` sets 1 unless `--strength` is given).
+    public var strength: Double = 0.8
     /// Karras sigmas (`use_karras_sigmas`) for the schedulers that have them in diffusers (LMS, Euler,
     /// Heun, DPM-Solver++); an error for the others.
     public var karras = false
@@ -197,7 +197,7 @@ public enum StableDiffusionRun {
         guard request.steps >= 1 else { throw StableDiffusionError("--steps must be at least 1, got \(request.steps)") }
         if let width = request.width, width % 8 != 0 || width <= 0 { throw StableDiffusionError("--width \(width) is not a positive multiple of 8") }
         if let height = request.height, height % 8 != 0 || height <= 0 { throw StableDiffusionError("--height \(height) is not a positive multiple of 8") }
-        if let strength = request.strength, !(0...1).contains(strength) { throw StableDiffusionError("--strength must be in [0, 1], got \(strength)") }
+        guard (0...1).contains(request.strength) else { throw StableDiffusionError("--strength must be in [0, 1], got \(request.strength)") }
         if let every = request.traceEvery, every < 1 { throw StableDiffusionError("--trace-every must be at least 1, got \(every)") }
         inputs.picture = try request.initImage.map { try ImageFile.read($0) }
         inputs.mask = try request.mask.map { try ImageFile.read($0) }
@@ -216,7 +216,6 @@ public enum StableDiffusionRun {
                                            + "\(request.initImage!) is \(picture.width)×\(picture.height); they must be the same size")
             }
         }
-        if request.strength != nil && inputs.picture == nil { throw StableDiffusionError("--strength needs --init-image") }
         if request.karras { _ = try StableDiffusionPipeline.karrasConfiguration(SchedulerConfiguration(), kind: inputs.kind) }
         return inputs
     }
@@ -238,7 +237,7 @@ public enum StableDiffusionRun {
         if let picture = inputs.picture {
             parameters.initImage = try StableDiffusionImageProcessor.preprocess(picture, scaleFactor: pipeline.vaeScaleFactor)
             parameters.mask = try inputs.mask.map { try StableDiffusionImageProcessor.preprocessMask($0, scaleFactor: pipeline.vaeScaleFactor) }
-            parameters.strength = request.strength ?? (inputs.mask == nil ? 0.8 : 1)
+            parameters.strength = request.strength
         } else {
             parameters.width = request.width
             parameters.height = request.height
