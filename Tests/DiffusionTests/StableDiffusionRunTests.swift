@@ -190,6 +190,29 @@ final class StableDiffusionRunTests: XCTestCase {
         }
     }
 
+    /// What a server composes with a loaded pipeline: the parameters from pictures in memory (checked as `run` checks
+    /// them), and the `parameters` text.
+    func testParametersForALoadedPipelineFromPicturesInMemory() throws {
+        let pipeline = try StableDiffusionParityTests.pipeline()
+        var request = request()
+        request.width = nil
+        request.height = nil
+        request.strength = 1
+        let picture = try ImageFile.read(Self.fixtures.appendingPathComponent("init.png").path)
+        let mask = try ImageFile.read(Self.fixtures.appendingPathComponent("mask.png").path)
+        let parameters = try StableDiffusionRun.parameters(for: request, pipeline: pipeline, initImage: picture, mask: mask)
+        XCTAssertEqual(parameters.initImage?.toArray(), try StableDiffusionInpaintingTests.initImage().toArray())
+        XCTAssertEqual(parameters.mask?.toArray(), try StableDiffusionInpaintingTests.mask().toArray())
+        XCTAssertEqual(parameters.strength, 1)
+        let smaller = PixelImage(width: 32, height: 40, channels: 1, samples: Array(repeating: 255, count: 32 * 40))
+        XCTAssertThrowsError(try StableDiffusionRun.parameters(for: request, pipeline: pipeline, initImage: picture, mask: smaller)) {
+            XCTAssertEqual("\($0)", "the mask is 32×40 but the init image is 32×48; they must be the same size")
+        }
+        let text = StableDiffusionRun.infotext(for: request, schedulerName: "DDIMScheduler", width: 32, height: 48, fromImage: true).text
+        XCTAssertEqual(text, "a red bench in a park\nSteps: 2, Sampler: DDIM, CFG scale: 7.5, Seed: 7, Size: 32x48, Model: tiny, "
+                       + "Denoising strength: 1")
+    }
+
     // MARK: Karras sigmas
 
     func testKarrasDPMSolverMatchesDiffusers() throws { try StableDiffusionParityTests.check("dpm-karras") }

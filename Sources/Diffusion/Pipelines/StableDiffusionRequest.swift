@@ -116,17 +116,7 @@ public enum StableDiffusionRun {
         let loadStart = Date()
         let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: request.pipeline), variant: request.variant,
                                                         precision: request.precision, scheduler: inputs.kind)
-        let preview: StableDiffusionPreview?
-        switch request.preview ?? (request.trace ? .linear : nil) {
-        case .linear?:
-            guard pipeline.vae.configuration.latentChannels == StableDiffusionPreview.linearFactors.count else {
-                throw StableDiffusionError("the linear preview is for 4-channel latents; this VAE has "
-                                           + "\(pipeline.vae.configuration.latentChannels): give a TAESD folder")
-            }
-            preview = .linear
-        case .taesd(let folder)?: preview = .taesd(try AutoencoderTiny.load(folder: URL(fileURLWithPath: folder)))
-        case nil: preview = nil
-        }
+        let preview = try self.preview(for: request, pipeline: pipeline)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let start = Date()
         var parameters = try makeParameters(request, inputs: inputs, pipeline: pipeline)
@@ -149,18 +139,8 @@ public enum StableDiffusionRun {
         let paths = outputPaths(request.output, count: pictures.count)
         let schedulerName = type(of: try pipeline.makeScheduler(inputs.kind)).className
         for (position, (picture, path)) in zip(pictures, paths).enumerated() {
-            var infotext = StableDiffusionInfotext(
-                prompt: request.prompt, negativePrompt: request.negativePrompt, steps: request.steps,
-                sampler: StableDiffusionInfotext.samplerName(className: schedulerName), guidanceScale: request.guidanceScale,
-                seed: request.seed, width: picture.width, height: picture.height,
-                model: URL(fileURLWithPath: request.pipeline).standardizedFileURL.lastPathComponent)
-            infotext.karras = request.karras
-            infotext.strength = inputs.picture == nil ? nil : parameters.strength
-            infotext.clipSkip = request.clipSkip
-            infotext.guidanceRescale = request.guidanceRescale
-            infotext.eta = schedulerName == SchedulerKind.ddim.rawValue ? request.eta : nil
-            infotext.batchSize = pictures.count
-            infotext.batchPosition = position
+            let infotext = self.infotext(for: request, schedulerName: schedulerName, width: picture.width, height: picture.height,
+                                         fromImage: inputs.picture != nil, position: position, count: pictures.count)
             try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
             try PNG.write(picture, to: path, text: [(StableDiffusionInfotext.key, infotext.text)])
         }
@@ -174,75 +154,6 @@ public enum StableDiffusionRun {
             outcome.tracePath = path
         }
         return outcome
-    }
-
-    /// What `check` read before any model is loaded.
-    struct Inputs {
-        var kind: SchedulerKind?
-        var picture: PixelImage?
-        var mask: PixelImage?
-        var latents: Tensor?
-    }
-
-    /// Every request error that needs no model: flags, sizes, the images (read here), their sizes.
-    static func check(_ request: StableDiffusionRequest) throws -> Inputs {
-        var inputs = Inputs()
-        if let name = request.scheduler {
-            guard let named = SchedulerNames.kind(name) else {
-                throw StableDiffusionError("unknown scheduler \"\(name)\"; known: \(SchedulerNames.known)")
-            }
-            inputs.kind = named
-        }
-        guard request.count >= 1 else { throw StableDiffusionError("--count must be at least 1") }
-        guard request.steps >= 1 else { throw StableDiffusionError("--steps must be at least 1, got \(request.steps)") }
-        if let width = request.width, width % 8 != 0 || width <= 0 { throw StableDiffusionError("--width \(width) is not a positive multiple of 8") }
-        if let height = request.height, height % 8 != 0 || height <= 0 { throw StableDiffusionError("--height \(height) is not a positive multiple of 8") }
-        guard (0...1).contains(request.strength) else { throw StableDiffusionError("--strength must be in [0, 1], got \(request.strength)") }
-        if let every = request.traceEvery, every < 1 { throw StableDiffusionError("--trace-every must be at least 1, got \(every)") }
-        inputs.picture = try request.initImage.map { try ImageFile.read($0) }
-        inputs.mask = try request.mask.map { try ImageFile.read($0) }
-        inputs.latents = try request.initLatents.map { try SampleRun.loadNoise($0) }
-        if inputs.picture != nil && inputs.latents != nil {
-            throw StableDiffusionError("--init-latents is for text-to-image; image-to-image draws its noise")
-        }
-        if inputs.picture != nil && (request.width != nil || request.height != nil) {
-            throw StableDiffusionError("--width and --height do not apply with --init-image: the image's size, rounded down to "
-                                       + "multiples of 8, is used (as diffusers' image-to-image pipeline does)")
-        }
-        if let mask = inputs.mask {
-            guard let picture = inputs.picture else { throw StableDiffusionError("--mask needs --init-image: the image to repaint part of") }
-            guard mask.width == picture.width, mask.height == picture.height else {
-                throw StableDiffusionError("the mask \(request.mask!) is \(mask.width)×\(mask.height) but the init image "
-                                           + "\(request.initImage!) is \(picture.width)×\(picture.height); they must be the same size")
-            }
-        }
-        if request.karras { _ = try StableDiffusionPipeline.karrasConfiguration(SchedulerConfiguration(), kind: inputs.kind) }
-        return inputs
-    }
-
-    /// The generation's parameters from the request and what `check` read.
-    static func makeParameters(_ request: StableDiffusionRequest, inputs: Inputs,
-                               pipeline: StableDiffusionPipeline) throws -> StableDiffusionParameters {
-        var parameters = StableDiffusionParameters(prompt: request.prompt)
-        parameters.negativePrompts = request.negativePrompt.map { [$0] }
-        parameters.steps = request.steps
-        parameters.guidanceScale = request.guidanceScale
-        parameters.guidanceRescale = request.guidanceRescale
-        parameters.clipSkip = request.clipSkip
-        parameters.imagesPerPrompt = request.count
-        parameters.scheduler = inputs.kind
-        parameters.karrasSigmas = request.karras
-        parameters.eta = request.eta
-        parameters.latents = inputs.latents
-        if let picture = inputs.picture {
-            parameters.initImage = try StableDiffusionImageProcessor.preprocess(picture, scaleFactor: pipeline.vaeScaleFactor)
-            parameters.mask = try inputs.mask.map { try StableDiffusionImageProcessor.preprocessMask($0, scaleFactor: pipeline.vaeScaleFactor) }
-            parameters.strength = request.strength
-        } else {
-            parameters.width = request.width
-            parameters.height = request.height
-        }
-        return parameters
     }
 
     /// `out.png` for one image; `out-1.png`, `out-2.png`, ... for several.
