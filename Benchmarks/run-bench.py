@@ -108,11 +108,21 @@ def main():
         row = f"{name} diffuse_ms={diffuse_ms:.2f} pytorch_ms={pytorch_ms:.2f} ratio={diffuse_ms / pytorch_ms:.2f}"
         if name in FLOPS:
             row += f" diffuse_gflops={FLOPS[name] / diffuse_ms / 1e6:.1f} pytorch_gflops={FLOPS[name] / pytorch_ms / 1e6:.1f}"
+        row += per_step_columns(name, diffuse_ms, pytorch_ms)
         print(row, flush=True)
         rows.append(row)
 
     if arguments.results:
         write_results(arguments.results, rows, arguments.repeats)
+
+
+def per_step_columns(name, diffuse_ms, pytorch_ms):
+    """Seconds per denoising step beside a whole-generation row (the whole time / the steps, text encoding and
+    decoding included); DIFFUSE_BENCH_TXT2IMG=SIZE:STEPS changes the steps of sd15-txt2img-512-20."""
+    if name != "sd15-txt2img-512-20":
+        return ""
+    steps = int(os.environ.get("DIFFUSE_BENCH_TXT2IMG", "512:20").split(":")[1])
+    return f" diffuse_s_per_step={diffuse_ms / 1000 / steps:.2f} pytorch_s_per_step={pytorch_ms / 1000 / steps:.2f}"
 
 
 def measure_memory(name, diffuse_command, pytorch_command, environment, steps=3):

@@ -311,6 +311,64 @@ WORKLOADS["sd15-vae-decode-64"] = lambda: sd15_vae(decode=True)
 WORKLOADS["sd15-vae-encode-512"] = lambda: sd15_vae(decode=False)
 
 
+def sd15_txt2img():
+    """diffusers' StableDiffusionPipeline at Stable Diffusion 1.5's configuration, random weights (CLIP ViT-L/14's
+    text tower, the SD 1.5 UNet and VAE, the full CLIP tokenizer built from openai's merges file), SD 1.5's
+    scheduler configuration as DPMSolverMultistepScheduler: a prompt, 20 steps, guidance 7.5, 512x512, decoded.
+    DIFFUSE_BENCH_TXT2IMG=SIZE:STEPS makes it small (to check that the row starts)."""
+    import gzip
+    import json
+    import os
+    import tempfile
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    size, steps = (int(v) for v in os.environ.get("DIFFUSE_BENCH_TXT2IMG", "512:20").split(":"))
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=0, eos_token_id=2,
+        pad_token_id=1)).eval()
+    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512).eval()
+    scheduler = DPMSolverMultistepScheduler.from_config({
+        "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+        "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+        "trained_betas": None})
+    # The CLIP tokenizer files from openai's merges file, as openai/CLIP builds its vocabulary.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    vocab_path = os.environ.get("DIFFUSE_CLIP_VOCAB", os.path.join(root, "data", "clip", "bpe_simple_vocab_16e6.txt.gz"))
+    merges = [tuple(m.split()) for m in gzip.open(vocab_path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    characters = [chr(c) for c in cs]
+    vocab = characters + [c + "</w>" for c in characters] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    folder = tempfile.mkdtemp(prefix="diffuse-bench-tokenizer-")
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(zip(vocab, range(len(vocab)))), f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77,
+                              pad_token="<|endoftext|>")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with torch.no_grad():
+            pipe("a photo of an astronaut riding a horse on mars", height=size, width=size, num_inference_steps=steps,
+                 guidance_scale=7.5, generator=torch.Generator().manual_seed(1), output_type="pt")
+    return run
+
+
+WORKLOADS["sd15-txt2img-512-20"] = sd15_txt2img
+
+
 def shaped_convolution(name):
     """`conv-fwd:BATCH:IN:OUT:SIZE[:kK][:sS]` or `conv-bwd:...`: one layer's shape (not a make bench row)."""
     parts = name.split(":")

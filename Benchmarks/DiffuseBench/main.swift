@@ -153,7 +153,7 @@ func shapedGemm(_ name: String) -> Workload? {
 }
 
 /// Rows that compare peak memory (the driver runs each side in a fresh process).
-let memoryRows = ["unet-mnist-train-b128-rss"] + unetConditionMemoryRows
+let memoryRows = ["unet-mnist-train-b128-rss"] + unetConditionMemoryRows + pipelineMemoryRows
 
 /// The course's MNIST UNet: 28×28, 1 channel, (32, 64, 64), Down/AttnDown/AttnDown.
 func courseUNet() -> UNet2DModel {
@@ -239,6 +239,7 @@ workloads += attentionWorkloads
 workloads += engineWorkloads
 workloads += unetConditionWorkloads
 workloads += autoencoderWorkloads
+workloads += pipelineWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)

@@ -6,7 +6,7 @@ import NN
 /// `diffuse generate`: wiring from flags to `StableDiffusionRun`.
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Generate images with Stable Diffusion from a diffusers pipeline folder (text-to-image, or image-to-image with --init-image).",
+        abstract: "Generate images with Stable Diffusion from a diffusers pipeline folder (text-to-image, image-to-image, inpainting).",
         discussion: """
         PIPELINE_FOLDER is a diffusers StableDiffusionPipeline folder (model_index.json, text_encoder/, \
         tokenizer/, unet/, vae/, scheduler/), e.g. stable-diffusion-v1-5 saved by diffusers. A safety checker \
@@ -15,7 +15,11 @@ struct Generate: ParsableCommand {
         unless --scheduler names another (ddim, pndm, lms, euler, euler-ancestral, heun, dpm, unipc, ddpm, \
         or a diffusers class name). With --init-image the image (its sides rounded down to multiples of 8, \
         resized with Lanczos) is encoded and noised to the step --strength picks, as diffusers' \
-        StableDiffusionImg2ImgPipeline does.
+        StableDiffusionImg2ImgPipeline does; with --mask as well, the white part of the mask is repainted as \
+        diffusers' StableDiffusionInpaintPipeline does (a 9-channel inpainting UNet takes the mask and the \
+        masked image; an ordinary UNet's latents are blended with the init image's at every step). Every PNG \
+        carries its generation parameters in a "parameters" text chunk (diffuse inspect image.png prints them). \
+        --trace writes x_t and the predicted x0 over the steps, decoded by --preview-decoder.
         """)
 
     @Argument(help: "The pipeline folder, or a single .safetensors checkpoint (original Stable Diffusion layout).") var pipeline: String
@@ -33,7 +37,17 @@ struct Generate: ParsableCommand {
     @Option(help: "Images to generate.") var count = 1
     @Option(help: "Use the hidden state this many layers before the text encoder's last.") var clipSkip: Int?
     @Option(help: ArgumentHelp("Image-to-image: the picture to start from.", valueName: "file.png")) var initImage: String?
-    @Option(help: "Image-to-image: how much of the schedule runs, 0…1.") var strength: Double = 0.8
+    @Option(help: ArgumentHelp("Inpainting: a picture of the init image's size, white where to repaint, black where to keep.",
+                               valueName: "mask.png"))
+    var mask: String?
+    @Option(help: "Image-to-image and inpainting: how much of the schedule runs, 0…1 (default 0.8; 1 with --mask).") var strength: Double?
+    @Flag(help: "Karras sigmas (use_karras_sigmas) for LMS, Euler, Heun, DPM-Solver++ or UniPC.") var karras = false
+    @Flag(help: "Also write a strip of x_t and the predicted x0 previews over the steps (OUTPUT-trace.png).") var trace = false
+    @Option(help: "The trace's step interval (default: about ten frames).") var traceEvery: Int?
+    @Option(parsing: .upToNextOption,
+            help: ArgumentHelp("How previews are decoded: linear (latent-to-RGB factors, 1/8 size; the default) or taesd FOLDER.",
+                               valueName: "linear|taesd FOLDER"))
+    var previewDecoder: [String] = []
     @Option(help: ArgumentHelp("The weights variant of every model, e.g. fp16.", valueName: "name")) var variant: String?
     @Option(help: ArgumentHelp("How the weights are held: float32, as-stored (16-bit files stay 16-bit), bf16 or fp16.",
                                valueName: "float32|as-stored|bf16|fp16"))
@@ -63,7 +77,18 @@ struct Generate: ParsableCommand {
             request.count = count
             request.clipSkip = clipSkip
             request.initImage = initImage
-            request.strength = strength
+            if strength != nil && initImage == nil { throw ValidationError("--strength needs --init-image") }
+            request.strength = strength ?? (mask == nil ? 0.8 : 1)
+            request.mask = mask
+            request.karras = karras
+            request.trace = trace || traceEvery != nil
+            request.traceEvery = traceEvery
+            switch previewDecoder.first?.lowercased() {
+            case nil: break
+            case "linear"? where previewDecoder.count == 1: request.preview = .linear
+            case "taesd"? where previewDecoder.count == 2: request.preview = .taesd(folder: previewDecoder[1])
+            default: throw ValidationError("--preview-decoder takes linear, or taesd and a TAESD folder; got \(previewDecoder.joined(separator: " "))")
+            }
             request.variant = variant
             request.initLatents = initLatents
             request.output = output

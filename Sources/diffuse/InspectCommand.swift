@@ -1,4 +1,6 @@
 import ArgumentParser
+import enum Diffusion.PNG
+import struct Diffusion.PixelImage
 import Foundation
 import NN
 import Tensors
@@ -6,13 +8,14 @@ import Tensors
 /// `diffuse inspect PATH`: what a checkpoint or a diffusers folder holds.
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Describe a .safetensors file, a sharded *.safetensors.index.json, or a diffusers model or pipeline folder.",
+        abstract: "Describe a .safetensors file, a sharded *.safetensors.index.json, a diffusers model or pipeline folder, or a PNG.",
         discussion: """
         For a checkpoint, prints each tensor's name, stored dtype, shape, mean and standard deviation \
         (unbiased, as torch.std), then the tensor count, parameter count and bytes. For a diffusers \
         model folder (config.json + weights) or pipeline folder (model_index.json + sub-folders), prints \
-        each component's class, key config entries and parameter count. Malformed files are reported \
-        on stderr with a non-zero exit.
+        each component's class, key config entries and parameter count. For a PNG, prints its size and \
+        its text chunks: the generation parameters diffuse generate (and other Stable Diffusion tools) \
+        store under the key "parameters". Malformed files are reported on stderr with a non-zero exit.
         """)
 
     @Argument(help: "A .safetensors file, a *.safetensors.index.json, or a folder.")
@@ -38,6 +41,8 @@ struct Inspect: ParsableCommand {
             } else if let folder, exists(folder, "config.json") {
                 let total = try inspectComponent(name: nil, folder: folder)
                 print("total: \(grouped(total)) parameters")
+            } else if let bytes = FileManager.default.contents(atPath: path), PNG.hasSignature(bytes) {
+                try inspectPNG([UInt8](bytes))
             } else {
                 try inspectCheckpoint(try SafetensorsCheckpoint(path: path))
             }
@@ -56,6 +61,21 @@ struct Inspect: ParsableCommand {
 
     private func exists(_ folder: String, _ name: String) -> Bool {
         FileManager.default.fileExists(atPath: URL(fileURLWithPath: folder).appendingPathComponent(name).path)
+    }
+
+    // MARK: - PNG images
+
+    /// The picture's size and every text chunk; the `parameters` chunk as its lines.
+    private func inspectPNG(_ bytes: [UInt8]) throws {
+        let picture: PixelImage
+        do { picture = try PNG.decode(bytes, path: path) } catch { throw InspectError(message: "\(error)") }
+        print("PNG \(picture.width)×\(picture.height), \(picture.channels == 1 ? "grey" : "RGB")")
+        let chunks = PNG.textChunks(bytes)
+        if chunks.isEmpty { print("no text chunks (no generation parameters)") }
+        for (key, value) in chunks {
+            print("\(key):")
+            value.split(separator: "\n", omittingEmptySubsequences: false).forEach { print("  " + $0) }
+        }
     }
 
     // MARK: - Checkpoints

@@ -43,6 +43,7 @@ final class StableDiffusionParityTests: XCTestCase {
         parameters.imagesPerPrompt = try golden.int("count")
         parameters.height = try golden.int("height")
         parameters.width = try golden.int("width")
+        parameters.karrasSigmas = (try? golden.string("karras")) == "true"
         return parameters
     }
 

@@ -37,6 +37,12 @@ public enum PNG {
         return PixelImage(width: width, height: height, channels: channels, samples: samples).droppingAlpha()
     }
 
+    /// The PNG file bytes of `image` (zlib level `compressionLevel`, 0…9), with a text chunk for each
+    /// of `text` (key, value) after the header (see ``textChunk(key:value:)``).
+    public static func encode(_ image: PixelImage, compressionLevel: Int = 6, text: [(key: String, value: String)]) throws -> [UInt8] {
+        try insertingText(text, into: encode(image, compressionLevel: compressionLevel))
+    }
+
     /// The PNG file bytes of `image` (zlib level `compressionLevel`, 0…9).
     public static func encode(_ image: PixelImage, compressionLevel: Int = 6) throws -> [UInt8] {
         var output: UnsafeMutablePointer<UInt8>?
@@ -58,8 +64,10 @@ public enum PNG {
 
     /// Writes `image` as a PNG at `path`, atomically (a temporary file in the same
     /// folder, then a rename), so a reader never sees half a file.
-    public static func write(_ image: PixelImage, to path: String, compressionLevel: Int = 6) throws {
-        try AtomicFile.write(try encode(image, compressionLevel: compressionLevel), to: path)
+    /// With `text`, a text chunk for each (key, value) pair, as ``encode(_:compressionLevel:text:)``.
+    public static func write(_ image: PixelImage, to path: String, compressionLevel: Int = 6,
+                             text: [(key: String, value: String)] = []) throws {
+        try AtomicFile.write(try encode(image, compressionLevel: compressionLevel, text: text), to: path)
     }
 
     /// The C string in a fixed-size C character array.

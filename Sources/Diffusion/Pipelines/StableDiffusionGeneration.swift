@@ -18,6 +18,14 @@ extension StableDiffusionPipeline {
     /// `int(steps × strength)` steps); the init image is encoded, the posterior sampled and scaled by
     /// `scaling_factor`, and `scheduler.add_noise` noises it to the first remaining timestep.
     ///
+    /// Inpainting (`parameters.mask` with the init image), as `StableDiffusionInpaintPipeline.__call__`:
+    /// the schedule cut by `strength` as image-to-image; at strength 1 the latents start from noise ×
+    /// `init_noise_sigma`, else from the init image's latents noised to the first timestep. With a
+    /// 9-channel inpainting UNet, the mask (nearest-resized to the latents) and the latents of the masked
+    /// image (`image × (mask < 0.5)`) are concatenated to the UNet's input at every step; with an ordinary
+    /// UNet, after every step the latents outside the mask are replaced by the init latents noised to the
+    /// next timestep (not noised after the last). `guidance_rescale` is not applied, as diffusers.
+    ///
     /// - Parameters:
     ///   - generator: draws the starting latents, the posterior sample and the noise (unless given) and
     ///     the noise of stochastic schedulers.
@@ -31,16 +39,22 @@ extension StableDiffusionPipeline {
                                           clipSkip: parameters.clipSkip)
         let context = noGrad { guidance ? Tensor.concatenate([embeddings.negative!, embeddings.prompt], axis: 0) : embeddings.prompt }
 
-        let scheduler = try makeScheduler(parameters.scheduler)
+        let scheduler = try makeScheduler(parameters.scheduler, karras: parameters.karrasSigmas)
         if let ddim = scheduler as? DDIMScheduler { ddim.eta = Float(parameters.eta) }
         let timesteps = try Self.timesteps(scheduler: scheduler, parameters: parameters)
         let batch = parameters.batchSize
         var latents: Tensor
-        if let image = plan.initImage {
+        var inpainting: StableDiffusionInpainting?
+        if let image = plan.initImage, let mask = parameters.mask {
+            let prepared = try inpaintingLatents(image, mask: mask, batch: batch, timestep: timesteps[0], scheduler: scheduler,
+                                                 parameters: parameters, generator: &generator)
+            latents = prepared.latents
+            inpainting = prepared.inpainting
+        } else if let image = plan.initImage {
             latents = try imageLatents(image, batch: batch, timestep: timesteps[0], scheduler: scheduler, parameters: parameters,
                                        generator: &generator)
         } else {
-            let shape = [batch, unet.configuration.inChannels, plan.height / vaeScaleFactor, plan.width / vaeScaleFactor]
+            let shape = [batch, vae.configuration.latentChannels, plan.height / vaeScaleFactor, plan.width / vaeScaleFactor]
             let noise = try parameters.latents.map { try given($0, shape: shape, name: "latents") } ?? Tensor.randn(shape, generator: &generator)
             latents = noGrad { noise * scheduler.initNoiseSigma }
         }
@@ -53,7 +67,8 @@ extension StableDiffusionPipeline {
         for (index, timestep) in timesteps.enumerated() {
             let result: SchedulerStepOutput = noGrad {
                 let doubled = guidance ? Tensor.concatenate([latents, latents], axis: 0) : latents
-                let input = scheduler.scaleModelInput(doubled, timestep: timestep)
+                var input = scheduler.scaleModelInput(doubled, timestep: timestep)
+                if let inpainting { input = inpainting.modelInput(input, guidance: guidance) }
                 var prediction = unet(input, timestep: timestep, encoderHiddenStates: context,
                                       timestepCondition: timestepCondition.map { guidance ? Tensor.concatenate([$0, $0], axis: 0) : $0 })
                 if guidance {
@@ -65,8 +80,12 @@ extension StableDiffusionPipeline {
                 return scheduler.step(prediction, timestep: timestep, sample: latents, noise: nil, generator: &generator)
             }
             latents = result.prevSample
-            try onStep?(StableDiffusionStep(index: index, count: timesteps.count, timestep: timestep, latents: latents,
-                                            predictedOriginal: result.predOriginalSample))
+            if let inpainting { latents = noGrad { inpainting.blend(latents, index: index, timesteps: timesteps, scheduler: scheduler) } }
+            if let onStep {
+                let preview = parameters.preview.map { $0.images(result.predOriginalSample) }
+                try onStep(StableDiffusionStep(index: index, count: timesteps.count, timestep: timestep, latents: latents,
+                                               predictedOriginal: result.predOriginalSample, preview: preview))
+            }
         }
         let images = noGrad { decodeLatents(latents) }
         return StableDiffusionOutput(images: images, latents: latents, timesteps: timesteps, embeddings: embeddings)
@@ -76,7 +95,27 @@ extension StableDiffusionPipeline {
     /// text-to-image; for image-to-image diffusers' `get_timesteps`: `init_timestep = min(int(steps × strength), steps)`,
     /// starting at `(steps − init_timestep) × order`.
     public func timesteps(for parameters: StableDiffusionParameters) throws -> [Float] {
-        try Self.timesteps(scheduler: try makeScheduler(parameters.scheduler), parameters: parameters)
+        try Self.timesteps(scheduler: try makeScheduler(parameters.scheduler, karras: parameters.karrasSigmas), parameters: parameters)
+    }
+
+    /// A fresh scheduler (see ``makeScheduler(_:)``), with Karras sigmas when `karras` is true.
+    public func makeScheduler(_ kind: SchedulerKind?, karras: Bool) throws -> any Scheduler {
+        guard karras else { return try makeScheduler(kind) }
+        let kind = kind ?? SchedulerKind(rawValue: type(of: scheduler).className) ?? .pndm
+        return try Schedulers.make(kind, configuration: try Self.karrasConfiguration(scheduler.configuration, kind: kind))
+    }
+
+    /// `configuration` with `use_karras_sigmas` set, or an error naming the scheduler when diffusers' class has no
+    /// Karras sigmas (DDPM, DDIM, PNDM, Euler ancestral).
+    static func karrasConfiguration(_ configuration: SchedulerConfiguration, kind: SchedulerKind?) throws -> SchedulerConfiguration {
+        if let kind, !kind.schedulerType.configurationDefaults.contains(where: { $0.key == "use_karras_sigmas" }) {
+            let having = SchedulerKind.allCases.filter { $0.schedulerType.configurationDefaults.contains { $0.key == "use_karras_sigmas" } }
+            throw StableDiffusionError("--karras: diffusers' \(kind.rawValue) has no Karras sigmas (use_karras_sigmas); "
+                                       + "these schedulers have them: " + having.map(\.rawValue).joined(separator: ", "))
+        }
+        var result = configuration
+        try result.set("use_karras_sigmas", .bool(true))
+        return result
     }
 
     static func timesteps(scheduler: any Scheduler, parameters: StableDiffusionParameters) throws -> [Float] {
@@ -157,11 +196,17 @@ extension StableDiffusionPipeline {
             }
             if let given = parameters.height, given != height { throw StableDiffusionError("height \(given) differs from the init image's \(height)") }
             if let given = parameters.width, given != width { throw StableDiffusionError("width \(given) differs from the init image's \(width)") }
+            try checkInpainting(parameters, image: image)
             let images = image.shape[0]
             guard parameters.batchSize % images == 0 else {
                 throw StableDiffusionError("\(images) init images cannot be spread over \(parameters.batchSize) images to generate")
             }
             return Plan(height: height, width: width, initImage: image)
+        }
+        if parameters.mask != nil { throw StableDiffusionError("a mask needs an init image (inpainting repaints part of an image)") }
+        if hasInpaintingUNet {
+            throw StableDiffusionError("this pipeline's UNet is an inpainting UNet (in_channels \(unet.configuration.inChannels)); "
+                                       + "it needs an init image and a mask")
         }
         let height = parameters.height ?? defaultSize.height
         let width = parameters.width ?? defaultSize.width
@@ -181,13 +226,8 @@ extension StableDiffusionPipeline {
     /// batch, noised by `add_noise` at `timestep`.
     private func imageLatents(_ image: Tensor, batch: Int, timestep: Float, scheduler: any Scheduler,
                               parameters: StableDiffusionParameters, generator: inout RandomGenerator) throws -> Tensor {
-        let posterior = noGrad { vae.encode(image) }
-        let draw = try parameters.posteriorNoise.map { try given($0, shape: posterior.mean.shape, name: "posterior noise") }
-            ?? Tensor.randn(posterior.mean.shape, generator: &generator)
-        var initial = noGrad { posterior.sample(noise: draw) * Float(vae.configuration.scalingFactor) }
-        if initial.shape[0] < batch {
-            initial = noGrad { Tensor.concatenate(Array(repeating: initial, count: batch / initial.shape[0]), axis: 0) }
-        }
+        var initial = try encodeImage(image, posteriorNoise: parameters.posteriorNoise, name: "posterior noise", generator: &generator)
+        initial = noGrad { repeatedToBatch(initial, count: batch) }
         let noise = try parameters.noise.map { try given($0, shape: initial.shape, name: "noise") } ?? Tensor.randn(initial.shape, generator: &generator)
         return noGrad { scheduler.addNoise(initial, noise: noise, timesteps: Array(repeating: timestep, count: batch)) }
     }

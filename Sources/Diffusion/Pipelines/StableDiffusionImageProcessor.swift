@@ -33,6 +33,58 @@ public enum StableDiffusionImageProcessor {
         return Tensor(values, shape: [1, 3, height, width])
     }
 
+    /// The mask processor's `preprocess` (diffusers' inpainting `VaeImageProcessor(do_normalize=False,
+    /// do_binarize=True, do_convert_grayscale=True)`) of a mask picture: its sides rounded down to
+    /// multiples of `scaleFactor` and resized with Pillow's Lanczos filter (only when they change), then
+    /// Pillow's `convert("L")` (alpha dropped; RGB to luma as `(19595 R + 38470 G + 7471 B + 2¹⁵) >> 16`),
+    /// `value / 255`, and binarized: below 0.5 → 0 (keep), else 1 (repaint). White repaints, black keeps.
+    /// Returns `[1, 1, height, width]`.
+    public static func preprocessMask(_ picture: PixelImage, scaleFactor: Int = 8) throws -> Tensor {
+        guard (1...4).contains(picture.channels) else {
+            throw StableDiffusionError("the mask has \(picture.channels) channels; expected grey or RGB")
+        }
+        var image = picture
+        let width = image.width - image.width % scaleFactor
+        let height = image.height - image.height % scaleFactor
+        guard width > 0, height > 0 else {
+            throw StableDiffusionError("the mask is \(image.width)×\(image.height); it must be at least \(scaleFactor)×\(scaleFactor)")
+        }
+        if width != image.width || height != image.height { image = LanczosResampling.resize(image, width: width, height: height) }
+        let channels = image.channels
+        let plane = width * height
+        var values = [Float](repeating: 0, count: plane)
+        for pixel in 0..<plane {
+            let luma: Int
+            if channels >= 3 {
+                let base = pixel * channels
+                let (red, green, blue) = (Int(image.samples[base]), Int(image.samples[base + 1]), Int(image.samples[base + 2]))
+                luma = (red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16
+            } else {
+                luma = Int(image.samples[pixel * channels])
+            }
+            values[pixel] = Float(luma) / 255 < 0.5 ? 0 : 1
+        }
+        return Tensor(values, shape: [1, 1, height, width])
+    }
+
+    /// diffusers' `prepare_mask_latents` resize: `F.interpolate(mask, size=(h / f, w / f))` in its default
+    /// nearest mode, which for an integer factor `f` takes the pixel at `(f·i, f·j)`.
+    /// `[masks, 1, H, W]` to `[masks, 1, H / f, W / f]`.
+    public static func latentMask(_ mask: Tensor, scaleFactor factor: Int = 8) -> Tensor {
+        let (count, height, width) = (mask.shape[0], mask.shape[2], mask.shape[3])
+        let (rows, columns) = (height / factor, width / factor)
+        let values = mask.contiguous().toArray()
+        var result = [Float](repeating: 0, count: count * rows * columns)
+        for image in 0..<count {
+            for row in 0..<rows {
+                for column in 0..<columns {
+                    result[(image * rows + row) * columns + column] = values[(image * height + row * factor) * width + column * factor]
+                }
+            }
+        }
+        return Tensor(result, shape: [count, 1, rows, columns])
+    }
+
     /// `postprocess(output_type="pil")` of `[batch, 3, height, width]` images in [0, 1]: each value
     /// × 255, rounded half to even (numpy's `round`), as bytes.
     public static func pixelImages(_ images: Tensor) -> [PixelImage] {

@@ -33,7 +33,7 @@ public struct StableDiffusionModelIndex: Equatable, Sendable {
 
     /// The pipeline classes whose folders hold Stable Diffusion's components (image-to-image
     /// pipelines save the same parts).
-    public static let supportedClassNames: [String] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"]
+    public static let supportedClassNames: [String] = ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"]
     /// The components the pipelines run, in diffusers' order.
     public static let requiredComponents = ["text_encoder", "tokenizer", "unet", "vae", "scheduler"]
     /// Components diffusers lists as optional; accepted (null or present) and not run.

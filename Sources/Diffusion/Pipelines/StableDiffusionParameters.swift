@@ -2,7 +2,8 @@ import Foundation
 import Tensors
 
 /// What one Stable Diffusion generation does: diffusers' `StableDiffusionPipeline.__call__`
-/// arguments (and `StableDiffusionImg2ImgPipeline`'s when ``initImage`` is set).
+/// arguments (`StableDiffusionImg2ImgPipeline`'s when ``initImage`` is set, and
+/// `StableDiffusionInpaintPipeline`'s when ``mask`` is set too).
 public struct StableDiffusionParameters {
     /// The prompts; each makes ``imagesPerPrompt`` images.
     public var prompts: [String]
@@ -28,6 +29,9 @@ public struct StableDiffusionParameters {
     public var imagesPerPrompt = 1
     /// The scheduler to run, built from the folder's scheduler configuration (nil: the folder's class).
     public var scheduler: SchedulerKind?
+    /// Karras sigmas: the scheduler built with `use_karras_sigmas = true` (LMS, Euler, Heun, DPM-Solver++ and
+    /// UniPC have them in diffusers; an error for the others).
+    public var karrasSigmas = false
     /// DDIM's η (ignored by other schedulers, as in diffusers).
     public var eta: Double = 0
     /// Unit-variance starting latents `[prompts × imagesPerPrompt, latent channels, height / 8, width / 8]`
@@ -37,12 +41,29 @@ public struct StableDiffusionParameters {
     /// Image-to-image: the init image, `[1 or batch, 3, H, W]` in [-1, 1] (see
     /// ``StableDiffusionImageProcessor/preprocess(_:scaleFactor:)``). Nil: text-to-image.
     public var initImage: Tensor?
-    /// Image-to-image: how much of the schedule runs, from 0 (the init image back) to 1 (all steps).
+    /// Image-to-image and inpainting: how much of the schedule runs, from 0 (the init image back) to 1
+    /// (all steps). diffusers' image-to-image default is 0.8, its inpainting default 1.0 (with 1.0 the
+    /// latents start from pure noise, as text-to-image).
     public var strength: Double = 0.8
     /// Image-to-image: the unit normal draw of the VAE posterior's sample, `[images, latent channels, h, w]` (nil: drawn).
     public var posteriorNoise: Tensor?
     /// Image-to-image: the noise `scheduler.add_noise` adds at the first timestep, shaped like the latents (nil: drawn).
+    /// Inpainting: the starting noise (× `init_noise_sigma` at strength 1), also the noise the blending adds.
     public var noise: Tensor?
+
+    /// Inpainting (with ``initImage``): where to repaint, `[1 or batch, 1, H, W]` of the init image's size,
+    /// 1 to repaint and 0 to keep (see ``StableDiffusionImageProcessor/preprocessMask(_:scaleFactor:)``,
+    /// which binarizes as diffusers' mask processor). With a 9-channel inpainting UNet the mask (resized to
+    /// the latents) and the masked image's latents are concatenated to the latents; with an ordinary
+    /// UNet the latents outside the mask are replaced by the noised init latents after every step.
+    /// Nil: image-to-image (or text-to-image).
+    public var mask: Tensor?
+    /// Inpainting: the unit normal draw of the VAE posterior's sample for the masked image,
+    /// `[images, latent channels, h, w]` (nil: drawn).
+    public var maskedImagePosteriorNoise: Tensor?
+
+    /// How to make a preview of the predicted x0 at every step for the step callback (nil: none).
+    public var preview: StableDiffusionPreview?
 
     public init(prompts: [String]) { self.prompts = prompts }
 
@@ -64,6 +85,21 @@ public struct StableDiffusionStep {
     public let latents: Tensor
     /// The scheduler's prediction of the clean latents at this step.
     public let predictedOriginal: Tensor
+    /// Preview pictures of ``predictedOriginal``, `[batch, 3, h, w]` in [0, 1], when the parameters ask
+    /// for previews (``StableDiffusionParameters/preview``); nil otherwise.
+    public let preview: Tensor?
+
+    public init(index: Int, count: Int, timestep: Float, latents: Tensor, predictedOriginal: Tensor, preview: Tensor? = nil) {
+        self.index = index
+        self.count = count
+        self.timestep = timestep
+        self.latents = latents
+        self.predictedOriginal = predictedOriginal
+        self.preview = preview
+    }
+
+    /// ``preview`` as 8-bit pictures, one per image (empty without previews).
+    public var previewPictures: [PixelImage] { preview.map { StableDiffusionImageProcessor.pixelImages($0) } ?? [] }
 }
 
 /// What a generation returns.

@@ -49,10 +49,10 @@ public final class StableDiffusionPipeline {
                                        + "they come from different models")
         }
         let latentChannels = vae.configuration.latentChannels
-        guard unetConfiguration.inChannels == latentChannels else {
-            let hint = unetConfiguration.inChannels == 2 * latentChannels + 1 ? " (an inpainting UNet; inpainting is not supported yet)" : ""
+        // An inpainting UNet takes the latents, the mask and the masked image's latents.
+        guard unetConfiguration.inChannels == latentChannels || unetConfiguration.inChannels == 2 * latentChannels + 1 else {
             throw StableDiffusionError("the UNet takes \(unetConfiguration.inChannels) channels (in_channels) but the VAE's latents have "
-                                       + "\(latentChannels)\(hint)")
+                                       + "\(latentChannels) (an inpainting UNet takes \(2 * latentChannels + 1))")
         }
         guard unetConfiguration.outChannels == latentChannels else {
             throw StableDiffusionError("the UNet makes \(unetConfiguration.outChannels) channels (out_channels) but the VAE's latents have \(latentChannels)")
@@ -71,6 +71,10 @@ public final class StableDiffusionPipeline {
         unet.eval()
         vae.eval()
     }
+
+    /// Whether the UNet is an inpainting UNet (`in_channels` = 2 × latent channels + 1: the latents, the
+    /// mask and the masked image's latents), which needs an init image and a mask.
+    public var hasInpaintingUNet: Bool { unet.configuration.inChannels == 2 * vae.configuration.latentChannels + 1 }
 
     /// How much smaller the latents are than the image: `2^(len(vae.block_out_channels) − 1)`, 8 for Stable Diffusion.
     public var vaeScaleFactor: Int { vae.configuration.downsamplingFactor }

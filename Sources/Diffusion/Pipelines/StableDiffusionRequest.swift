@@ -32,8 +32,23 @@ public struct StableDiffusionRequest: Sendable {
     public var clipSkip: Int?
     /// Image-to-image: a PNG or JPEG to start from.
     public var initImage: String?
-    /// Image-to-image: how much of the schedule runs (0…1).
+    /// Inpainting (with ``initImage``): a PNG or JPEG of the init image's size, white where to repaint,
+    /// black where to keep (binarized at half grey, as diffusers' mask processor).
+    public var mask: String?
+    /// Image-to-image and inpainting: how much of the schedule runs (0…1). 0.8 is diffusers' image-to-image
+    /// default; its inpainting default is 1 (`diffuse generate --mask` sets 1 unless `--strength` is given).
     public var strength: Double = 0.8
+    /// Karras sigmas (`use_karras_sigmas`) for the schedulers that have them in diffusers (LMS, Euler,
+    /// Heun, DPM-Solver++); an error for the others.
+    public var karras = false
+    /// How the per-step previews are decoded (nil: no previews, unless ``trace`` asks: then ``StableDiffusionPreviewSource/linear``).
+    public var preview: StableDiffusionPreviewSource?
+    /// Write a strip of x_t and the predicted x0 previews over the steps (``traceOutput``).
+    public var trace = false
+    /// Record every this many steps for the trace (nil: about ten frames), and the last step.
+    public var traceEvery: Int?
+    /// The trace PNG (nil: the output's name with `-trace`).
+    public var traceOutput: String?
     /// The weights variant of every model (`fp16`).
     public var variant: String?
     /// How the models hold their weights.
@@ -51,6 +66,14 @@ public struct StableDiffusionRequest: Sendable {
     }
 }
 
+/// Where a request's previews come from.
+public enum StableDiffusionPreviewSource: Sendable, Equatable {
+    /// The linear latent-to-RGB map (``StableDiffusionPreview/linear``), at the latents' size.
+    case linear
+    /// A TAESD folder (diffusers' `AutoencoderTiny`, e.g. madebyollin/taesd), full size.
+    case taesd(folder: String)
+}
+
 /// What a ``StableDiffusionRequest`` did.
 public struct StableDiffusionOutcome: Sendable {
     /// The PNG files written, one per image.
@@ -65,6 +88,8 @@ public struct StableDiffusionOutcome: Sendable {
     public let warnings: [String]
     /// Components in the folder that were not run (safety checker, feature extractor).
     public let componentsNotRun: [String]
+    /// The trace strip written (nil: none).
+    public var tracePath: String?
 
     /// What to tell a person.
     public var reportLines: [String] {
@@ -72,80 +97,65 @@ public struct StableDiffusionOutcome: Sendable {
                             schedulerName, steps, generateSeconds, loadSeconds)]
         if !componentsNotRun.isEmpty { lines.append("not run:     " + componentsNotRun.joined(separator: ", ")) }
         lines += paths.map { "wrote        \($0)" }
+        if let tracePath { lines.append("trace:       \(tracePath) (rows: x_t, predicted x0)") }
         return lines
     }
 }
 
 /// Runs a ``StableDiffusionRequest``.
 public enum StableDiffusionRun {
-    /// Checks the request, loads the pipeline, generates and writes the PNGs.
+    /// Checks the request, loads the pipeline, generates and writes the PNGs (each with its generation
+    /// parameters in a `parameters` text chunk, ``StableDiffusionInfotext``), and the trace strip when asked.
     /// - Parameters:
     ///   - progressOutput: where the live progress line goes (nil: none).
     ///   - log: receives warnings (truncated prompts) as they happen.
-    ///   - onStep: every step of the generation (for previews or a server).
+    ///   - onStep: every step of the generation (for previews or a server); its ``StableDiffusionStep/preview``
+    ///     is set when the request asks for previews (``StableDiffusionRequest/preview``) or a trace.
     public static func run(_ request: StableDiffusionRequest, progressOutput: ProgressOutput? = nil,
                            log: ((String) -> Void)? = nil,
                            onStep: ((StableDiffusionStep) throws -> Void)? = nil) throws -> StableDiffusionOutcome {
-        var kind: SchedulerKind?
-        if let name = request.scheduler {
-            guard let named = SchedulerNames.kind(name) else {
-                throw StableDiffusionError("unknown scheduler \"\(name)\"; known: \(SchedulerNames.known)")
-            }
-            kind = named
-        }
-        guard request.count >= 1 else { throw StableDiffusionError("--count must be at least 1") }
-        if let width = request.width, width % 8 != 0 || width <= 0 { throw StableDiffusionError("--width \(width) is not a positive multiple of 8") }
-        if let height = request.height, height % 8 != 0 || height <= 0 { throw StableDiffusionError("--height \(height) is not a positive multiple of 8") }
-        let picture = try request.initImage.map { try ImageFile.read($0) }
-        let latents = try request.initLatents.map { try SampleRun.loadNoise($0) }
-        if picture != nil && latents != nil { throw StableDiffusionError("--init-latents is for text-to-image; image-to-image draws its noise") }
-        if picture != nil && (request.width != nil || request.height != nil) {
-            throw StableDiffusionError("--width and --height do not apply with --init-image: the image's size, rounded down to "
-                                       + "multiples of 8, is used (as diffusers' image-to-image pipeline does)")
-        }
-
+        let inputs = try check(request)
         let loadStart = Date()
         let pipeline = try StableDiffusionPipeline.load(URL(fileURLWithPath: request.pipeline), variant: request.variant, options: request.singleFile,
-                                                        precision: request.precision, scheduler: kind)
+                                                        precision: request.precision, scheduler: inputs.kind)
+        let preview = try self.preview(for: request, pipeline: pipeline)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let start = Date()
-        var parameters = StableDiffusionParameters(prompt: request.prompt)
-        parameters.negativePrompts = request.negativePrompt.map { [$0] }
-        parameters.steps = request.steps
-        parameters.guidanceScale = request.guidanceScale
-        parameters.guidanceRescale = request.guidanceRescale
-        parameters.clipSkip = request.clipSkip
-        parameters.imagesPerPrompt = request.count
-        parameters.scheduler = kind
-        parameters.eta = request.eta
-        parameters.latents = latents
-        if let picture {
-            let image = try StableDiffusionImageProcessor.preprocess(picture, scaleFactor: pipeline.vaeScaleFactor)
-            parameters.initImage = image
-            parameters.strength = request.strength
-        } else {
-            parameters.width = request.width
-            parameters.height = request.height
-        }
+        var parameters = try makeParameters(request, inputs: inputs, pipeline: pipeline)
+        parameters.preview = preview
         var generator = RandomGenerator(seed: request.seed)
         let total = try pipeline.timesteps(for: parameters).count
+        let traceEvery = request.trace ? (request.traceEvery.map { Swift.max($0, 1) } ?? Swift.max(1, total / 10)) : nil
+        var frames: [(latents: Tensor, predictedOriginal: Tensor)] = []
         let bar = progressOutput.map { ProgressBar(total: total, label: "generate", output: $0) }
         let output = try pipeline.generate(parameters, generator: &generator) { step in
             bar?.update(step: step.index + 1)
+            if let traceEvery, let preview, let x0 = step.preview, step.index % traceEvery == 0 || step.index == step.count - 1 {
+                frames.append((preview.images(step.latents), x0))
+            }
             try onStep?(step)
         }
         bar?.finish()
         output.warnings.forEach { log?("warning: " + $0) }
         let pictures = StableDiffusionImageProcessor.pixelImages(output.images)
         let paths = outputPaths(request.output, count: pictures.count)
-        for (picture, path) in zip(pictures, paths) {
+        let schedulerName = type(of: try pipeline.makeScheduler(inputs.kind)).className
+        for (position, (picture, path)) in zip(pictures, paths).enumerated() {
+            let infotext = self.infotext(for: request, schedulerName: schedulerName, width: picture.width, height: picture.height,
+                                         fromImage: inputs.picture != nil, position: position, count: pictures.count)
             try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
-            try PNG.write(picture, to: path)
+            try PNG.write(picture, to: path, text: [(StableDiffusionInfotext.key, infotext.text)])
         }
-        return StableDiffusionOutcome(paths: paths, schedulerName: type(of: try pipeline.makeScheduler(kind)).className,
-                                      steps: output.timesteps.count, loadSeconds: loadSeconds,
-                                      generateSeconds: Date().timeIntervalSince(start), warnings: output.warnings,
-                                      componentsNotRun: pipeline.componentsNotRun)
+        var outcome = StableDiffusionOutcome(paths: paths, schedulerName: schedulerName + (request.karras ? " (Karras sigmas)" : ""),
+                                             steps: output.timesteps.count, loadSeconds: loadSeconds,
+                                             generateSeconds: Date().timeIntervalSince(start), warnings: output.warnings,
+                                             componentsNotRun: pipeline.componentsNotRun)
+        if let strip = StableDiffusionPreview.traceStrip(frames) {
+            let path = request.traceOutput ?? SampleRun.defaultTracePath(request.output)
+            try PNG.write(strip, to: path)
+            outcome.tracePath = path
+        }
+        return outcome
     }
 
     /// `out.png` for one image; `out-1.png`, `out-2.png`, ... for several.

@@ -1,0 +1,59 @@
+// Stable Diffusion pipeline rows of `make bench` (torch_bench.py builds the same pipeline with diffusers).
+import Diffusion
+import Foundation
+import NN
+import Tensors
+
+/// The image side and steps of `sd15-txt2img-512-20`: 512 and 20, or `DIFFUSE_BENCH_TXT2IMG=SIZE:STEPS` (both
+/// sides read it) to check that the row starts at a small size without running the long one.
+func textToImageSizeAndSteps() -> (size: Int, steps: Int) {
+    let parts = (ProcessInfo.processInfo.environment["DIFFUSE_BENCH_TXT2IMG"] ?? "").split(separator: ":").compactMap { Int($0) }
+    return parts.count == 2 ? (parts[0], parts[1]) : (512, 20)
+}
+
+/// openai's BPE merges file: `DIFFUSE_CLIP_VOCAB`, else data/clip/ of the working directory (`make bench` runs at the top).
+func clipMergesFile() -> URL {
+    URL(fileURLWithPath: ProcessInfo.processInfo.environment["DIFFUSE_CLIP_VOCAB"] ?? "data/clip/bpe_simple_vocab_16e6.txt.gz")
+}
+
+/// Stable Diffusion 1.5's scheduler configuration (scheduler/scheduler_config.json of the Hub folder).
+let stableDiffusion15SchedulerJSON = """
+    {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+     "clip_sample": false, "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+     "steps_offset": 1, "trained_betas": null}
+    """
+
+/// One text-to-image generation as `diffuse generate` runs it, Stable Diffusion 1.5's configuration with random
+/// weights (CLIP ViT-L/14's text tower, the SD 1.5 UNet and VAE, the full CLIP tokenizer): text encoding of a
+/// prompt and the empty negative prompt, 20 DPM-Solver++ steps with classifier-free guidance 7.5 (batch 2 per
+/// UNet call), and the VAE decode, at 512×512. Loading is outside the timing.
+func stableDiffusion15TextToImage() -> Workload {
+    Workload(name: "sd15-txt2img-512-20") {
+        let (size, steps) = textToImageSizeAndSteps()
+        Initialization.seed(0)
+        do {
+            let textEncoder = CLIPTextModel(.stableDiffusion1)
+            let tokenizer = try CLIPTokenizer(mergesFile: clipMergesFile())
+            let unet = try UNet2DConditionModel(configuration: .stableDiffusion15)
+            let vae = try AutoencoderKL(configuration: .stableDiffusion)
+            let configuration = try SchedulerConfiguration(jsonText: stableDiffusion15SchedulerJSON)
+            let scheduler = try Schedulers.make(.dpmSolverMultistep, configuration: configuration)
+            let pipeline = try StableDiffusionPipeline(textEncoder: textEncoder, tokenizer: tokenizer, unet: unet, vae: vae,
+                                                       scheduler: scheduler)
+            var parameters = StableDiffusionParameters(prompt: "a photo of an astronaut riding a horse on mars")
+            parameters.steps = steps
+            parameters.width = size
+            parameters.height = size
+            parameters.guidanceScale = 7.5
+            return {
+                var generator = RandomGenerator(seed: 1)
+                _ = try! pipeline.generate(parameters, generator: &generator)
+            }
+        } catch {
+            fatalError("sd15-txt2img-512-20: \(error)")
+        }
+    }
+}
+
+let pipelineWorkloads = [stableDiffusion15TextToImage()]
+let pipelineMemoryRows = ["sd15-txt2img-512-20-rss"]
