@@ -111,7 +111,7 @@ final class Automatic1111RoutesTests: XCTestCase {
     func testSamplersModelsProgressAndInterrupt() async throws {
         var limits = ServerLimits()
         limits.maximumSteps = 1000
-        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000), try ServerFixtures.stableDiffusionModel()], limits: limits)
+        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000, size: 32), try ServerFixtures.stableDiffusionModel()], limits: limits)
         try await withRouter(server) { client in
             let samplers = try await client.send(.get, "/sdapi/v1/samplers").jsonArray
             XCTAssertTrue(samplers.contains { $0["name"] as? String == "Euler a" })

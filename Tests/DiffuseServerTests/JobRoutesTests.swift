@@ -100,7 +100,7 @@ final class JobRoutesTests: XCTestCase {
     func testDeleteCancelsARunningJobWithinAStepAndAQueuedOneAtOnce() async throws {
         var limits = ServerLimits()
         limits.maximumSteps = 1000
-        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000)], limits: limits)
+        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000, size: 32)], limits: limits)
         try await withRouter(server) { client in
             let long = try await client.send(.post, "/api/v1/jobs", json: ["steps": 1000, "count": 8, "scheduler": "ddpm", "preview_every": 0])
             let longID = try XCTUnwrap((long.jsonObject["job"] as? [String: Any])?["id"] as? String)
@@ -137,7 +137,7 @@ final class JobRoutesTests: XCTestCase {
         var limits = ServerLimits()
         limits.queueCapacity = 1
         limits.maximumSteps = 1000
-        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000)], limits: limits)
+        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self, steps: 1000, size: 32)], limits: limits)
         try await withRouter(server) { client in
             let body: [String: Any] = ["steps": 1000, "count": 8, "scheduler": "ddpm", "preview_every": 0]
             let first = try await client.send(.post, "/api/v1/jobs", json: body)

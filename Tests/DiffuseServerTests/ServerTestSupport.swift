@@ -18,9 +18,11 @@ enum ServerFixtures {
 
     /// A tiny 8×8 RGB DDIM pipeline saved in a folder (class-conditional with `classNames`), as `diffuse train` writes one.
     /// `steps`: the training timesteps of its scheduler (the most inference steps).
-    static func pixelFolder(_ test: XCTestCase, name: String = "tiny-pixel", classNames: [String]? = nil, steps: Int = 100) throws -> String {
+    /// `size`: its images' side (32 for jobs that must run for a while).
+    static func pixelFolder(_ test: XCTestCase, name: String = "tiny-pixel", classNames: [String]? = nil, steps: Int = 100,
+                            size: Int = 8) throws -> String {
         let folder = try temporaryFolder(test) + "/" + name
-        let configuration = try ModelPresets.resolve(.preset("tiny"), imageSize: 8, channels: 3, classCount: classNames?.count)
+        let configuration = try ModelPresets.resolve(.preset("tiny"), imageSize: size, channels: 3, classCount: classNames?.count)
         Initialization.seed(21)
         let scheduler = try DDIMScheduler(configuration: SchedulerConfiguration(values: ["num_train_timesteps": .int(steps)]))
         try DDPMPipeline(unet: try UNet2DModel(configuration: configuration), scheduler: scheduler)
@@ -32,8 +34,9 @@ enum ServerFixtures {
         return folder
     }
 
-    static func pixelModel(_ test: XCTestCase, name: String = "tiny-pixel", classNames: [String]? = nil, steps: Int = 100) throws -> ServedModel {
-        try ServedModel.load(folder: try pixelFolder(test, name: name, classNames: classNames, steps: steps))
+    static func pixelModel(_ test: XCTestCase, name: String = "tiny-pixel", classNames: [String]? = nil, steps: Int = 100,
+                           size: Int = 8) throws -> ServedModel {
+        try ServedModel.load(folder: try pixelFolder(test, name: name, classNames: classNames, steps: steps, size: size))
     }
 
     /// The fixtures folder of the repository.
