@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import ServiceLifecycle
+import UnixSignals
 
 /// `diffuse serve`: loaded models, one worker each, and the HTTP routes of Diffuse's API, the
 /// AUTOMATIC1111 web UI's API, OpenAI's image generation and the page at `/`.
@@ -100,12 +101,23 @@ public final class DiffuseServer: Sendable {
     }
 }
 
-/// Stops the workers when the service group shuts down (SIGTERM), so running jobs end within a step.
+/// Stops the workers at SIGTERM or SIGINT, or when the service group shuts down, so running jobs end
+/// within a step. It watches the signals itself: the group shuts its services down one at a time, the
+/// HTTP server first, and the server waits for open event streams, which end only when their jobs do.
 struct WorkerShutdownService: Service {
     let server: DiffuseServer
 
     func run() async throws {
-        try? await gracefulShutdown()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+            }
+            group.addTask { try? await gracefulShutdown() }
+            await group.next()
+            group.cancelAll()
+        }
         server.shutdown()
+        // A service may end only once the group shuts down (it does on the same signals).
+        try? await gracefulShutdown()
     }
 }

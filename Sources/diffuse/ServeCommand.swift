@@ -27,6 +27,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest request body in bytes.") var maxBody = 16 << 20
 
     func run() async throws {
+        setvbuf(stdout, nil, _IOLBF, 0)  // the log lines as they happen, also into a file
         var limits = ServerLimits()
         limits.queueCapacity = queue
         limits.maximumWidth = maxWidth
