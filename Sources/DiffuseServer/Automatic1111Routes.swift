@@ -25,6 +25,24 @@ struct Automatic1111Body: Decodable {
     var overrideSettings: OverrideSettings?
 }
 
+/// A1111's `POST /sdapi/v1/options` (only the model is an option here).
+struct Automatic1111Options: Decodable {
+    var sdModelCheckpoint: String?
+}
+
+/// The text-to-image model A1111 requests use when they name none (`/sdapi/v1/options`).
+final class ModelChoice: @unchecked Sendable {
+    private let lock = NSLock()
+    private var name: String?
+
+    init(_ name: String?) { self.name = name }
+
+    var current: String? {
+        get { lock.withLock { name } }
+        set { lock.withLock { name = newValue } }
+    }
+}
+
 /// A1111's `GET /sdapi/v1/progress`.
 struct Automatic1111Progress: Encodable {
     struct State: Encodable {
@@ -57,6 +75,20 @@ extension DiffuseServer {
                 ["title": model.name, "model_name": model.name, "hash": NSNull(), "sha256": NSNull(), "filename": model.folder, "config": NSNull()]
             })
         }
+        router.get("/sdapi/v1/options") { _, _ in
+            JSONResponse.make(object: ["sd_model_checkpoint": self.textModelChoice.current ?? NSNull(), "samples_format": "png"] as [String: Any])
+        }
+        router.post("/sdapi/v1/options") { request, _ in
+            let (body, _) = try await self.decodeBody(Automatic1111Options.self, from: request)
+            if let name = body.sdModelCheckpoint {
+                let model = try self.model(named: name, wantsPrompt: true)
+                guard model.kind.takesPrompt else {
+                    throw APIError.badRequest("the model \(model.name) is \(model.kind.rawValue) and cannot take a prompt")
+                }
+                self.textModelChoice.current = model.name
+            }
+            return JSONResponse.make(object: [String: String]())
+        }
         router.post("/sdapi/v1/interrupt") { _, _ in
             for worker in self.workers.values { worker.runningJob?.cancel(reason: "interrupted") }
             return JSONResponse.make(object: [String: String]())
@@ -88,7 +120,7 @@ extension DiffuseServer {
     /// `txt2img` / `img2img`: one job, waited for, answered with `images`, `parameters` and `info`.
     private func automatic1111(_ request: Request, imageToImage: Bool) async throws -> Response {
         let (body, object) = try await decodeBody(Automatic1111Body.self, from: request)
-        let model = try self.model(named: body.overrideSettings?.sdModelCheckpoint, wantsPrompt: true)
+        let model = try self.model(named: body.overrideSettings?.sdModelCheckpoint ?? textModelChoice.current, wantsPrompt: true)
         guard model.kind.takesPrompt else {
             throw APIError.badRequest("the model \(model.name) is \(model.kind.rawValue) and cannot take a prompt")
         }

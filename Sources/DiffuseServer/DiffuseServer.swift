@@ -13,6 +13,8 @@ public final class DiffuseServer: Sendable {
     public let metrics: ServerMetrics
     let workers: [String: ModelWorker]
     let jobs: JobTable
+    /// The model of A1111 requests that name none (set by `POST /sdapi/v1/options`).
+    let textModelChoice: ModelChoice
 
     public init(models: [ServedModel], limits: ServerLimits = ServerLimits(), apiKey: String? = nil) {
         self.models = models
@@ -23,6 +25,7 @@ public final class DiffuseServer: Sendable {
         workers = Dictionary(models.map { ($0.name, ModelWorker(model: $0, capacity: limits.queueCapacity, metrics: metrics)) },
                              uniquingKeysWith: { first, _ in first })
         jobs = JobTable(kept: limits.keptJobs)
+        textModelChoice = ModelChoice(models.first { $0.kind.takesPrompt }?.name)
     }
 
     /// The model a request names, or the first one that suits (`prompt`: a text-to-image model first).

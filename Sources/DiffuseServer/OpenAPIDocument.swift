@@ -119,6 +119,10 @@ enum OpenAPIDocument {
     "/sdapi/v1/img2img": { "post": { "summary": "AUTOMATIC1111 image-to-image (init_images, denoising_strength).", "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Automatic1111Request" } } } }, "responses": { "200": { "description": "images", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Automatic1111Response" } } } }, "400": { "$ref": "#/components/responses/BadRequest" }, "413": { "$ref": "#/components/responses/TooLarge" }, "429": { "$ref": "#/components/responses/QueueFull" } } } },
     "/sdapi/v1/progress": { "get": { "summary": "AUTOMATIC1111 progress: progress, eta_relative, state, current_image.", "parameters": [ { "name": "skip_current_image", "in": "query", "schema": { "type": "boolean" } } ], "responses": { "200": { "description": "progress" } } } },
     "/sdapi/v1/interrupt": { "post": { "summary": "Interrupt the running jobs.", "responses": { "200": { "description": "{}" } } } },
+    "/sdapi/v1/options": {
+      "get": { "summary": "AUTOMATIC1111 options: sd_model_checkpoint, the model of requests that name none.", "responses": { "200": { "description": "options" } } },
+      "post": { "summary": "Set sd_model_checkpoint (a served text-to-image model).", "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "sd_model_checkpoint": { "type": "string" } } } } } }, "responses": { "200": { "description": "{}" }, "400": { "$ref": "#/components/responses/BadRequest" } } }
+    },
     "/sdapi/v1/samplers": { "get": { "summary": "Sampler names.", "responses": { "200": { "description": "samplers" } } } },
     "/sdapi/v1/sd-models": { "get": { "summary": "The text-to-image models.", "responses": { "200": { "description": "models" } } } },
     "/v1/images/generations": {

@@ -120,6 +120,16 @@ final class Automatic1111RoutesTests: XCTestCase {
             XCTAssertEqual(models.map { $0["model_name"] as? String }, ["tiny-sd"], "text-to-image models only")
             XCTAssertEqual(models.first?["title"] as? String, "tiny-sd")
 
+            let options = try await client.send(.get, "/sdapi/v1/options").jsonObject
+            XCTAssertEqual(options["sd_model_checkpoint"] as? String, "tiny-sd")
+            let set = try await client.send(.post, "/sdapi/v1/options", json: ["sd_model_checkpoint": "tiny-sd"])
+            XCTAssertEqual(set.status, .ok)
+            for (name, expected) in [("tiny-pixel", "cannot take a prompt"), ("sdxl", "unknown model")] {
+                let refused = try await client.send(.post, "/sdapi/v1/options", json: ["sd_model_checkpoint": name])
+                XCTAssertEqual(refused.status, .badRequest)
+                XCTAssertTrue(refused.message.contains(expected), refused.message)
+            }
+
             let idle = try await client.send(.get, "/sdapi/v1/progress").jsonObject
             XCTAssertEqual(idle["progress"] as? Double, 0)
             XCTAssertEqual((idle["state"] as? [String: Any])?["job_count"] as? Int, 0)

@@ -82,7 +82,7 @@ final class ServerRoutesTests: XCTestCase {
                 ("/api/v1/jobs", "post"), ("/api/v1/jobs", "get"), ("/api/v1/jobs/{id}", "get"), ("/api/v1/jobs/{id}", "delete"),
                 ("/api/v1/jobs/{id}/events", "get"), ("/api/v1/jobs/{id}/images/{index}", "get"),
                 ("/sdapi/v1/txt2img", "post"), ("/sdapi/v1/img2img", "post"), ("/sdapi/v1/progress", "get"),
-                ("/sdapi/v1/interrupt", "post"), ("/sdapi/v1/samplers", "get"), ("/sdapi/v1/sd-models", "get"),
+                ("/sdapi/v1/interrupt", "post"), ("/sdapi/v1/options", "get"), ("/sdapi/v1/options", "post"), ("/sdapi/v1/samplers", "get"), ("/sdapi/v1/sd-models", "get"),
                 ("/v1/images/generations", "post"),
             ]
             for (path, method) in routes { XCTAssertNotNil(paths[path]?[method], "\(method) \(path)") }
