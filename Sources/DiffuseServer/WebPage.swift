@@ -46,7 +46,7 @@ enum WebPage {
 <body>
 <header><h1>Diffuse</h1><span id="modelInfo">loading models…</span></header>
 <main>
-<form id="form" autocomplete="off">
+<form id="form" autocomplete="off" novalidate>
   <label for="model">Model</label>
   <select id="model" name="model"></select>
   <div id="promptFields">
@@ -88,8 +88,8 @@ enum WebPage {
   <div id="status">idle</div>
   <div id="error" role="alert"></div>
   <div class="previews">
-    <figure><img id="previewSample" alt="x_t"><figcaption>x<sub>t</sub></figcaption></figure>
-    <figure><img id="previewOriginal" alt="predicted x0"><figcaption>predicted x<sub>0</sub></figcaption></figure>
+    <figure><img id="previewSample" alt="" src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"><figcaption>x<sub>t</sub></figcaption></figure>
+    <figure><img id="previewOriginal" alt="" src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"><figcaption>predicted x<sub>0</sub></figcaption></figure>
   </div>
   <div class="result" id="result"></div>
 </section>
