@@ -58,4 +58,8 @@ public struct StepProgress: Codable, Sendable {
     public var predictedOriginal: String?
     /// Steps per second so far.
     public var stepsPerSecond: Double
+    /// The mean per-image loss guidance loss of this step's x0 (nil without loss guidance).
+    public var guidanceLoss: Double?
+    /// The mean log p(class | x_t) of classifier guidance (nil without it).
+    public var logProbability: Double?
 }

@@ -15,6 +15,7 @@ enum JobRunner {
         let start = Date()
         var lastStep = start
         let order = job.order
+        var report: SamplingGuidance.Report?
         /// Publishes one step; throws to stop a cancelled job.
         func stepped(index: Int, count: Int, timestep: Float, previews: () -> (String?, String?)) throws {
             let now = Date()
@@ -22,15 +23,21 @@ enum JobRunner {
             lastStep = now
             let due = order.previewEvery > 0 && ((index + 1) % order.previewEvery == 0 || index + 1 == count)
             let (sample, predicted) = due ? previews() : (nil, nil)
+            let guidance = report?.index == index ? report : nil
             job.record(StepProgress(step: index + 1, steps: count, timestep: timestep, sample: sample, predictedOriginal: predicted,
-                                    stepsPerSecond: Double(index + 1) / Swift.max(now.timeIntervalSince(start), 1e-9)))
+                                    stepsPerSecond: Double(index + 1) / Swift.max(now.timeIntervalSince(start), 1e-9),
+                                    guidanceLoss: guidance?.loss.map(Double.init), logProbability: guidance?.logProbability.map(Double.init)))
             if job.isCancelRequested { throw Job.Cancelled() }
         }
         do {
             let pictures: [PixelImage]
             switch (order.work, job.model.pipeline) {
             case (.pixel(let request), .pixel(let pipeline)):
-                let outcome = try SampleRun.run(request, pipeline: pipeline, log: { job.publish(.log($0)) }) { state in
+                let outcome = try SampleRun.run(request, pipeline: pipeline, onGuidance: { latest in
+                    report = latest
+                    // A log line every tenth step (the loss of every step is in its step event).
+                    if latest.index % 10 == 0 || latest.index == latest.count - 1 { job.publish(.log(latest.line(lossName: "guidance loss"))) }
+                }) { state in
                     try stepped(index: state.index, count: state.count, timestep: state.timestep) {
                         (PreviewImages.pixel(state.sample), PreviewImages.pixel(state.predictedOriginal))
                     }

@@ -109,7 +109,7 @@ enum OpenAPIDocument {
     },
     "/api/v1/jobs/{id}/events": {
       "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } } ],
-      "get": { "summary": "Server-sent events: queued, started, step (step, timestep, base64 PNG previews of x_t and predicted x0), log, and succeeded / failed / cancelled.", "responses": { "200": { "description": "event stream", "content": { "text/event-stream": {} } }, "404": { "$ref": "#/components/responses/NotFound" } } }
+      "get": { "summary": "Server-sent events: queued, started, step (step, steps, timestep, steps_per_second, guidance_loss, log_probability, base64 PNG previews sample (x_t) and predicted_original (x0)), log, and succeeded / failed / cancelled.", "responses": { "200": { "description": "event stream", "content": { "text/event-stream": {} } }, "404": { "$ref": "#/components/responses/NotFound" } } }
     },
     "/api/v1/jobs/{id}/images/{index}": {
       "parameters": [ { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "index", "in": "path", "required": true, "schema": { "type": "string" }, "description": "0, 1, ... optionally with .png" } ],

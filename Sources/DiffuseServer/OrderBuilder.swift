@@ -49,7 +49,7 @@ enum OrderBuilder {
             request.eta = eta
             request.seed = seed
             request.count = count
-            request.guidanceReportEvery = 10
+            request.guidanceReportEvery = 1  // every step's loss goes into its event
             if let classes = fields.classes {
                 guard model.kind == .classConditional else {
                     throw APIError.badRequest("the model \(model.name) is unconditional and takes no classes")

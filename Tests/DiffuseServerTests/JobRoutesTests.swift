@@ -47,6 +47,7 @@ final class JobRoutesTests: XCTestCase {
             XCTAssertNotNil(steps.last?["timestep"] as? Double)
             XCTAssertEqual(Array(pngBytes(steps.last?["sample"] as? String).prefix(8)), pngSignature)
             XCTAssertEqual(Array(pngBytes(steps.last?["predicted_original"] as? String).prefix(8)), pngSignature)
+            XCTAssertNil(steps.last?["guidance_loss"], "no guidance, no loss")
 
             let finished = try await client.send(.get, "/api/v1/jobs/\(id)").jsonObject
             XCTAssertEqual(finished["state"] as? String, "succeeded")
@@ -66,6 +67,21 @@ final class JobRoutesTests: XCTestCase {
             XCTAssertEqual(missing.status, .notFound)
             let notNumber = try await client.send(.get, "/api/v1/jobs/\(id)/images/..%2F..%2Fetc%2Fpasswd")
             XCTAssertEqual(notNumber.status, .badRequest)
+        }
+    }
+
+    func testColourGuidedJobReportsItsLossInEveryStepEvent() async throws {
+        let server = DiffuseServer(models: [try ServerFixtures.pixelModel(self)])
+        try await withRouter(server) { client in
+            let created = try await client.send(.post, "/api/v1/jobs", json: ["steps": 12, "color": "#E0301E", "guide_scale": 30, "seed": 2])
+            let id = try XCTUnwrap((created.jsonObject["job"] as? [String: Any])?["id"] as? String)
+            let events = try await client.send(.get, "/api/v1/jobs/\(id)/events").text
+            let steps = events.components(separatedBy: "\n\n").filter { $0.hasPrefix("event: step\n") }.map { block in
+                (try? JSONSerialization.jsonObject(with: Data(block.components(separatedBy: "\ndata: ")[1].utf8))) as? [String: Any] ?? [:]
+            }
+            XCTAssertFalse(steps.isEmpty)
+            for step in steps { XCTAssertNotNil(step["guidance_loss"] as? Double, "\(step.keys.sorted())") }
+            XCTAssertTrue(events.contains("event: log\ndata: {\"message\":\"step 11/12  guidance loss "), events.prefix(2000).description)
         }
     }
 
@@ -94,6 +110,8 @@ final class JobRoutesTests: XCTestCase {
             let images = try (job["images"] as? [String] ?? []).map { try PNG.decode(pngBytes($0)) }
             XCTAssertEqual(images, expected)
             XCTAssertTrue((job["info"] as? String ?? "").contains("Classes: circle"))
+            let events = try await client.send(.get, "/api/v1/jobs/\(id)/events")
+            XCTAssertTrue(events.text.hasPrefix("event: succeeded"), "a finished job's stream is its final event")
         }
     }
 

@@ -115,9 +115,11 @@ public enum SampleRun {
     /// The pipeline's scheduler is not changed: each run steps a fresh one built from its configuration.
     /// - Parameters:
     ///   - started: when the run began (for the outcome's seconds).
+    ///   - onGuidance: the guidance reports (every `request.guidanceReportEvery` steps) as numbers.
     ///   - onStep: every step's x_t and predicted x0 (previews); throw to stop sampling (cancellation).
     public static func run(_ request: SampleRequest, pipeline: DDPMPipeline, started start: Date = Date(),
                            progressOutput: ProgressOutput? = nil, log: ((String) -> Void)? = nil,
+                           onGuidance: ((SamplingGuidance.Report) -> Void)? = nil,
                            onStep: ((SamplingLoop.State) throws -> Void)? = nil) throws -> SampleOutcome {
         pipeline.unet.eval()
         var scheduler = try Schedulers.make(SchedulerNames.kind(type(of: pipeline.scheduler).className),
@@ -182,6 +184,7 @@ public enum SampleRun {
             guidance: guidance, onGuidance: { report in
                 lastReport = report
                 log?(report.line(lossName: lossName))
+                onGuidance?(report)
             },
             traceEvery: traceEvery, onStep: { done, _ in bar?.update(step: done) }, onState: onStep)
         bar?.finish()
