@@ -37,6 +37,33 @@ final class Automatic1111RoutesTests: XCTestCase {
         }
     }
 
+    /// One way through: txt2img's images are `diffuse generate`'s (StableDiffusionRun.run from the folder), pixel for pixel.
+    func testTxt2ImgImagesEqualTheCommandLineRun() async throws {
+        let folder = try ServerFixtures.temporaryFolder(self)
+        var request = StableDiffusionRequest(pipeline: ServerFixtures.fixtures + "/sd-pipeline/tiny", prompt: "a green hill")
+        request.negativePrompt = "fog"
+        request.steps = 3
+        request.guidanceScale = 6
+        request.scheduler = "dpm"
+        request.seed = 77
+        request.width = 48
+        request.height = 32
+        request.count = 2
+        request.output = folder + "/hill.png"
+        let outcome = try StableDiffusionRun.run(request)
+        let expected = try outcome.paths.map { try ImageFile.read($0) }
+        let server = DiffuseServer(models: [try ServerFixtures.stableDiffusionModel()])
+        try await withRouter(server) { client in
+            let response = try await client.send(.post, "/sdapi/v1/txt2img", json: [
+                "prompt": "a green hill", "negative_prompt": "fog", "steps": 3, "cfg_scale": 6, "sampler_name": "DPM++ 2M",
+                "seed": 77, "width": 48, "height": 32, "batch_size": 2,
+            ])
+            XCTAssertEqual(response.status, .ok, response.text)
+            let images = try (response.jsonObject["images"] as? [String] ?? []).map { try PNG.decode(pngBytes($0)) }
+            XCTAssertEqual(images, expected)
+        }
+    }
+
     func testImg2ImgTakesInitImagesAndDenoisingStrength() async throws {
         let server = DiffuseServer(models: [try ServerFixtures.stableDiffusionModel()])
         let initImage = try ServerFixtures.initImageBase64
