@@ -115,7 +115,10 @@ final class MalformedRequestFuzzTests: XCTestCase {
                                        "/api/v1/jobs/\(UUID().uuidString)/images/\(piece)", "/\(piece)", "/static/\(piece)"])
                 requests.append(Malformed(method: random.pick([.get, .delete]), uri: uri, body: nil, kind: "path traversal"))
             default:  // Bodies that are not objects, and empty ones.
-                let text = random.pick(["", "null", "[]", "42", "\"prompt\"", "[{\"prompt\": \"x\"}]", "true", "\u{FEFF}"])
+                let depth = 1000 + random.below(4000)
+                let text = random.pick(["", "null", "[]", "42", "\"prompt\"", "[{\"prompt\": \"x\"}]", "true", "\u{FEFF}",
+                                        String(repeating: "[", count: depth) + String(repeating: "]", count: depth),
+                                        String(repeating: "{\"a\":", count: depth / 2) + "1" + String(repeating: "}", count: depth / 2)])
                 requests.append(Malformed(method: .post, uri: route, body: text, kind: "not an object"))
             }
         }
