@@ -18,15 +18,18 @@ let package = Package(
         .library(name: "Tensors", targets: ["Tensors"]),
         .library(name: "NN", targets: ["NN"]),
         .library(name: "Diffusion", targets: ["Diffusion"]),
+        .library(name: "DiffuseServer", targets: ["DiffuseServer"]),
         .executable(name: "diffuse", targets: ["diffuse"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
-        .systemLibrary(name: "CSystem", path: "Sources/CSystem"),
+        .systemLibrary(name: "CDiffuseSystem", path: "Sources/CDiffuseSystem"),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
@@ -41,7 +44,7 @@ let package = Package(
         ),
         .target(
             name: "Tensors",
-            dependencies: ["COpenBLAS", "CSystem", "CDNNL", "TensorsAVX512", "CBFloat16Kernels"],
+            dependencies: ["COpenBLAS", "CDiffuseSystem", "CDNNL", "TensorsAVX512", "CBFloat16Kernels"],
             swiftSettings: kernelSettings
         ),
         .target(
@@ -54,12 +57,24 @@ let package = Package(
             dependencies: ["Tensors", "NN", "CZlib", "CPNG", "CJPEG", .product(name: "Yams", package: "Yams")],
             swiftSettings: kernelSettings
         ),
+        .target(
+            name: "DiffuseServer",
+            dependencies: [
+                "Tensors",
+                "NN",
+                "Diffusion",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "diffuse",
             dependencies: [
                 "Tensors",
                 "Diffusion",
                 "NN",
+                "DiffuseServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -89,6 +104,13 @@ let package = Package(
             name: "DiffusionTests",
             dependencies: ["Diffusion", "Tensors", "TestSupport"],
             swiftSettings: kernelSettings
+        ),
+        .testTarget(
+            name: "DiffuseServerTests",
+            dependencies: [
+                "DiffuseServer", "Diffusion", "NN", "Tensors",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -367,6 +367,8 @@ def sd15_txt2img():
 
 
 WORKLOADS["sd15-txt2img-512-20"] = sd15_txt2img
+# Diffuse's -bf16 row holds bfloat16 weights and computes in bfloat16; PyTorch's side is the float32 pipeline.
+WORKLOADS["sd15-txt2img-512-20-bf16"] = sd15_txt2img
 
 
 def shaped_convolution(name):

@@ -27,8 +27,11 @@ let stableDiffusion15SchedulerJSON = """
 /// weights (CLIP ViT-L/14's text tower, the SD 1.5 UNet and VAE, the full CLIP tokenizer): text encoding of a
 /// prompt and the empty negative prompt, 20 DPM-Solver++ steps with classifier-free guidance 7.5 (batch 2 per
 /// UNet call), and the VAE decode, at 512×512. Loading is outside the timing.
-func stableDiffusion15TextToImage() -> Workload {
-    Workload(name: "sd15-txt2img-512-20") {
+/// `-bf16`: the same with the weights held in bfloat16 (as a float16 or bfloat16 checkpoint kept in 16 bits
+/// loads) and bfloat16 inference compute (`DIFFUSE_COMPUTE=bf16`); PyTorch's side stays diffusers' float32
+/// pipeline, the issue's reference.
+func stableDiffusion15TextToImage(bfloat16: Bool = false) -> Workload {
+    Workload(name: bfloat16 ? "sd15-txt2img-512-20-bf16" : "sd15-txt2img-512-20") {
         let (size, steps) = textToImageSizeAndSteps()
         Initialization.seed(0)
         do {
@@ -40,12 +43,18 @@ func stableDiffusion15TextToImage() -> Workload {
             let scheduler = try Schedulers.make(.dpmSolverMultistep, configuration: configuration)
             let pipeline = try StableDiffusionPipeline(textEncoder: textEncoder, tokenizer: tokenizer, unet: unet, vae: vae,
                                                        scheduler: scheduler)
+            if bfloat16 {
+                for model in [textEncoder, unet, vae] as [Module] { model.convertParameters(to: .bfloat16) }
+            }
             var parameters = StableDiffusionParameters(prompt: "a photo of an astronaut riding a horse on mars")
             parameters.steps = steps
             parameters.width = size
             parameters.height = size
             parameters.guidanceScale = 7.5
+            let precision: ComputePrecision = bfloat16 ? .bfloat16 : .float32
             return {
+                // Set on every run: the worker runs rows of both modes in turn.
+                if ComputeMode.requested != precision { ComputeMode.precision = precision }
                 var generator = RandomGenerator(seed: 1)
                 _ = try! pipeline.generate(parameters, generator: &generator)
             }
@@ -55,5 +64,5 @@ func stableDiffusion15TextToImage() -> Workload {
     }
 }
 
-let pipelineWorkloads = [stableDiffusion15TextToImage()]
-let pipelineMemoryRows = ["sd15-txt2img-512-20-rss"]
+let pipelineWorkloads = [stableDiffusion15TextToImage(), stableDiffusion15TextToImage(bfloat16: true)]
+let pipelineMemoryRows = ["sd15-txt2img-512-20-rss", "sd15-txt2img-512-20-bf16-rss"]

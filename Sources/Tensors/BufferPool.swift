@@ -1,4 +1,4 @@
-import CSystem
+import CDiffuseSystem
 import Foundation
 
 /// Recycles large tensor buffers.

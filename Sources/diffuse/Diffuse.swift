@@ -3,12 +3,12 @@ import Foundation
 import Tensors
 
 @main
-struct Diffuse: ParsableCommand {
+struct Diffuse: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diffuse",
         abstract: "Train, fine-tune, guide and sample diffusion models, natively in Swift.",
         version: DiffuseVersion.string,
-        subcommands: [Info.self, Demo.self, Train.self, TrainClassifier.self, TrainCLIP.self, Sample.self, Generate.self, Measure.self, Toy.self, Inspect.self, Tokenize.self, Convert.self]
+        subcommands: [Info.self, Demo.self, Train.self, TrainClassifier.self, TrainCLIP.self, Sample.self, Generate.self, Serve.self, Measure.self, Toy.self, Inspect.self, Tokenize.self, Convert.self]
     )
 }
 

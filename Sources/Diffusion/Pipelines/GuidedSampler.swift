@@ -92,10 +92,13 @@ public enum GuidedSampler {
     /// - Parameters:
     ///   - guidance: loss and/or classifier guidance applied to x_t before every step.
     ///   - onGuidance: receives the guidance's periodic reports (the notes' `i loss: …` lines).
+    ///   - onStep: (steps done, steps in all) after every step.
+    ///   - onState: every step's x_t and predicted x0 (previews); throw to stop sampling.
     public static func sample(unet: UNet2DModel, scheduler: any Scheduler, count: Int, steps: Int, labels: [Int]? = nil,
                               guidanceScale: Float = 1, initialNoise: Tensor? = nil, generator: inout RandomGenerator,
                               guidance: SamplingGuidance? = nil, onGuidance: ((SamplingGuidance.Report) -> Void)? = nil,
-                              traceEvery: Int? = nil, onStep: ((Int, Int) -> Void)? = nil) throws -> Result {
+                              traceEvery: Int? = nil, onStep: ((Int, Int) -> Void)? = nil,
+                              onState: ((SamplingLoop.State) throws -> Void)? = nil) throws -> Result {
         try checkLabels(labels, unet: unet)
         if let labels, labels.count != count {
             throw RequestError("\(labels.count) class labels for \(count) samples; give one label, or one per sample")
@@ -133,6 +136,7 @@ public enum GuidedSampler {
                                             sample: state.sample.detach(), predictedOriginal: state.predictedOriginal.detach()))
                 }
                 onStep?(state.index + 1, state.count)
+                try onState?(state)
                 return nil
             }) }
         return Result(samples: samples, trace: trace)

@@ -22,8 +22,8 @@ public struct SampleRequest: Sendable {
     public var classes: String?
     /// Classifier-free guidance scale (0: unconditional, 1: plain conditional).
     public var guidanceScale: Double = 1
-    /// The grid PNG.
-    public var output = "samples.png"
+    /// The grid PNG (nil: no grid is written; the outcome's `images` hold the samples, as a server wants).
+    public var output: String? = "samples.png"
     /// Images per grid row (nil: one row per class for a sorted class list, else 8).
     public var columns: Int?
     /// A safetensors file with unit-variance starting noise `[count, C, H, W]`.
@@ -65,7 +65,8 @@ public struct SampleRequest: Sendable {
 
 /// What a sampling run wrote.
 public struct SampleOutcome: Sendable {
-    public let gridPath: String
+    /// The grid written (nil when the request has no `output`).
+    public let gridPath: String?
     public let tracePath: String?
     public let tensorPath: String?
     public let count: Int
@@ -77,6 +78,8 @@ public struct SampleOutcome: Sendable {
     public let classNames: [String]
     /// What the guidance did, e.g. `colour guidance #1AE680, scale 40, shortcut: final colour loss 0.2412`.
     public let guidanceSummary: String?
+    /// The samples as 8-bit images, one per sample, in order.
+    public let images: [PixelImage]
 
     /// What to tell a person: what was sampled and where it went.
     public var reportLines: [String] {
@@ -88,7 +91,7 @@ public struct SampleOutcome: Sendable {
             lines.append("classes:     " + unique.joined(separator: ", "))
         }
         if let guidanceSummary { lines.append("guidance:    " + guidanceSummary) }
-        lines.append("grid:        \(gridPath)")
+        if let gridPath { lines.append("grid:        \(gridPath)") }
         if let tracePath { lines.append("trace:       \(tracePath) (rows: x_t, predicted x0)") }
         if let tensorPath { lines.append("tensor:      \(tensorPath)") }
         return lines
@@ -103,10 +106,24 @@ public enum SampleRun {
     ///   - log: receives the guidance loss lines printed every few steps.
     public static func run(_ request: SampleRequest, progressOutput: ProgressOutput? = nil, log: ((String) -> Void)? = nil) throws -> SampleOutcome {
         let start = Date()
-        let folder = URL(fileURLWithPath: request.pipeline)
-        let pipeline = try DDPMPipeline.load(folder: folder)
+        let pipeline = try DDPMPipeline.load(folder: URL(fileURLWithPath: request.pipeline))
+        return try run(request, pipeline: pipeline, started: start, progressOutput: progressOutput, log: log)
+    }
+
+    /// Samples with a pipeline already loaded from `request.pipeline` (a server loads it once and
+    /// runs many requests): the same checks, sampling and files as ``run(_:progressOutput:log:)``.
+    /// The pipeline's scheduler is not changed: each run steps a fresh one built from its configuration.
+    /// - Parameters:
+    ///   - started: when the run began (for the outcome's seconds).
+    ///   - onGuidance: the guidance reports (every `request.guidanceReportEvery` steps) as numbers.
+    ///   - onStep: every step's x_t and predicted x0 (previews); throw to stop sampling (cancellation).
+    public static func run(_ request: SampleRequest, pipeline: DDPMPipeline, started start: Date = Date(),
+                           progressOutput: ProgressOutput? = nil, log: ((String) -> Void)? = nil,
+                           onGuidance: ((SamplingGuidance.Report) -> Void)? = nil,
+                           onStep: ((SamplingLoop.State) throws -> Void)? = nil) throws -> SampleOutcome {
         pipeline.unet.eval()
-        var scheduler = pipeline.scheduler
+        var scheduler = try Schedulers.make(SchedulerNames.kind(type(of: pipeline.scheduler).className),
+                                            configuration: pipeline.scheduler.configuration)
         if let name = request.scheduler {
             guard let kind = SchedulerNames.kind(name) else {
                 throw GuidedSampler.RequestError("unknown scheduler \"\(name)\"; known: \(SchedulerNames.known)")
@@ -167,8 +184,9 @@ public enum SampleRun {
             guidance: guidance, onGuidance: { report in
                 lastReport = report
                 log?(report.line(lossName: lossName))
+                onGuidance?(report)
             },
-            traceEvery: traceEvery, onStep: { done, _ in bar?.update(step: done) })
+            traceEvery: traceEvery, onStep: { done, _ in bar?.update(step: done) }, onState: onStep)
         bar?.finish()
         var guidanceSummary: String?
         if !guidanceDescription.isEmpty {
@@ -177,22 +195,23 @@ public enum SampleRun {
         }
 
         let columns = request.columns ?? labels.flatMap(rowLength) ?? Swift.min(8, count)
-        try savePNG(result.samples, path: request.output, columns: columns)
+        if let output = request.output { try savePNG(result.samples, path: output, columns: columns) }
         var tensorPath: String?
         if let path = request.saveTensor {
             try Safetensors.save(["samples": result.samples], to: path, metadata: ["format": "pt"])
             tensorPath = path
         }
         var tracePath: String?
-        if traceEvery != nil, let strip = GuidedSampler.traceStrip(result.trace) {
-            let path = request.traceOutput ?? defaultTracePath(request.output)
+        if traceEvery != nil, let path = request.traceOutput ?? request.output.map(defaultTracePath),
+           let strip = GuidedSampler.traceStrip(result.trace) {
             let clamped = noGrad { strip.images.clamped(min: -1, max: 1) }
             try PNG.write(makeGrid(images: clamped, columns: strip.columns), to: path)
             tracePath = path
         }
         return SampleOutcome(gridPath: request.output, tracePath: tracePath, tensorPath: tensorPath, count: count, labels: labels,
                              schedulerName: type(of: scheduler).className, steps: steps, seconds: Date().timeIntervalSince(start),
-                             classNames: classNames, guidanceSummary: guidanceSummary)
+                             classNames: classNames, guidanceSummary: guidanceSummary,
+                             images: (0..<count).map { PixelImage(tensor: result.samples.narrowed(axis: 0, start: $0, length: 1).contiguous()) })
     }
 
     /// The loss of a request's `--guide` terms: one term's loss, or their weighted sum.

@@ -54,12 +54,13 @@ public enum SamplingLoop {
     ///   - guide: when given, called instead of `model` before every step with
     ///     (step number, timestep, x_t); returns the x_t to step from and the model output.
     ///   - onStep: called after every step; return a tensor to replace the next
-    ///     sample (e.g. after guidance), or nil to keep the scheduler's.
+    ///     sample (e.g. after guidance), or nil to keep the scheduler's; throw to stop
+    ///     the loop (a cancelled server job).
     public static func run(scheduler: any Scheduler, initialNoise: Tensor, steps: Int,
                            generator: inout RandomGenerator, guidance: Bool = false,
                            model: (Tensor, Float) -> Tensor,
                            guide: ((Int, Float, Tensor) throws -> (sample: Tensor, modelOutput: Tensor))? = nil,
-                           onStep: ((State) -> Tensor?)? = nil) throws -> Tensor {
+                           onStep: ((State) throws -> Tensor?)? = nil) throws -> Tensor {
         try scheduler.setTimesteps(steps)
         let timesteps = scheduler.timesteps
         var sample = noGrad { initialNoise * scheduler.initNoiseSigma }
@@ -87,7 +88,7 @@ public enum SamplingLoop {
             }
             let state = State(index: index, count: timesteps.count, timestep: timestep, sample: current,
                               predictedOriginal: result.predOriginalSample, previousSample: result.prevSample, modelOutput: output)
-            let replacement = onStep?(state)
+            let replacement = try onStep?(state)
             sample = (replacement ?? result.prevSample).detach()
         }
         return sample
@@ -97,7 +98,7 @@ public enum SamplingLoop {
     public static func run(scheduler: any Scheduler, shape: [Int], steps: Int,
                            generator: inout RandomGenerator, guidance: Bool = false,
                            model: (Tensor, Float) -> Tensor,
-                           onStep: ((State) -> Tensor?)? = nil) throws -> Tensor {
+                           onStep: ((State) throws -> Tensor?)? = nil) throws -> Tensor {
         let noise = Tensor.randn(shape, generator: &generator)
         return try run(scheduler: scheduler, initialNoise: noise, steps: steps, generator: &generator,
                        guidance: guidance, model: model, guide: nil, onStep: onStep)
