@@ -7,7 +7,7 @@ SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libdnnl-dev
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 
-.PHONY: demo test bench deps bench-deps build release data clip-vocab
+.PHONY: demo test test-browser bench deps bench-deps build release data clip-vocab
 
 ## Debian packages the build links against; installed only when absent.
 deps:
@@ -37,10 +37,24 @@ demo: release
 	@start=$$(date +%s); .build/release/diffuse demo && \
 		echo "make demo: $$(( $$(date +%s) - start )) s after the build"
 
-## The second command of the README: the whole test suite (CI runs this).
+## The second command of the README: the whole test suite (CI runs this), then the web page in a real browser.
 test: deps clip-vocab
 	swift build --build-tests
 	swift test --skip-build
+	@$(MAKE) --no-print-directory test-browser
+
+## `diffuse serve`'s page in headless Chromium (Debian's chromium + chromium-driver, pip selenium), installed when
+## missing; skipped with a message (not failed) only when they cannot be installed. BROWSER_TEST=0 skips it.
+BROWSER_PACKAGES := chromium chromium-driver
+test-browser:
+	@if [ "$${BROWSER_TEST:-1}" = "0" ]; then echo "browser test: skipped (BROWSER_TEST=0)"; exit 0; fi; \
+	missing=""; for package in $(BROWSER_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 || \
+		{ echo "browser test: skipped, could not install$$missing"; exit 0; }; fi; \
+	python3 -c "import selenium" 2>/dev/null || pip install -q selenium >/dev/null 2>&1 || \
+		{ echo "browser test: skipped, could not install selenium"; exit 0; }; \
+	python3 Scripts/serve-browser-test.py --diffuse .build/debug/diffuse && echo "browser test: passed"
 
 ## Diffuse beside PyTorch, same machine, same run: `make bench ONLY=conv` runs rows starting with "conv".
 bench: deps bench-deps
