@@ -27,22 +27,29 @@ func stableDiffusion15UNetSixteenBit(bfloat16Compute: Bool) -> Workload {
         ComputeMode.precision = bfloat16Compute ? .bfloat16 : .float32
         let model = Initialization.withoutInitialValues { try! UNet2DConditionModel(configuration: .stableDiffusion15) }
         var draws = RandomGenerator(seed: 5)
-        for (name, parameter) in model.namedParameters() {
-            let values: Tensor
-            if parameter.rank >= 2 {
-                let bound = 1 / Float(parameter.count / parameter.shape[0]).squareRoot()
-                values = Tensor.rand(parameter.shape, low: -bound, high: bound, generator: &draws)
-            } else {
-                values = name.contains("norm") && name.hasSuffix("weight") ? Tensor.ones(parameter.shape)
-                    : Tensor.rand(parameter.shape, low: -0.02, high: 0.02, generator: &draws)
-            }
-            parameter.requiresGrad = false
-            parameter.replaceStorage(with: values.converted(to: .bfloat16).storage)
-        }
+        drawBFloat16Parameters(model, generator: &draws)
         model.eval()
         let latents = Tensor.randn([2, 4, 64, 64], generator: &draws)
         let context = Tensor.randn([2, 77, 768], generator: &draws)
         return { _ = noGrad { model(latents, timestep: 981, encoderHiddenStates: context) } }
+    }
+}
+
+/// Gives every parameter of `model` (built without initial values) random bfloat16 values, one parameter at
+/// a time, so that no float32 copy of the model ever exists (as when 16-bit weights are mapped from a file):
+/// matrices and kernels uniform in ±1/√fan-in, norm weights 1, other vectors uniform in ±0.02.
+func drawBFloat16Parameters(_ model: Module, generator draws: inout RandomGenerator) {
+    for (name, parameter) in model.namedParameters() {
+        let values: Tensor
+        if parameter.rank >= 2 {
+            let bound = 1 / Float(parameter.count / parameter.shape[0]).squareRoot()
+            values = Tensor.rand(parameter.shape, low: -bound, high: bound, generator: &draws)
+        } else {
+            values = name.contains("norm") && name.hasSuffix("weight") ? Tensor.ones(parameter.shape)
+                : Tensor.rand(parameter.shape, low: -0.02, high: 0.02, generator: &draws)
+        }
+        parameter.requiresGrad = false
+        parameter.replaceStorage(with: values.converted(to: .bfloat16).storage)
     }
 }
 

@@ -228,7 +228,8 @@ func ddimSampling(batch: Int, steps: Int) -> Workload {
 func peakResidentMegabytes() -> Double {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
     for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kilobytes = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+        // "VmHWM:\t  123456 kB"; from 10 GB on there is no space after the tab.
+        let kilobytes = line.dropFirst("VmHWM:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { Double($0) }.first ?? 0
         return kilobytes / 1024
     }
     return 0
