@@ -2,7 +2,6 @@ import Diffusion
 import Foundation
 import NN
 import Tensors
-import TestSupport
 import XCTest
 
 /// Inpainting (mask blending with Stable Diffusion 1.5's ordinary UNet, random weights) against diffusers'
@@ -13,16 +12,8 @@ import XCTest
 /// (a random SD 1.5-configuration UNet with in_channels 9 in FOLDER/inpaint-unet, diffusers-inpaint-unet.safetensors).
 final class StableDiffusionLargeInpaintingTests: XCTestCase {
     func testStableDiffusion15InpaintingUNet() throws {
-        guard let path = ProcessInfo.processInfo.environment["DIFFUSE_SD_PIPELINE_LARGE"] else {
-            throw XCTSkip("set DIFFUSE_SD_PIPELINE_LARGE to a folder made by Scripts/make-sd-pipeline-goldens --assemble-large")
-        }
-        let folder = URL(fileURLWithPath: path)
-        let file = folder.appendingPathComponent("diffusers-inpaint-unet.safetensors").path
-        guard FileManager.default.fileExists(atPath: file) else {
-            throw XCTSkip("run Scripts/make-sd-pipeline-goldens --inpaint-unet-large \(path) --steps 10 --size 256 first")
-        }
-        let reference = try Safetensors.load(path: file, as: .float32)
-        let metadata = try SafetensorsCheckpoint(path: file).metadata
+        let folder = try StableDiffusionLarge.folder()
+        let reference = try StableDiffusionLarge.reference("diffusers-inpaint-unet.safetensors", in: folder, option: "--inpaint-unet-large")
         // The parts one by one, so that the folder's own 4-channel UNet is never loaded beside the 9-channel one.
         let pipeline = try StableDiffusionPipeline(
             textEncoder: try CLIPTextModel.load(folder: folder.appendingPathComponent("text_encoder")),
@@ -32,67 +23,47 @@ final class StableDiffusionLargeInpaintingTests: XCTestCase {
             scheduler: try Schedulers.make(.dpmSolverMultistep, configuration: try SchedulerConfiguration.load(
                 contentsOf: folder.appendingPathComponent("scheduler"))))
         XCTAssertTrue(pipeline.hasInpaintingUNet)
-        var parameters = StableDiffusionParameters(prompt: try XCTUnwrap(metadata["prompt"]))
-        parameters.steps = try XCTUnwrap(Int(metadata["steps"] ?? ""))
-        parameters.strength = 1
-        let picture = try ImageFile.read(folder.appendingPathComponent("inpaint-init.png").path)
-        let mask = try ImageFile.read(folder.appendingPathComponent("inpaint-mask.png").path)
-        parameters.initImage = try StableDiffusionImageProcessor.preprocess(picture)
-        parameters.mask = try StableDiffusionImageProcessor.preprocessMask(mask)
-        parameters.noise = try XCTUnwrap(reference["noise"])
-        parameters.maskedImagePosteriorNoise = try XCTUnwrap(reference["masked_posterior_noise"])
-        var generator = RandomGenerator(seed: 0)
-        let start = Date()
-        let output = try pipeline.generate(parameters, generator: &generator)
-        let seconds = Date().timeIntervalSince(start)
-        let latentError = StableDiffusionParityTests.relativeError(output.latents, try XCTUnwrap(reference["final_latents"]))
-        let ours = StableDiffusionImageProcessor.pixelImages(output.images)[0].samples
-        let theirs = StableDiffusionImageProcessor.pixelImages(try XCTUnwrap(reference["image"]))[0].samples
-        let levels = zip(ours, theirs).map { abs(Int($0) - Int($1)) }
-        print(String(format: "StableDiffusion large sd15 inpainting (9-channel UNet): %dx%d, %d timesteps: final latents max relative "
-                     + "error %.2e, pixels differing %d of %d (largest %d levels); generate %.1f s", picture.width, picture.height,
-                     output.timesteps.count, latentError, levels.filter { $0 > 0 }.count, levels.count, levels.max() ?? 0, seconds))
-        print("diffusers: " + (metadata["timing"] ?? "(no timing recorded)"))
-        XCTAssertLessThan(latentError, 1e-3)
-        XCTAssertLessThanOrEqual(levels.max() ?? 0, 2)
+        var parameters = try Self.parameters(reference, folder: folder)
+        parameters.maskedImagePosteriorNoise = try reference.tensor("masked_posterior_noise")
+        try Self.run(pipeline, parameters, reference: reference, label: "9-channel UNet")
     }
 
     func testStableDiffusion15InpaintingBlending() throws {
-        guard let path = ProcessInfo.processInfo.environment["DIFFUSE_SD_PIPELINE_LARGE"] else {
-            throw XCTSkip("set DIFFUSE_SD_PIPELINE_LARGE to a folder made by Scripts/make-sd-pipeline-goldens --assemble-large")
-        }
-        let folder = URL(fileURLWithPath: path)
-        let file = folder.appendingPathComponent("diffusers-inpaint.safetensors").path
-        guard FileManager.default.fileExists(atPath: file) else {
-            throw XCTSkip("run Scripts/make-sd-pipeline-goldens --inpaint-large \(path) --steps 10 --size 256 first")
-        }
-        let reference = try Safetensors.load(path: file, as: .float32)
-        let metadata = try SafetensorsCheckpoint(path: file).metadata
+        let folder = try StableDiffusionLarge.folder()
+        let reference = try StableDiffusionLarge.reference("diffusers-inpaint.safetensors", in: folder, option: "--inpaint-large")
         let pipeline = try StableDiffusionPipeline.load(folder: folder)
-        var parameters = StableDiffusionParameters(prompt: try XCTUnwrap(metadata["prompt"]))
-        parameters.steps = try XCTUnwrap(Int(metadata["steps"] ?? ""))
+        var parameters = try Self.parameters(reference, folder: folder)
         parameters.scheduler = .dpmSolverMultistep
+        parameters.posteriorNoise = try reference.tensor("posterior_noise")
+        parameters.maskedImagePosteriorNoise = try reference.tensor("masked_posterior_noise")
+        try Self.run(pipeline, parameters, reference: reference, label: "blending")
+    }
+
+    /// The prompt, steps, init image and mask of FOLDER at strength 1, with the reference's noise.
+    private static func parameters(_ reference: StableDiffusionLarge.Reference, folder: URL) throws -> StableDiffusionParameters {
+        var parameters = StableDiffusionParameters(prompt: try reference.text("prompt"))
+        parameters.steps = try reference.integer("steps")
         parameters.strength = 1
-        let picture = try ImageFile.read(folder.appendingPathComponent("inpaint-init.png").path)
-        let mask = try ImageFile.read(folder.appendingPathComponent("inpaint-mask.png").path)
-        parameters.initImage = try StableDiffusionImageProcessor.preprocess(picture)
-        parameters.mask = try StableDiffusionImageProcessor.preprocessMask(mask)
-        parameters.posteriorNoise = try XCTUnwrap(reference["posterior_noise"])
-        parameters.noise = try XCTUnwrap(reference["noise"])
-        parameters.maskedImagePosteriorNoise = try XCTUnwrap(reference["masked_posterior_noise"])
+        parameters.initImage = try StableDiffusionImageProcessor.preprocess(
+            try ImageFile.read(folder.appendingPathComponent("inpaint-init.png").path))
+        parameters.mask = try StableDiffusionImageProcessor.preprocessMask(
+            try ImageFile.read(folder.appendingPathComponent("inpaint-mask.png").path))
+        parameters.noise = try reference.tensor("noise")
+        return parameters
+    }
+
+    /// Generates, prints the errors and the times, and checks the bounds.
+    private static func run(_ pipeline: StableDiffusionPipeline, _ parameters: StableDiffusionParameters,
+                            reference: StableDiffusionLarge.Reference, label: String) throws {
         var generator = RandomGenerator(seed: 0)
         let start = Date()
         let output = try pipeline.generate(parameters, generator: &generator)
         let seconds = Date().timeIntervalSince(start)
-        let latentError = StableDiffusionParityTests.relativeError(output.latents, try XCTUnwrap(reference["final_latents"]))
-        let ours = StableDiffusionImageProcessor.pixelImages(output.images)[0].samples
-        let theirs = StableDiffusionImageProcessor.pixelImages(try XCTUnwrap(reference["image"]))[0].samples
-        let levels = zip(ours, theirs).map { abs(Int($0) - Int($1)) }
-        print(String(format: "StableDiffusion large sd15 inpainting (blending): %dx%d, %d timesteps: final latents max relative error %.2e, "
-                     + "pixels differing %d of %d (largest %d levels); generate %.1f s", picture.width, picture.height,
-                     output.timesteps.count, latentError, levels.filter { $0 > 0 }.count, levels.count, levels.max() ?? 0, seconds))
-        print("diffusers: " + (metadata["timing"] ?? "(no timing recorded)"))
-        XCTAssertLessThan(latentError, 1e-3)
-        XCTAssertLessThanOrEqual(levels.max() ?? 0, 2)
+        let comparison = try StableDiffusionLarge.Comparison(latents: output.latents, images: output.images, reference: reference)
+        let image = try XCTUnwrap(parameters.initImage)
+        print(String(format: "StableDiffusion large sd15 inpainting (%@): %dx%d, %d timesteps: %@; generate %.1f s", label,
+                     image.shape[3], image.shape[2], output.timesteps.count, comparison.summary, seconds))
+        print("diffusers: " + reference.timing)
+        comparison.check()
     }
 }

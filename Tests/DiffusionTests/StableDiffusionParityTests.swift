@@ -138,6 +138,35 @@ final class StableDiffusionParityTests: XCTestCase {
 
     func testFP16VariantWeights() throws { try Self.check("fp16-variant", variant: "fp16") }
 
+    /// Euler ancestral with its step noise given (as the large text-to-image parity gives diffusers' draws): the generator
+    /// no longer matters, and a noise count that differs from the timesteps is an error before any step.
+    func testGivenStepNoiseDrivesEulerAncestral() throws {
+        let pipeline = try Self.pipeline()
+        var parameters = StableDiffusionParameters(prompt: "a red fox in the snow")
+        parameters.scheduler = .eulerAncestral
+        parameters.steps = 3
+        parameters.height = 48
+        parameters.width = 32
+        var draws = RandomGenerator(seed: 7)
+        parameters.latents = Tensor.randn([1, 4, 6, 4], generator: &draws)
+        parameters.stepNoise = (0..<3).map { _ in Tensor.randn([1, 4, 6, 4], generator: &draws) }
+        var first = RandomGenerator(seed: 1), second = RandomGenerator(seed: 2)
+        let a = try pipeline.generate(parameters, generator: &first).latents.toArray()
+        let b = try pipeline.generate(parameters, generator: &second).latents.toArray()
+        XCTAssertEqual(a, b)
+        parameters.stepNoise = nil
+        var third = RandomGenerator(seed: 1)
+        let drawn = try pipeline.generate(parameters, generator: &third).latents.toArray()
+        XCTAssertNotEqual(drawn, a)
+        parameters.stepNoise = [Tensor.randn([1, 4, 6, 4], generator: &draws)]
+        do {
+            _ = try pipeline.generate(parameters, generator: &third)
+            XCTFail("one step noise tensor for three timesteps was accepted")
+        } catch {
+            XCTAssert("\(error)".contains("1 step noise tensors given; this request runs 3 timesteps"), "\(error)")
+        }
+    }
+
     /// An init image whose sides are not multiples of 8 is resized as Pillow's Lanczos does, byte for byte.
     func testInitImageResizeMatchesPillowLanczos() throws {
         let golden = try SafetensorsFixture.load("lanczos", subdirectory: "sd-pipeline")

@@ -28,7 +28,7 @@ extension StableDiffusionPipeline {
     ///
     /// - Parameters:
     ///   - generator: draws the starting latents, the posterior sample and the noise (unless given) and
-    ///     the noise of stochastic schedulers.
+    ///     the noise of stochastic schedulers (unless `parameters.stepNoise` gives it).
     ///   - onStep: called after every step (for previews, progress, or a server); throw to stop.
     public func generate(_ parameters: StableDiffusionParameters, generator: inout RandomGenerator,
                          onStep: ((StableDiffusionStep) throws -> Void)? = nil) throws -> StableDiffusionOutput {
@@ -43,6 +43,13 @@ extension StableDiffusionPipeline {
         if let ddim = scheduler as? DDIMScheduler { ddim.eta = Float(parameters.eta) }
         let timesteps = try Self.timesteps(scheduler: scheduler, parameters: parameters)
         let batch = parameters.batchSize
+        let latentShape = [batch, vae.configuration.latentChannels, plan.height / vaeScaleFactor, plan.width / vaeScaleFactor]
+        let stepNoise = try parameters.stepNoise.map { noises in
+            guard noises.count == timesteps.count else {
+                throw StableDiffusionError("\(noises.count) step noise tensors given; this request runs \(timesteps.count) timesteps")
+            }
+            return try noises.map { try given($0, shape: latentShape, name: "step noise") }
+        }
         var latents: Tensor
         var inpainting: StableDiffusionInpainting?
         if let image = plan.initImage, let mask = parameters.mask {
@@ -54,8 +61,8 @@ extension StableDiffusionPipeline {
             latents = try imageLatents(image, batch: batch, timestep: timesteps[0], scheduler: scheduler, parameters: parameters,
                                        generator: &generator)
         } else {
-            let shape = [batch, vae.configuration.latentChannels, plan.height / vaeScaleFactor, plan.width / vaeScaleFactor]
-            let noise = try parameters.latents.map { try given($0, shape: shape, name: "latents") } ?? Tensor.randn(shape, generator: &generator)
+            let noise = try parameters.latents.map { try given($0, shape: latentShape, name: "latents") }
+                ?? Tensor.randn(latentShape, generator: &generator)
             latents = noGrad { noise * scheduler.initNoiseSigma }
         }
 
@@ -77,7 +84,7 @@ extension StableDiffusionPipeline {
                     prediction = unconditional + (text - unconditional) * scale
                     if rescale > 0 { prediction = Self.rescaleNoise(prediction, text: text, guidanceRescale: rescale) }
                 }
-                return scheduler.step(prediction, timestep: timestep, sample: latents, noise: nil, generator: &generator)
+                return scheduler.step(prediction, timestep: timestep, sample: latents, noise: stepNoise?[index], generator: &generator)
             }
             latents = result.prevSample
             if let inpainting { latents = noGrad { inpainting.blend(latents, index: index, timesteps: timesteps, scheduler: scheduler) } }

@@ -37,6 +37,10 @@ public struct StableDiffusionParameters {
     /// Unit-variance starting latents `[prompts × imagesPerPrompt, latent channels, height / 8, width / 8]`
     /// (text-to-image; scaled by `init_noise_sigma` here). Nil: drawn from the generator.
     public var latents: Tensor?
+    /// The noise of a stochastic scheduler (Euler ancestral, DDPM, DDIM with η > 0, SDE DPM-Solver), one unit-variance
+    /// tensor per timestep the loop runs, each shaped like the latents, as diffusers' `randn_tensor` draws it in the
+    /// scheduler's `step`. Nil: drawn from the generator. Deterministic schedulers ignore it.
+    public var stepNoise: [Tensor]?
 
     /// Image-to-image: the init image, `[1 or batch, 3, H, W]` in [-1, 1] (see
     /// ``StableDiffusionImageProcessor/preprocess(_:scaleFactor:)``). Nil: text-to-image.
