@@ -128,6 +128,43 @@ final class StableDiffusionCLIPGuidanceTests: XCTestCase {
         XCTAssertNotEqual(try run(seed: 2), first)
     }
 
+    /// A request's options become the parameters' guidance; bad options fail before any model is loaded.
+    func testRequestOptions() throws {
+        let pipeline = try StableDiffusionParityTests.pipeline()
+        var request = StableDiffusionRequest(pipeline: StableDiffusionParityTests.tiny.path, prompt: "a red fox")
+        var options = StableDiffusionCLIPGuidanceOptions(model: Self.fixtures.appendingPathComponent("clip").path, scale: 250)
+        options.cutouts = 3
+        options.useCutouts = false
+        options.throughUNet = false
+        request.clipGuidance = options
+        let guidance = try XCTUnwrap(try StableDiffusionRun.parameters(for: request, pipeline: pipeline).clipGuidance)
+        XCTAssertEqual(guidance.scale, 250)
+        XCTAssertEqual(guidance.cutouts, 3)
+        XCTAssertFalse(guidance.useCutouts)
+        XCTAssertFalse(guidance.throughUNet)
+        request.clipGuidance?.cutouts = 0
+        XCTAssertThrowsError(try StableDiffusionRun.parameters(for: request, pipeline: pipeline))
+        request.clipGuidance = StableDiffusionCLIPGuidanceOptions(model: "/nonexistent-clip", scale: 10)
+        XCTAssertThrowsError(try StableDiffusionRun.parameters(for: request, pipeline: pipeline))
+    }
+
+    /// Without the second UNet pass the gradient differs from the community's but still guides (finite, changed latents).
+    func testShortcutWithoutUNetGradient() throws {
+        let golden = try SafetensorsFixture.load("ddim-cfg", subdirectory: "sd-clip-guidance")
+        let pipeline = try StableDiffusionParityTests.pipeline()
+        var parameters = try Self.parameters(golden)
+        let guidance = try Self.guidance(golden)
+        guidance.throughUNet = false
+        parameters.clipGuidance = guidance
+        var generator = RandomGenerator(seed: 0)
+        let latents = try pipeline.generate(parameters, generator: &generator).latents
+        XCTAssertTrue(latents.toArray().allSatisfy(\.isFinite))
+        let full = try golden.tensor("final_latents")
+        let unguided = try SafetensorsFixture.load("ddim-unguided", subdirectory: "sd-clip-guidance").tensor("final_latents")
+        XCTAssertGreaterThan(StableDiffusionParityTests.relativeError(latents, full), 1e-4)
+        XCTAssertGreaterThan(StableDiffusionParityTests.relativeError(latents, unguided), 1e-3)
+    }
+
     /// The antialiased resize against `F.interpolate(mode="bilinear", align_corners=False, antialias=True)`,
     /// shrinking 5×6 → 3×4 and growing to 7×9 (values printed by PyTorch).
     func testResizeMatchesPyTorch() {
