@@ -57,6 +57,7 @@ struct Generate: ParsableCommand {
     @Option(name: .shortAndLong, help: "The PNG to write (several images: NAME-1.png, NAME-2.png, ...).") var output = "image.png"
     @Flag(help: "No live progress line.") var noProgress = false
     @Option(help: "A single file's prediction type (epsilon, v_prediction, sample) instead of the inferred one.") var predictionType: PredictionType?
+    @OptionGroup(title: "CLIP guidance") var clipGuidance: CLIPGuidanceFlags
 
     func run() throws {
         try CommandFailure.report {
@@ -93,6 +94,7 @@ struct Generate: ParsableCommand {
             request.initLatents = initLatents
             request.output = output
             request.singleFile.predictionType = predictionType
+            request.clipGuidance = try clipGuidance.options()
             let precisions: [String: WeightPrecision] = ["float32": .float32, "fp32": .float32, "as-stored": .asStored,
                                                          "bf16": .bfloat16, "bfloat16": .bfloat16, "fp16": .float16, "float16": .float16]
             guard let precision = precisions[weights.lowercased()] else {

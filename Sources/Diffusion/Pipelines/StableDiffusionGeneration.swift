@@ -71,8 +71,13 @@ extension StableDiffusionPipeline {
         }
         let rescale = plan.initImage == nil && guidance ? Float(parameters.guidanceRescale) : 0
         let scale = Float(parameters.guidanceScale)
+        let clipGuidance = parameters.clipGuidance.flatMap { $0.scale > 0 ? $0 : nil }
+        let clipText = try clipGuidance.map { clip in
+            let ids = try clip.prompt.map { try tokenizer.tokenize([$0], padding: .maximumLength, truncation: true, maximumLength: promptLength).ids }
+            return clip.textEmbeddings(ids: ids ?? embeddings.promptIDs, imagesPerPrompt: ids == nil ? parameters.imagesPerPrompt : batch)
+        }
         for (index, timestep) in timesteps.enumerated() {
-            let result: SchedulerStepOutput = noGrad {
+            let predicted: Tensor = noGrad {
                 let doubled = guidance ? Tensor.concatenate([latents, latents], axis: 0) : latents
                 var input = scheduler.scaleModelInput(doubled, timestep: timestep)
                 if let inpainting { input = inpainting.modelInput(input, guidance: guidance) }
@@ -84,8 +89,20 @@ extension StableDiffusionPipeline {
                     prediction = unconditional + (text - unconditional) * scale
                     if rescale > 0 { prediction = Self.rescaleNoise(prediction, text: text, guidanceRescale: rescale) }
                 }
-                return scheduler.step(prediction, timestep: timestep, sample: latents, noise: stepNoise?[index], generator: &generator)
+                return prediction
             }
+            var prediction = predicted
+            if let clipGuidance, let clipText {
+                let guided = try clipGuidance.guide(latents: latents, timestep: timestep, index: index, noisePrediction: prediction,
+                                                    textEmbeddings: clipText, scheduler: scheduler, vae: vae) { leaf in
+                    var input = scheduler.scaleModelInput(leaf, timestep: timestep)
+                    if let inpainting { input = inpainting.modelInput(input, guidance: false) }
+                    return unet(input, timestep: timestep, encoderHiddenStates: embeddings.prompt, timestepCondition: timestepCondition)
+                }
+                prediction = guided.noisePrediction
+                latents = guided.latents
+            }
+            let result = noGrad { scheduler.step(prediction, timestep: timestep, sample: latents, noise: stepNoise?[index], generator: &generator) }
             latents = result.prevSample
             if let inpainting { latents = noGrad { inpainting.blend(latents, index: index, timesteps: timesteps, scheduler: scheduler) } }
             if let onStep {

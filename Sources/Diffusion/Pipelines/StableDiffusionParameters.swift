@@ -68,6 +68,9 @@ public struct StableDiffusionParameters {
 
     /// How to make a preview of the predicted x0 at every step for the step callback (nil: none).
     public var preview: StableDiffusionPreview?
+    /// CLIP guidance in latent space (diffusers' community `CLIPGuidedStableDiffusion`), applied at every step
+    /// after classifier-free guidance when its scale is above 0 (nil: none).
+    public var clipGuidance: StableDiffusionCLIPGuidance?
 
     public init(prompts: [String]) { self.prompts = prompts }
 

@@ -59,6 +59,8 @@ public struct StableDiffusionRequest: Sendable {
     public var initLatents: String?
     /// What a single `.safetensors` checkpoint cannot say (prediction type, tokenizer, configuration folder).
     public var singleFile = SingleFileOptions()
+    /// CLIP guidance in latent space with a CLIP model folder (nil: none).
+    public var clipGuidance: StableDiffusionCLIPGuidanceOptions?
 
     public init(pipeline: String, prompt: String) {
         self.pipeline = pipeline

@@ -92,6 +92,7 @@ extension StableDiffusionRun {
             }
         }
         if request.karras { _ = try StableDiffusionPipeline.karrasConfiguration(SchedulerConfiguration(), kind: inputs.kind) }
+        try request.clipGuidance?.check()
         return inputs
     }
 
@@ -109,6 +110,7 @@ extension StableDiffusionRun {
         parameters.karrasSigmas = request.karras
         parameters.eta = request.eta
         parameters.latents = inputs.latents
+        parameters.clipGuidance = try request.clipGuidance.map { try $0.make(seed: request.seed) }
         if let picture = inputs.picture {
             parameters.initImage = try StableDiffusionImageProcessor.preprocess(picture, scaleFactor: pipeline.vaeScaleFactor)
             parameters.mask = try inputs.mask.map { try StableDiffusionImageProcessor.preprocessMask($0, scaleFactor: pipeline.vaeScaleFactor) }
