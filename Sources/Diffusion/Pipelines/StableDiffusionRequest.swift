@@ -59,6 +59,10 @@ public struct StableDiffusionRequest: Sendable {
     public var initLatents: String?
     /// What a single `.safetensors` checkpoint cannot say (prediction type, tokenizer, configuration folder).
     public var singleFile = SingleFileOptions()
+    /// LoRA files with their scales, loaded after the pipeline (diffusers' `load_lora_weights` and `set_adapters`).
+    public var loras: [LoRARequest] = []
+    /// Add the LoRAs into the weights before generating (diffusers' `fuse_lora`), so steps cost what they cost without.
+    public var fuseLoRA = true
 
     public init(pipeline: String, prompt: String) {
         self.pipeline = pipeline
@@ -118,6 +122,7 @@ public enum StableDiffusionRun {
         let loadStart = Date()
         let pipeline = try StableDiffusionPipeline.load(URL(fileURLWithPath: request.pipeline), variant: request.variant, options: request.singleFile,
                                                         precision: request.precision, scheduler: inputs.kind)
+        try applyLoRAs(request, to: pipeline, log: log)
         let preview = try self.preview(for: request, pipeline: pipeline)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let start = Date()
