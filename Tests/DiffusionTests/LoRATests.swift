@@ -168,7 +168,7 @@ final class LoRATests: XCTestCase {
         var request = StableDiffusionRequest(pipeline: StableDiffusionParityTests.tiny.path, prompt: "a red shirt")
         request.loras = [LoRARequest(path: Self.peftFile, scale: 0.5)]
         var messages: [String] = []
-        try StableDiffusionRequest.applyLoRAs(request, to: pipeline) { messages.append($0) }
+        try StableDiffusionRun.applyLoRAs(request, to: pipeline) { messages.append($0) }
         XCTAssertEqual(messages, [])
         XCTAssertEqual(pipeline.loraAdapterNames, ["lora0"])
         XCTAssertLessThan(Self.relativeError(try Self.unetOutput(pipeline, golden), try golden.tensor("unet_scale05")), 1e-4)

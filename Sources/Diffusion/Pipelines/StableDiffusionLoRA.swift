@@ -167,7 +167,7 @@ public struct LoRARequest: Sendable, Equatable {
     }
 }
 
-extension StableDiffusionRequest {
+extension StableDiffusionRun {
     /// Loads the request's LoRAs into `pipeline` (named `lora0`, `lora1`, …) and fuses them when asked;
     /// keys that matched no layer go to `log` as a warning, as diffusers warns of them.
     public static func applyLoRAs(_ request: StableDiffusionRequest, to pipeline: StableDiffusionPipeline,
