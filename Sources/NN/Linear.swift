@@ -7,6 +7,8 @@ public final class Linear: Module, UnaryLayer {
     public let weight: Tensor
     /// `[outFeatures]`, if any.
     public let bias: Tensor?
+    /// Low-rank adapters added to the output (``LoRAAdapter``); not part of the state dict.
+    public internal(set) var lora = LoRAAttachments()
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
         let bound = 1 / Float(inFeatures).squareRoot()
@@ -22,6 +24,7 @@ public final class Linear: Module, UnaryLayer {
         guard input.shape.last == inFeatures else {
             fatalError("Linear: input shape \(input.shape) does not end in \(inFeatures) features (weight \(weight.shape))")
         }
-        return input.linear(weight: weight, bias: bias)
+        let output = input.linear(weight: weight, bias: bias)
+        return lora.adapters.isEmpty ? output : addingLoRA(output, input: input)
     }
 }

@@ -56,6 +56,10 @@ struct Generate: ParsableCommand {
     var initLatents: String?
     @Option(name: .shortAndLong, help: "The PNG to write (several images: NAME-1.png, NAME-2.png, ...).") var output = "image.png"
     @Flag(help: "No live progress line.") var noProgress = false
+    @Option(name: .customLong("lora"), help: ArgumentHelp("A LoRA file (diffusers/PEFT or kohya keys) and its scale, default 1; repeatable.",
+                                                          valueName: "file.safetensors[:scale]"))
+    var loras: [String] = []
+    @Flag(help: "Keep LoRAs beside the weights instead of fusing them in (same images; slower steps).") var unfusedLora = false
     @Option(help: "A single file's prediction type (epsilon, v_prediction, sample) instead of the inferred one.") var predictionType: PredictionType?
     @OptionGroup(title: "CLIP guidance") var clipGuidance: CLIPGuidanceFlags
 
@@ -92,6 +96,11 @@ struct Generate: ParsableCommand {
             }
             request.variant = variant
             request.initLatents = initLatents
+            request.loras = try loras.map { argument in
+                guard let lora = LoRARequest(argument: argument) else { throw ValidationError("--lora \(argument): give FILE or FILE:SCALE") }
+                return lora
+            }
+            request.fuseLoRA = !unfusedLora
             request.output = output
             request.singleFile.predictionType = predictionType
             request.clipGuidance = try clipGuidance.options()

@@ -61,6 +61,10 @@ public struct StableDiffusionRequest: Sendable {
     public var singleFile = SingleFileOptions()
     /// CLIP guidance in latent space with a CLIP model folder (nil: none).
     public var clipGuidance: StableDiffusionCLIPGuidanceOptions?
+    /// LoRA files with their scales, loaded after the pipeline (diffusers' `load_lora_weights` and `set_adapters`).
+    public var loras: [LoRARequest] = []
+    /// Add the LoRAs into the weights before generating (diffusers' `fuse_lora`), so steps cost what they cost without.
+    public var fuseLoRA = true
 
     public init(pipeline: String, prompt: String) {
         self.pipeline = pipeline
@@ -120,6 +124,7 @@ public enum StableDiffusionRun {
         let loadStart = Date()
         let pipeline = try StableDiffusionPipeline.load(URL(fileURLWithPath: request.pipeline), variant: request.variant, options: request.singleFile,
                                                         precision: request.precision, scheduler: inputs.kind)
+        try applyLoRAs(request, to: pipeline, log: log)
         let preview = try self.preview(for: request, pipeline: pipeline)
         let loadSeconds = Date().timeIntervalSince(loadStart)
         let start = Date()

@@ -19,6 +19,11 @@ public final class GEGLU: Module, UnaryLayer {
         // Two products with the halves of the weight (row blocks, so views) rather than
         // one product split in two: the split of the activation would be strided, and its
         // backward would write two activation-sized gradients.
+        if !proj.loraAdapters.isEmpty {
+            // A low-rank adapter on the projection: one product through the layer, then the halves.
+            let both = proj(input).chunked(2, axis: -1)
+            return both[0] * both[1].gelu()
+        }
         let weights = proj.weight.chunked(2, axis: 0)
         let biases = proj.bias?.chunked(2, axis: 0)
         let hidden = input.linear(weight: weights[0], bias: biases?[0])
