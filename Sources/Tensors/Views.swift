@@ -4,6 +4,12 @@ extension Tensor {
     // MARK: Shape views (no graph; used by kernels and backward rules)
 
     func reshapedView(_ newShape: [Int]) -> Tensor {
+        // Row-major memory of any storage type is viewed as it is: a 16-bit weight reshaped (a 1×1
+        // convolution's kernel as a matrix) stays the same storage, so caches keyed by it hold.
+        // (Widening it here made a new float32 copy per call, which the bfloat16 path then cached for good.)
+        if isContiguous {
+            return Tensor(storage: storage, shape: newShape, strides: Shape.contiguousStrides(newShape), offset: offset)
+        }
         let source = contiguousData()
         return Tensor(storage: source.storage, shape: newShape, strides: Shape.contiguousStrides(newShape), offset: source.offset)
     }
