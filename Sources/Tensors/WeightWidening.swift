@@ -19,12 +19,6 @@ enum WeightWidening {
     private nonisolated(unsafe) static var leased = false
     private static let lock = NSLock()
 
-    /// Bytes the block holds now (0 before the first 16-bit weight).
-    static var blockBytes: Int {
-        lock.lock(); defer { lock.unlock() }
-        return block?.byteCount ?? 0
-    }
-
     /// `weight` (16-bit, row-major) widened to float32 in the block when it is free, else in a
     /// buffer-pool block (as `contiguousData`).
     static func widen(_ weight: Tensor) -> Tensor {
