@@ -3,11 +3,11 @@
 # `make clip-vocab` the CLIP tokenizer's BPE merges into data/clip/ (`make test` needs them).
 # Each installs what it needs when it is missing (Debian packages, the PyTorch CPU wheel for benchmarks).
 SHELL := /bin/bash
-SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libdnnl-dev dataset-fashion-mnist
+SYSTEM_PACKAGES := libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libdnnl-dev dataset-fashion-mnist libopenmpi-dev openmpi-bin
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 ONLY ?=
 
-.PHONY: demo test test-browser bench deps bench-deps build release data clip-vocab
+.PHONY: demo test test-browser test-mpi bench deps bench-deps build release data clip-vocab
 
 ## Debian packages the build links against; installed only when absent.
 deps:
@@ -41,7 +41,18 @@ demo: release
 test: deps clip-vocab
 	swift build --build-tests
 	swift test --skip-build
+	@$(MAKE) --no-print-directory test-mpi
 	@$(MAKE) --no-print-directory test-browser
+
+## Data-parallel training on 2 ranks (`mpirun -np 2 diffuse train`) against one process, and a
+## 2-rank checkpoint resumed by 1 process (Scripts/mpi-parity-test). Open MPI (openmpi-bin) is
+## installed when missing; skipped with a message (not failed) only when it cannot be. MPI_TEST=0 skips it.
+test-mpi:
+	@if [ "$${MPI_TEST:-1}" = "0" ]; then echo "mpi test: skipped (MPI_TEST=0)"; exit 0; fi; \
+	if ! command -v mpirun >/dev/null 2>&1; then echo "installing: openmpi-bin"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin) >/dev/null 2>&1 || \
+		{ echo "mpi test: skipped, could not install openmpi-bin (mpirun)"; exit 0; }; fi; \
+	Scripts/mpi-parity-test .build/debug/diffuse && echo "mpi test: passed"
 
 ## `diffuse serve`'s page in headless Chromium (Debian's chromium + chromium-driver, pip selenium), installed when
 ## missing; skipped with a message (not failed) only when they cannot be installed. BROWSER_TEST=0 skips it.

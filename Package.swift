@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "NN", targets: ["NN"]),
         .library(name: "Diffusion", targets: ["Diffusion"]),
         .library(name: "DiffuseServer", targets: ["DiffuseServer"]),
+        .library(name: "Distributed", targets: ["Distributed"]),
         .executable(name: "diffuse", targets: ["diffuse"]),
     ],
     dependencies: [
@@ -34,6 +35,10 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+        // Open MPI (Debian's libopenmpi-dev) for data-parallel training under mpirun; CMPIShim wraps its macros.
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .target(name: "CMPIShim", dependencies: ["CMPI"]),
+        .target(name: "Distributed", dependencies: ["CMPIShim", "Diffusion", "Tensors"]),
         .target(
             name: "CBFloat16Kernels",
             cSettings: [.unsafeFlags(["-O3"])]
@@ -75,6 +80,7 @@ let package = Package(
                 "Diffusion",
                 "NN",
                 "DiffuseServer",
+                "Distributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -104,6 +110,10 @@ let package = Package(
             name: "DiffusionTests",
             dependencies: ["Diffusion", "Tensors", "TestSupport"],
             swiftSettings: kernelSettings
+        ),
+        .testTarget(
+            name: "DistributedTests",
+            dependencies: ["Distributed", "Diffusion", "Tensors"]
         ),
         .testTarget(
             name: "DiffuseServerTests",

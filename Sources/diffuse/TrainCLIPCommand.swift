@@ -45,6 +45,7 @@ struct TrainCLIP: ParsableCommand {
     @Flag(help: "No progress line.") var noProgress = false
 
     func run() throws {
+        DistributedLaunch.installIfLaunched()
         try CommandFailure.report {
             var options = CLIPTrainingOptions()
             options.dataset = dataset

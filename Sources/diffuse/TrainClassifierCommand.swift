@@ -36,6 +36,7 @@ struct TrainClassifier: ParsableCommand {
     @Option(help: "Test images to measure the accuracy on at the end (named datasets).") var evaluationCount = 1000
 
     func run() throws {
+        DistributedLaunch.installIfLaunched()
         try CommandFailure.report {
             let channels = blockOutChannels.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard !channels.isEmpty, channels.count == blockOutChannels.split(separator: ",").count else {

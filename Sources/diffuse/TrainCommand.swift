@@ -135,6 +135,7 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
+        DistributedLaunch.installIfLaunched()
         let configuration: TrainingConfiguration
         do {
             if let config {

@@ -22,6 +22,7 @@ final class BatchProducer: @unchecked Sendable {
     let dropLast: Bool
     let transform: ImageTransform?
     let warn: (String) -> Void
+    let shard: DataLoaderShard
 
     private let lock = NSLock()
     private var warned: Set<String> = []
@@ -29,7 +30,7 @@ final class BatchProducer: @unchecked Sendable {
     private var cachedOrder: (epoch: Int, order: [Int])?
 
     init(dataset: Dataset, batchSize: Int, shuffle: Bool, seed: UInt64, dropLast: Bool,
-         transform: ImageTransform?, warn: @escaping (String) -> Void) {
+         transform: ImageTransform?, warn: @escaping (String) -> Void, shard: DataLoaderShard = .whole) {
         self.dataset = dataset
         self.batchSize = batchSize
         self.shuffle = shuffle
@@ -37,6 +38,7 @@ final class BatchProducer: @unchecked Sendable {
         self.dropLast = dropLast
         self.transform = transform
         self.warn = warn
+        self.shard = shard
     }
 
     /// SplitMix64's finaliser: a well-mixed 64-bit value of `value`.
@@ -75,6 +77,7 @@ final class BatchProducer: @unchecked Sendable {
 
     /// The next item from `position`.
     func produce(from position: DataLoaderPosition) -> Item {
+        if shard.count > 1 { return produceShard(from: position) }
         let order = order(epoch: position.epoch)
         var cursor = position.offset
         var examples: [(index: Int, example: DatasetExample)] = []
@@ -90,6 +93,36 @@ final class BatchProducer: @unchecked Sendable {
         do {
             let batch = try collate(examples, epoch: position.epoch)
             return .batch(batch, after: DataLoaderPosition(epoch: position.epoch, offset: cursor))
+        } catch {
+            return .failure(error, at: position)
+        }
+    }
+
+    /// This rank's part of the global batch at `position` (see `DataLoader`'s data-parallel notes).
+    private func produceShard(from position: DataLoaderPosition) -> Item {
+        let order = order(epoch: position.epoch)
+        let global = batchSize * shard.count
+        let remaining = order.count - position.offset
+        let nextEpoch = DataLoaderPosition(epoch: position.epoch + 1, offset: 0)
+        if remaining <= 0 || (remaining < global && dropLast) { return .endOfEpoch(after: nextEpoch) }
+        let taken = Swift.min(global, remaining)
+        var entries = Array(order[position.offset..<(position.offset + taken)])
+        let perRank = (taken + shard.count - 1) / shard.count
+        // Pad a last partial global batch with the epoch's first entries, to the same count on every rank.
+        var padding = 0
+        while entries.count < perRank * shard.count { entries.append(order[padding % order.count]); padding += 1 }
+        var examples: [(index: Int, example: DatasetExample)] = []
+        for index in entries[(shard.rank * perRank)..<((shard.rank + 1) * perRank)] {
+            guard let example = load(index, epoch: position.epoch) else {
+                return .failure(DatasetError.unreadable(path: dataset.source(of: index),
+                                                        reason: "an unreadable example stops data-parallel training (the ranks cannot skip it alike); remove it"),
+                                at: position)
+            }
+            examples.append((index, example))
+        }
+        do {
+            let batch = try collate(examples, epoch: position.epoch)
+            return .batch(batch, after: DataLoaderPosition(epoch: position.epoch, offset: position.offset + taken))
         } catch {
             return .failure(error, at: position)
         }

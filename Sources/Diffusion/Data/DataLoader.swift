@@ -20,6 +20,27 @@ public struct DataLoaderPosition: Codable, Equatable, Sendable, CustomStringConv
     public var description: String { "epoch \(epoch), offset \(offset)" }
 }
 
+/// Which part of every batch a loader yields in data-parallel training: `rank` of `count`
+/// processes (DistributedSampler's semantics, see ``DataLoader``).
+public struct DataLoaderShard: Equatable, Sendable, CustomStringConvertible {
+    /// This process's index, 0 ..< count.
+    public let rank: Int
+    /// Number of processes.
+    public let count: Int
+
+    /// A shard.
+    public init(rank: Int, count: Int) {
+        precondition(count > 0 && rank >= 0 && rank < count, "DataLoaderShard: rank \(rank) of \(count)")
+        self.rank = rank
+        self.count = count
+    }
+
+    /// One process, every example.
+    public static let whole = DataLoaderShard(rank: 0, count: 1)
+
+    public var description: String { "rank \(rank) of \(count)" }
+}
+
 /// A batch of examples.
 public struct Batch: @unchecked Sendable {
     /// The images, `[B, C, H, W]` in [-1, 1].
@@ -60,6 +81,15 @@ public struct Batch: @unchecked Sendable {
 /// - With `prefetchBatches > 0` a producer thread decodes up to that many batches
 ///   ahead (across epoch ends); the batches are the same as without it.
 /// - `position` and `restore(_:)` save and restore the place in the stream exactly.
+/// - Data-parallel (`shard` rank r of n): the epoch's order (the same on every rank) is cut
+///   into global batches of `batchSize × n`; rank r takes entries `r × batchSize ..< (r + 1) × batchSize`
+///   of each. So the n ranks together see exactly the batches one process with batch
+///   `batchSize × n` sees, and the position (in the global order) means the same for any
+///   number of ranks: a checkpoint resumes with another rank count when the global batch
+///   is the same. A last partial global batch is dropped with `dropLast`, else padded with
+///   the epoch's first entries to a multiple of n and split evenly (as PyTorch's
+///   DistributedSampler pads). An unreadable example stops a sharded loader with an error
+///   (the ranks cannot agree on a skip without talking).
 public final class DataLoader {
     /// The dataset read.
     public let dataset: Dataset
@@ -75,6 +105,8 @@ public final class DataLoader {
     public let prefetchBatches: Int
     /// The position after the last batch returned.
     public private(set) var position: DataLoaderPosition
+    /// This process's part of every global batch (``DataLoaderShard/whole`` in one process).
+    public let shard: DataLoaderShard
 
     private let producer: BatchProducer
     private var prefetcher: Prefetcher?
@@ -84,9 +116,10 @@ public final class DataLoader {
     ///   - transform: applied to every example before batching (e.g. `ImageTransforms.standard`).
     ///   - prefetchBatches: how many batches the producer thread keeps ready (0 disables it).
     ///   - warn: where warnings go (default: a line on standard error).
+    ///   - shard: this process's part of every global batch of `batchSize × shard.count` (data-parallel training).
     public init(dataset: Dataset, batchSize: Int, shuffle: Bool = true, seed: UInt64 = 0, dropLast: Bool = false,
                 transform: ImageTransform? = nil, prefetchBatches: Int = 2,
-                warn: @escaping (String) -> Void = DataLoader.printWarning) {
+                warn: @escaping (String) -> Void = DataLoader.printWarning, shard: DataLoaderShard = .whole) {
         precondition(batchSize > 0, "DataLoader: batch size must be positive, got \(batchSize)")
         self.dataset = dataset
         self.batchSize = batchSize
@@ -95,8 +128,9 @@ public final class DataLoader {
         self.dropLast = dropLast
         self.prefetchBatches = Swift.max(0, prefetchBatches)
         self.position = DataLoaderPosition(epoch: 0, offset: 0)
+        self.shard = shard
         self.producer = BatchProducer(dataset: dataset, batchSize: batchSize, shuffle: shuffle, seed: seed,
-                                      dropLast: dropLast, transform: transform, warn: warn)
+                                      dropLast: dropLast, transform: transform, warn: warn, shard: shard)
     }
 
     deinit { prefetcher?.cancel() }
@@ -106,9 +140,11 @@ public final class DataLoader {
         FileHandle.standardError.write(Data((message + "\n").utf8))
     }
 
-    /// Batches in a full epoch when every example is readable.
+    /// Batches in a full epoch when every example is readable (global batches of
+    /// `batchSize × shard.count` when sharded: every rank yields this many).
     public var batchesPerEpoch: Int {
-        dropLast ? dataset.count / batchSize : (dataset.count + batchSize - 1) / batchSize
+        let global = batchSize * shard.count
+        return dropLast ? dataset.count / global : (dataset.count + global - 1) / global
     }
 
     /// The dataset indices in the order epoch `epoch` visits them.

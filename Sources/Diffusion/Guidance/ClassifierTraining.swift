@@ -75,8 +75,13 @@ public enum ClassifierTraining {
     }
 
     /// Trains and saves the classifier. `log` receives the periodic loss lines.
-    public static func run(_ options: Options, log: ((String) -> Void)? = nil) throws -> Outcome {
+    ///
+    /// Data-parallel under `mpirun` (`group`, default `DataParallel.current`): `batchSize` per
+    /// rank, the timesteps and noise of the global batch drawn on every rank and sliced,
+    /// gradients averaged before clipping, rank 0 alone saves and evaluates.
+    public static func run(_ options: Options, log: ((String) -> Void)? = nil, group given: (any DataParallelGroup)? = nil) throws -> Outcome {
         let start = Date()
+        let group = given ?? DataParallel.current
         let dataset = try Datasets.open(options.dataset, training: true, limit: options.datasetLimit)
         guard dataset.classNames.count >= 2 else {
             throw GuidanceError("a classifier needs a labelled dataset (a named dataset, or an image folder with one sub-folder per class); "
@@ -109,7 +114,8 @@ public enum ClassifierTraining {
         model.train()
         let transform = ImageTransforms.standard(size: configuration.sampleSize, channels: configuration.inChannels)
         let loader = DataLoader(dataset: dataset, batchSize: options.batchSize, shuffle: true, seed: options.seed, dropLast: true,
-                                transform: transform)
+                                transform: transform, shard: DataLoaderShard(rank: group.rank, count: group.size))
+        try group.broadcast(model.parameters(), from: 0)
         guard loader.batchesPerEpoch > 0 else {
             throw GuidanceError("the dataset has \(dataset.count) examples, fewer than one batch of \(options.batchSize)")
         }
@@ -123,30 +129,33 @@ public enum ClassifierTraining {
             guard let batch = try loader.nextBatch() ?? loader.nextBatch() else { break }
             guard let labels = batch.classLabels else { throw GuidanceError("a batch of \(options.dataset) has examples without labels") }
             let count = batch.count
+            let shard = group.shard(localCount: count)
             let timesteps: [Float]
             let input: Tensor
             if options.clean {
                 timesteps = [0]
                 input = batch.images
             } else {
-                timesteps = Tensor.randint(0, noiseScheduler.trainTimesteps, [count], generator: &generator).toArray()
-                let noise = Tensor.randn(batch.images.shape, generator: &generator)
+                timesteps = shard.slice(Tensor.randint(0, noiseScheduler.trainTimesteps, [shard.globalCount], generator: &generator).toArray())
+                let noise = shard.randn(Array(batch.images.shape.dropFirst()), generator: &generator)
                 input = noGrad { noiseScheduler.addNoise(batch.images, noise: noise, timesteps: timesteps) }
             }
             optimizer.learningRate = schedule.learningRate(step: step, baseLearningRate: Float(options.learningRate))
             let logits = model(input, timesteps: timesteps)
             let loss = Tensor.crossEntropy(logits: logits, targets: labels)
             loss.backward()
+            try group.averageGradients(of: model.trainableParameters())
             _ = clipGradientNorm(model.trainableParameters(), maximumNorm: 1)
             optimizer.step()
             optimizer.zeroGradients()
-            lastLoss = loss.item
-            runningLoss += Double(lastLoss)
             let predicted = noGrad { logits.detach().argmax(axis: 1).toArray() }
-            runningCorrect += zip(predicted, labels).filter { Int($0) == $1 }.count
-            runningCount += count
+            let averaged = try group.average([loss.item, Float(zip(predicted, labels).filter { Int($0) == $1 }.count)])
+            lastLoss = averaged[0]
+            runningLoss += Double(lastLoss)
+            runningCorrect += Int((averaged[1] * Float(group.size)).rounded())
+            runningCount += count * group.size
             if (step + 1) % options.logEvery == 0 || step == options.steps - 1 {
-                let batches = Double(runningCount) / Double(count)
+                let batches = Double(runningCount) / Double(count * group.size)
                 log?(String(format: "step %d/%d  loss %.4f  train accuracy %.1f%%  lr %.2e", step + 1, options.steps,
                             runningLoss / batches, Double(runningCorrect) / Double(runningCount) * 100, optimizer.learningRate))
                 runningLoss = 0
@@ -157,8 +166,11 @@ public enum ClassifierTraining {
         loader.stop()
         model.eval()
         let outputURL = URL(fileURLWithPath: options.outputDir)
-        try model.save(folder: outputURL)
-        let accuracy = try evaluate(model, options: options, noiseScheduler: noiseScheduler, transform: transform)
+        var accuracy: [(timestep: Int, accuracy: Double)] = []
+        try group.writerOnly {
+            try model.save(folder: outputURL)
+            accuracy = try evaluate(model, options: options, noiseScheduler: noiseScheduler, transform: transform)
+        }
         return Outcome(outputDir: options.outputDir, steps: options.steps, seconds: Date().timeIntervalSince(start),
                        finalLoss: lastLoss, accuracy: accuracy)
     }

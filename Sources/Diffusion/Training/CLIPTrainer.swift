@@ -15,6 +15,12 @@ import Tensors
 /// losses as one never stopped. Ctrl-C writes a checkpoint and stops. At the
 /// end the output folder holds a transformers `CLIPModel` (config.json,
 /// model.safetensors), the tokenizer's files and `preprocessor_config.json`.
+///
+/// Data-parallel under `mpirun` (``group``): `batchSize` pairs per rank, gradients averaged
+/// before clipping, rank 0 alone writes. The contrastive loss of each rank uses its own
+/// batch's pairs as negatives (the features are not gathered across ranks), so N ranks train
+/// like one process with `batchSize` pairs per contrastive batch and N× the pairs per step,
+/// not like one process with N × `batchSize`.
 public final class CLIPTrainer {
     public let options: CLIPTrainingOptions
     public let model: CLIPModel
@@ -38,6 +44,8 @@ public final class CLIPTrainer {
     }
     /// Called after every optimizer step (and its checkpoint).
     public var onStep: ((StepResult) -> Void)?
+    /// The processes of a data-parallel run (`DataParallel.current` unless given).
+    public let group: any DataParallelGroup
 
     /// One step's numbers.
     public struct StepResult: Equatable, Sendable {
@@ -57,8 +65,10 @@ public final class CLIPTrainer {
 
     /// Builds the model (initialised as transformers does), the loader and the optimizer.
     /// - Parameter dataset: the captioned data (default: `options.dataset` by name or folder).
-    public init(options: CLIPTrainingOptions, tokenizer: CaptionTokenizing, dataset given: Dataset? = nil) throws {
+    public init(options: CLIPTrainingOptions, tokenizer: CaptionTokenizing, dataset given: Dataset? = nil,
+                group: (any DataParallelGroup)? = nil) throws {
         try options.validate()
+        self.group = group ?? DataParallel.current
         self.options = options
         self.tokenizer = tokenizer
         let dataset = try given ?? CLIPTraining.openDataset(options, training: true)
@@ -71,7 +81,8 @@ public final class CLIPTrainer {
         model.initializeWeights(seed: options.seed)
         model.train()
         loader = DataLoader(dataset: dataset, batchSize: options.batchSize, shuffle: true, seed: options.seed, dropLast: true,
-                            transform: CLIPImageNormalization.transform(size: options.imageSize), prefetchBatches: options.prefetchBatches)
+                            transform: CLIPImageNormalization.transform(size: options.imageSize), prefetchBatches: options.prefetchBatches,
+                            shard: DataLoaderShard(rank: self.group.rank, count: self.group.size))
         guard loader.batchesPerEpoch > 0 else {
             throw TrainingError.data("the dataset has \(dataset.count) examples, fewer than one batch of \(options.batchSize)")
         }
@@ -88,15 +99,19 @@ public final class CLIPTrainer {
     /// Trains until `options.steps` or a signal; saves the model folder when the steps are done.
     public func run() throws -> CLIPTrainingSummary {
         let start = Date()
-        try prepareOutputFolder()
-        let log = try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message)
+        try group.writerOnly { try prepareOutputFolder() }
+        if !group.isWriter, let resume = options.resumeFromCheckpoint, let path = try TrainingCheckpoint.resolve(resume, outputDir: outputDir) {
+            try restore(from: path)
+        }
+        try group.broadcast(model.parameters(), from: 0)
+        let log = group.isWriter ? try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message) : nil
         self.log = log
-        defer { log.finish(); self.log = nil; loader.stop() }
+        defer { log?.finish(); self.log = nil; loader.stop() }
         if handleSignals { interruption.install() }
         defer { if handleSignals { interruption.uninstall() } }
-        describeRun(log)
+        if let log { describeRun(log) }
         let startStep = step
-        log.startProgress(total: options.steps, step: step)
+        log?.startProgress(total: options.steps, step: step)
         var lastLoss: Float?
         var interrupted = false
         var trainingSeconds = 0.0
@@ -109,32 +124,33 @@ public final class CLIPTrainer {
             let result = try trainingStep(batch)
             lastLoss = result.loss
             let seconds = Swift.max(ProgressBar.monotonicSeconds() - stepStart, 1e-9)
-            try log.record(.init(step: step, epoch: batch.epoch, loss: result.loss, learningRate: result.learningRate,
-                                 gradientNorm: result.gradientNorm, imagesPerSecond: Double(batch.count) / seconds), epochs: epochs)
-            try log.tensorBoard?.addScalars([("train/accuracy", result.accuracy), ("train/logit_scale_exp", result.temperatureScale)], step: step)
+            try log?.record(.init(step: step, epoch: batch.epoch, loss: result.loss, learningRate: result.learningRate,
+                                  gradientNorm: result.gradientNorm, imagesPerSecond: Double(batch.count * group.size) / seconds), epochs: epochs)
+            try log?.tensorBoard?.addScalars([("train/accuracy", result.accuracy), ("train/logit_scale_exp", result.temperatureScale)], step: step)
             if step % options.logEvery == 0 || step == options.steps {
-                log.event("metrics", step: step, fields: [("loss", .float(result.loss)), ("batch_accuracy", .float(result.accuracy)),
+                log?.event("metrics", step: step, fields: [("loss", .float(result.loss)), ("batch_accuracy", .float(result.accuracy)),
                                                          ("logit_scale_exp", .float(result.temperatureScale))],
                           text: String(format: "step %d/%d  loss %.4f  batch accuracy %.1f%%  exp(logit_scale) %.1f  lr %.2e",
                                        step, options.steps, result.loss, result.accuracy * 100, result.temperatureScale, result.learningRate))
             }
-            if options.checkpointingSteps > 0 && step % options.checkpointingSteps == 0 && step < options.steps { try saveCheckpoint() }
+            if options.checkpointingSteps > 0 && step % options.checkpointingSteps == 0 && step < options.steps { try checkpoint() }
             onStep?(result)
-            if interruption.isRequested {
-                if lastCheckpoint?.step != step { try saveCheckpoint() }
-                log.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
+            if try group.anyRank(interruption.isRequested) {
+                if lastCheckpoint?.step != step { try checkpoint() }
+                log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
                 interrupted = true
                 break
             }
         }
         trainingSeconds = ProgressBar.monotonicSeconds() - loopStart
         if !interrupted {
-            if lastCheckpoint?.step != step && step > startStep { try saveCheckpoint() }
-            try saveModelFolder()
-            log.event("model", step: step, fields: [("path", .string(outputDir))], text: "CLIPModel and tokenizer saved in \(outputDir)")
+            if lastCheckpoint?.step != step && step > startStep { try checkpoint() }
+            try group.writerOnly { try saveModelFolder() }
+            log?.event("model", step: step, fields: [("path", .string(outputDir))], text: "CLIPModel and tokenizer saved in \(outputDir)")
         }
         return CLIPTrainingSummary(step: step, totalSteps: options.steps, interrupted: interrupted, finalLoss: lastLoss,
-                                   outputDir: outputDir, lastCheckpoint: lastCheckpoint?.path, logDirectory: log.directory,
+                                   outputDir: outputDir, lastCheckpoint: lastCheckpoint?.path,
+                                   logDirectory: log?.directory ?? (outputDir as NSString).appendingPathComponent("logs"),
                                    trainingSeconds: trainingSeconds, stepsThisRun: step - startStep,
                                    seconds: Date().timeIntervalSince(start))
     }
@@ -161,9 +177,15 @@ public final class CLIPTrainer {
             captions.append(caption)
         }
         let (loss, accuracy) = loss(images: batch.images, captions: captions)
-        let value = loss.item
-        guard value.isFinite else { throw nonFinite(value) }
+        var value = loss.item, batchAccuracy = accuracy
+        guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
         loss.backward()
+        try group.averageGradients(of: optimizer.parameters)
+        if group.isDistributed {
+            let averaged = try group.average([value, accuracy])
+            (value, batchAccuracy) = (averaged[0], averaged[1])
+            guard value.isFinite else { throw nonFinite(value) }
+        }
         let maximumNorm = options.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
         let norm = clipGradientNorm(optimizer.parameters, maximumNorm: maximumNorm)
         guard norm.isFinite else { throw nonFinite(norm) }
@@ -173,8 +195,16 @@ public final class CLIPTrainer {
         optimizer.zeroGradients()
         clampTemperature()
         step += 1
-        return StepResult(step: step, loss: value, accuracy: accuracy, temperatureScale: noGrad { model.logitScale.exp().item },
+        return StepResult(step: step, loss: value, accuracy: batchAccuracy, temperatureScale: noGrad { model.logitScale.exp().item },
                           gradientNorm: norm, learningRate: learningRate)
+    }
+
+    /// ``saveCheckpoint()`` on rank 0 while the others wait; every rank then knows the checkpoint.
+    func checkpoint() throws {
+        try group.writerOnly { try saveCheckpoint() }
+        if !group.isWriter {
+            lastCheckpoint = (step, (outputDir as NSString).appendingPathComponent(TrainingCheckpoint.prefix + "\(step)"))
+        }
     }
 
     /// `logit_scale` ← min(`logit_scale`, ln `maximumLogitScale`), in place (open_clip's clamp after the step).

@@ -6,12 +6,20 @@ import Tensors
 /// Trainers call these at fixed points so that multi-process training (MPI, in
 /// the `Distributed` target) plugs in without rewriting them:
 /// 1. after building the model: ``broadcast(_:from:)`` of the parameters and buffers from rank 0;
-/// 2. the data loader takes this process's share of every global batch (``rank`` of ``size``);
-/// 3. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
+/// 2. the data loader takes this process's share of every global batch (``rank`` of ``size``,
+///    see `DataLoader`'s `shard`);
+/// 3. random draws per example (noise, timesteps, condition dropout) are made for the whole
+///    global batch from the generator every rank shares, and each rank keeps its rows
+///    (``DataParallelShard``), so N ranks draw exactly what one process with the global batch draws;
+/// 4. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
 ///    ``averageGradients(of:)``;
-/// 4. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``.
+/// 5. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``
+///    on every rank.
 ///
 /// Without `mpirun`, ``SingleProcessGroup`` makes every call free.
+///
+/// Every call is collective: every rank must make the same calls in the same order.
+/// A group may throw ``DataParallelError`` when another process died or hangs.
 public protocol DataParallelGroup: AnyObject {
     /// This process's index, 0 ..< size.
     var rank: Int { get }
@@ -24,7 +32,7 @@ public protocol DataParallelGroup: AnyObject {
     func averageGradients(of parameters: [Tensor]) throws
     /// The mean of `values` over processes (losses and other numbers for the log).
     func average(_ values: [Float]) throws -> [Float]
-    /// Returns when every process has called it.
+    /// Returns when every process has called it (the others wait here while the writer writes).
     func barrier() throws
 }
 
@@ -33,6 +41,113 @@ extension DataParallelGroup {
     public var isWriter: Bool { rank == 0 }
     /// True with more than one process.
     public var isDistributed: Bool { size > 1 }
+
+    /// This rank's rows of a global batch of `size × localCount` examples.
+    public func shard(localCount: Int) -> DataParallelShard {
+        DataParallelShard(rank: rank, size: size, localCount: localCount)
+    }
+
+    /// True when any process passes true (a stop request, a failure seen by one rank):
+    /// every rank then takes the same branch.
+    public func anyRank(_ flag: Bool) throws -> Bool {
+        guard isDistributed else { return flag }
+        return try average([flag ? 1 : 0])[0] > 0
+    }
+
+    /// Runs `body` on the writer only, then waits on every rank until it is done. An
+    /// error on the writer reaches every rank (the others throw ``DataParallelError/writerFailed(_:)``).
+    public func writerOnly(_ body: () throws -> Void) throws {
+        guard isDistributed else { return try body() }
+        var failure: Error?
+        if isWriter {
+            do { try body() } catch { failure = error }
+        }
+        try barrier()
+        if try anyRank(failure != nil) {
+            throw failure ?? DataParallelError.writerFailed("rank 0 could not write its files (see its message)")
+        }
+    }
+}
+
+/// Which rows of a global batch belong to this rank: rank `r` of `n` with `localCount`
+/// rows each holds rows `r × localCount ..< (r + 1) × localCount` of the global batch of
+/// `n × localCount`, the order in which `DataLoader` splits a global batch.
+///
+/// Random draws per example are made for the global batch on every rank (from the
+/// generator every rank shares, in the order one process draws them) and sliced, so a
+/// run on N ranks draws the same numbers for the same examples as a run on one process.
+public struct DataParallelShard: Equatable, Sendable {
+    public let rank: Int, size: Int, localCount: Int
+
+    /// Rank `rank` of `size`, `localCount` rows each.
+    public init(rank: Int, size: Int, localCount: Int) {
+        precondition(size > 0 && rank >= 0 && rank < size && localCount >= 0, "DataParallelShard: rank \(rank) of \(size)")
+        (self.rank, self.size, self.localCount) = (rank, size, localCount)
+    }
+
+    /// Rows in the global batch.
+    public var globalCount: Int { localCount * size }
+    /// This rank's rows of the global batch.
+    public var rows: Range<Int> { (rank * localCount)..<((rank + 1) * localCount) }
+
+    /// This rank's rows of `values` drawn for the whole global batch.
+    public func slice<Element>(_ values: [Element]) -> [Element] {
+        precondition(values.count == globalCount, "DataParallelShard: \(values.count) values for a global batch of \(globalCount)")
+        return Array(values[rows])
+    }
+
+    /// This rank's rows (axis 0) of `tensor` drawn for the whole global batch, contiguous.
+    public func slice(_ tensor: Tensor) -> Tensor {
+        precondition(tensor.shape.first == globalCount, "DataParallelShard: a tensor of shape \(tensor.shape) for a global batch of \(globalCount)")
+        if size == 1 { return tensor }
+        return tensor.narrowed(axis: 0, start: rows.lowerBound, length: localCount).contiguous()
+    }
+
+    /// Standard normal noise of shape `[localCount] + rest`: this rank's rows of the global batch's noise.
+    public func randn(_ rest: [Int], generator: inout RandomGenerator) -> Tensor {
+        slice(Tensor.randn([globalCount] + rest, generator: &generator))
+    }
+
+    /// Uniform values of shape `[localCount] + rest`: this rank's rows of the global batch's draw.
+    public func rand(_ rest: [Int], generator: inout RandomGenerator) -> Tensor {
+        slice(Tensor.rand([globalCount] + rest, generator: &generator))
+    }
+
+    /// `draw` called `globalCount` times (in row order); this rank's values.
+    public func draw<Element>(_ draw: () -> Element) -> [Element] {
+        slice((0..<globalCount).map { _ in draw() })
+    }
+}
+
+/// Why a collective call of a multi-process group failed.
+public enum DataParallelError: Error, CustomStringConvertible, Equatable {
+    /// These ranks did not reach collective operation `operation` within `seconds` (dead or hung).
+    case unresponsive(ranks: [Int], operation: String, seconds: Double)
+    /// Every rank reached the operation but it did not finish within `seconds`.
+    case stalled(operation: String, seconds: Double)
+    /// A rank is at another collective operation than this one (the ranks' calls differ: a bug).
+    case outOfStep(rank: Int, operation: String, expected: Int, found: Int)
+    /// The MPI library reported an error (e.g. a peer's connection closed).
+    case communication(operation: String, reason: String)
+    /// The writer (rank 0) failed; its own message says why.
+    case writerFailed(String)
+
+    public var description: String {
+        func names(_ ranks: [Int]) -> String { (ranks.count == 1 ? "rank " : "ranks ") + ranks.map(String.init).joined(separator: ", ") }
+        switch self {
+        case let .unresponsive(ranks, operation, seconds):
+            return "\(names(ranks)) did not reach \(operation) within \(String(format: "%.0f", seconds)) s: "
+                + "the process died or hangs; stopping every rank (the last checkpoint is intact)"
+        case let .stalled(operation, seconds):
+            return "\(operation) did not finish within \(String(format: "%.0f", seconds)) s although every rank reached it; stopping every rank"
+        case let .outOfStep(rank, operation, expected, found):
+            return "rank \(rank) is at collective call #\(found), this rank at #\(expected) (\(operation)): the ranks' calls differ"
+        case let .communication(operation, reason):
+            return "\(operation) failed: \(reason); stopping every rank"
+        case .writerFailed(let reason):
+            return reason
+        }
+    }
 }
 
 /// One process: every call returns at once.

@@ -18,6 +18,14 @@ import Tensors
 /// condition dropout, dropout layers) comes from generators seeded by `seed`
 /// and saved in checkpoints, so a run resumed from a checkpoint computes the
 /// same losses as one that was never stopped.
+///
+/// Data-parallel (under `mpirun`, through ``group``): every rank takes `train_batch_size`
+/// examples of each global batch of `train_batch_size × ranks` (the loader's shard), draws
+/// the noise, timesteps and condition dropout of the whole global batch from the shared
+/// generator and keeps its rows (``DataParallelShard``), and averages the gradients before
+/// clipping; so N ranks compute what one process with the global batch computes, up to
+/// the order of floating-point sums. Rank 0 alone writes checkpoints, logs, grids and
+/// pipelines while the others wait. (Dropout layers draw their masks per rank.)
 public final class Trainer {
     /// The run's configuration (as given; see the resolved values below).
     public let configuration: TrainingConfiguration
@@ -58,6 +66,8 @@ public final class Trainer {
     }
     /// Called after every optimizer step (and its log record and checkpoint) with the step number.
     public var onStep: ((Int) -> Void)?
+    /// The processes of a data-parallel run (`DataParallel.current` unless given; one process without `mpirun`).
+    public let group: any DataParallelGroup
 
     let trainableParameters: [Tensor]
     var generator: RandomGenerator
@@ -67,10 +77,14 @@ public final class Trainer {
     var sampleImages: [String] = []
 
     /// Builds the model, data loader and optimizer of `configuration`.
-    /// - Parameter dataset: the training data (default: `configuration.dataset` opened by name or path).
-    public init(configuration: TrainingConfiguration, dataset given: Dataset? = nil) throws {
+    /// - Parameters:
+    ///   - dataset: the training data (default: `configuration.dataset` opened by name or path).
+    ///   - group: the processes of a data-parallel run (default: `DataParallel.current`).
+    public init(configuration: TrainingConfiguration, dataset given: Dataset? = nil, group: (any DataParallelGroup)? = nil) throws {
         try configuration.validate()
         self.configuration = configuration
+        let group = group ?? DataParallel.current
+        self.group = group
         let dataset = try given ?? Datasets.open(configuration.dataset, training: true, limit: configuration.datasetLimit)
         self.dataset = dataset
         guard dataset.count > 0 else { throw TrainingError.data("the dataset \(configuration.dataset) is empty") }
@@ -107,9 +121,10 @@ public final class Trainer {
         let transform: ImageTransform? = first.shape == [channels, imageSize, imageSize] && !configuration.randomFlip
             ? nil : ImageTransforms.standard(size: imageSize, channels: channels, randomFlip: configuration.randomFlip)
         loader = DataLoader(dataset: dataset, batchSize: configuration.trainBatchSize, shuffle: true, seed: configuration.seed,
-                            dropLast: true, transform: transform, prefetchBatches: configuration.prefetchBatches)
+                            dropLast: true, transform: transform, prefetchBatches: configuration.prefetchBatches,
+                            shard: DataLoaderShard(rank: group.rank, count: group.size))
         guard loader.batchesPerEpoch > 0 else {
-            throw TrainingError.data("the dataset has \(dataset.count) examples, fewer than one batch of \(configuration.trainBatchSize)")
+            throw TrainingError.data("the dataset has \(dataset.count) examples, fewer than one batch of \(configuration.trainBatchSize * group.size)")
         }
         let accumulation = configuration.gradientAccumulationSteps
         let perEpoch = (loader.batchesPerEpoch + accumulation - 1) / accumulation
@@ -141,17 +156,22 @@ public final class Trainer {
     public func run() throws -> TrainingSummary {
         let start = Date()
         try prepareOutputFolder()
-        let log = try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message)
+        // Every rank starts from rank 0's weights (the same seed makes them equal already; a
+        // pipeline or checkpoint read on every rank too: this is the guarantee).
+        try group.broadcast(unet.parameters() + (ema?.shadowParameters ?? []), from: 0)
+        let log = group.isWriter ? try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message) : nil
         self.log = log
-        defer { log.finish(); self.log = nil; loader.stop() }
+        defer { log?.finish(); self.log = nil; loader.stop() }
         if handleSignals {
             interruption.install()
         }
         defer { if handleSignals { interruption.uninstall() } }
         let precision = MixedPrecisionScope(configuration.mixedPrecision)
         defer { precision.end() }
-        describeRun(log)
-        log.startProgress(total: totalSteps, step: step)
+        if let log {
+            describeRun(log)
+            log.startProgress(total: totalSteps, step: step)
+        }
 
         var lastLoss: Float?
         var interrupted = false
@@ -197,30 +217,38 @@ public final class Trainer {
         return TrainingSummary(
             step: step, totalSteps: totalSteps, interrupted: interrupted, finalLoss: lastLoss, outputDir: outputDir,
             pipelinePath: lastPipelineStep >= 0 ? outputDir : nil, lastCheckpoint: lastCheckpoint?.path,
-            sampleImages: sampleImages, logDirectory: log.directory, seconds: Date().timeIntervalSince(start))
+            sampleImages: sampleImages, logDirectory: log?.directory ?? (outputDir as NSString).appendingPathComponent("logs"),
+            seconds: Date().timeIntervalSince(start))
     }
 
     /// Forward and backward of one micro-batch; returns its (unscaled) loss.
+    ///
+    /// The random draws are made for the whole global batch (this rank's rows are kept, see
+    /// ``DataParallelShard``): one process draws exactly the same numbers for the same examples.
     func microStep(_ batch: Batch, scale: Float) throws -> Float {
         let clean = batch.images
         let count = clean.shape[0]
+        let shard = group.shard(localCount: count)
         var labels: [Int]?
         if let nullClass {
             guard let given = batch.classLabels else { throw TrainingError.data("a batch has examples without a class label") }
             let dropout = Float(configuration.conditionDropout)
-            labels = given.map { label in generator.uniform() < dropout ? nullClass : label }
+            let dropped = shard.draw { generator.uniform() < dropout }
+            labels = zip(given, dropped).map { label, drop in drop ? nullClass : label }
         }
         let prediction: Tensor, target: Tensor
         var timesteps: [Float]?
+        let rest = Array(clean.shape.dropFirst())
         if configuration.predictionType == .x0 {
             let unit = noGrad { clean * 0.5 + 0.5 }
-            let amount = Tensor.rand([count], generator: &generator)
-            let noisy = noGrad { ToyDiffusion.corrupt(unit, amount: amount, generator: &generator) }
+            let amount = shard.rand([], generator: &generator)
+            let corruption = shard.rand(rest, generator: &generator)
+            let noisy = noGrad { ToyDiffusion.corrupt(unit, amount: amount, noise: corruption) }
             prediction = unet(noisy, timestep: 0, classLabels: labels)
             target = unit
         } else {
-            let noise = Tensor.randn(clean.shape, generator: &generator)
-            let drawn = (0..<count).map { _ in Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
+            let noise = shard.randn(rest, generator: &generator)
+            let drawn = shard.draw { Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
             timesteps = drawn
             let noisy = noGrad { noiseScheduler.addNoise(clean, noise: noise, timesteps: drawn) }
             prediction = unet(noisy, timesteps: drawn, classLabels: labels)
@@ -232,7 +260,8 @@ public final class Trainer {
         }
         let loss = weightedLoss(prediction, target, timesteps: timesteps)
         let value = loss.item
-        guard value.isFinite else { throw nonFinite(value) }
+        // With several ranks the averaged loss is checked in `optimizerStep`, on every rank alike.
+        guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
         (scale == 1 ? loss : loss * scale).backward()
         return value
     }
@@ -254,8 +283,18 @@ public final class Trainer {
         return (perExample * Tensor(weights)).mean()
     }
 
-    /// Clips, steps the optimizer and EMA, logs, checkpoints; returns true when a signal asks to stop.
-    func optimizerStep(loss: Float, epoch: Int, images: Int, started: Double) throws -> Bool {
+    /// Averages the gradients over the ranks, clips, steps the optimizer and EMA, logs,
+    /// checkpoints; returns true when a signal asks to stop (on any rank: all stop together).
+    func optimizerStep(loss localLoss: Float, epoch: Int, images localImages: Int, started: Double) throws -> Bool {
+        try group.averageGradients(of: trainableParameters)
+        var loss = localLoss, stopRequested = interruption.isRequested
+        if group.isDistributed {
+            let averaged = try group.average([localLoss, stopRequested ? 1 : 0])
+            loss = averaged[0]
+            stopRequested = averaged[1] > 0
+            guard loss.isFinite else { throw nonFinite(loss) }
+        }
+        let images = localImages * group.size
         let maximumNorm = configuration.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
         let norm = clipGradientNorm(trainableParameters, maximumNorm: maximumNorm)
         guard norm.isFinite else { throw nonFinite(norm) }
@@ -272,7 +311,7 @@ public final class Trainer {
             try saveCheckpoint()
         }
         onStep?(step)
-        if interruption.isRequested {
+        if stopRequested {
             if lastCheckpoint?.step != step { try saveCheckpoint() }
             log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
             return true
@@ -293,7 +332,8 @@ public final class Trainer {
         log.say("model: UNet2DModel, \(unet.parameterCount) parameters" + (frozen > 0 ? " (\(frozen) frozen)" : "")
                 + ", block_out_channels \(unet.configuration.blockOutChannels), \(imageSize)×\(imageSize)×\(channels)"
                 + (classNames.isEmpty ? "" : ", \(classNames.count) classes + unconditional"))
-        log.say("data: \(configuration.dataset), \(dataset.count) images, \(loader.batchesPerEpoch) batches of \(configuration.trainBatchSize) per epoch"
+        log.say("data: \(configuration.dataset), \(dataset.count) images, \(loader.batchesPerEpoch) batches of \(configuration.trainBatchSize * group.size) per epoch"
+                + (group.isDistributed ? " (\(group.size) ranks × \(configuration.trainBatchSize))" : "")
                 + (configuration.gradientAccumulationSteps > 1 ? ", \(configuration.gradientAccumulationSteps) per optimizer step" : ""))
         log.say("training: \(totalSteps) steps over \(epochs) epoch(s), objective \(configuration.predictionType.rawValue), "
                 + "lr \(configuration.learningRate) (\(configuration.lrScheduler.rawValue), warm-up \(configuration.lrWarmupSteps))"

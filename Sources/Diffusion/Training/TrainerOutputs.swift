@@ -9,12 +9,21 @@ extension Trainer {
 
     /// Resumes from `resume_from_checkpoint`, or checks (and with
     /// `overwrite_output_dir` clears) the output folder for a fresh run.
+    ///
+    /// With several ranks, rank 0 prepares the folder (and restores) first; then the others
+    /// restore from the same checkpoint (`output_dir` must be visible to every rank).
     func prepareOutputFolder() throws {
-        _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: configuration.resumeFromCheckpoint, overwrite: configuration.overwriteOutputDir,
-                                                       artifacts: Self.runArtifacts, restore: { path in
+        try group.writerOnly {
+            _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: configuration.resumeFromCheckpoint, overwrite: configuration.overwriteOutputDir,
+                                                           artifacts: Self.runArtifacts, restore: { path in
+                try restore(from: path)
+                message("resuming from \(path) at step \(step) (data \(loader.position))")
+            }, message: message)
+        }
+        if !group.isWriter, let resume = configuration.resumeFromCheckpoint,
+           let path = try TrainingCheckpoint.resolve(resume, outputDir: outputDir) {
             try restore(from: path)
-            message("resuming from \(path) at step \(step) (data \(loader.position))")
-        }, message: message)
+        }
     }
 
     /// The dropout layers of the model, by module name.
@@ -27,6 +36,15 @@ extension Trainer {
 
     /// Writes `checkpoint-<step>` (see ``TrainingCheckpoint``) and prunes old ones.
     func saveCheckpoint() throws {
+        guard group.isWriter else {
+            try group.writerOnly {}
+            lastCheckpoint = (step, (outputDir as NSString).appendingPathComponent(TrainingCheckpoint.prefix + "\(step)"))
+            return
+        }
+        try group.writerOnly { try writeCheckpoint() }
+    }
+
+    private func writeCheckpoint() throws {
         let state = TrainerState(
             step: step, dataLoader: loader.position, generator: generator,
             dropoutGenerators: Dictionary(dropoutLayers.map { ($0.name, $0.layer.generator) }, uniquingKeysWith: { first, _ in first }),
@@ -94,6 +112,11 @@ extension Trainer {
     /// class-conditional model, each column one class) from a fixed seed and
     /// writes `samples/<name>.png` and a TensorBoard image.
     func saveSampleGrid(name: String) throws {
+        try group.writerOnly { try writeSampleGrid(name: name) }
+        lastImageStep = step
+    }
+
+    private func writeSampleGrid(name: String) throws {
         unet.eval()
         defer { unet.train() }
         var count = configuration.evalBatchSize
@@ -134,11 +157,13 @@ extension Trainer {
     /// Saves the pipeline (EMA weights with EMA) in diffusers' layout at `output_dir`,
     /// plus `classes.json` for a class-conditional model.
     func savePipeline() throws {
-        try withAveragedWeights {
-            try DDPMPipeline(unet: unet, scheduler: noiseScheduler).save(folder: URL(fileURLWithPath: outputDir))
-        }
-        if !classNames.isEmpty {
-            try PipelineClasses(names: classNames).save(in: outputDir)
+        try group.writerOnly {
+            try withAveragedWeights {
+                try DDPMPipeline(unet: unet, scheduler: noiseScheduler).save(folder: URL(fileURLWithPath: outputDir))
+            }
+            if !classNames.isEmpty {
+                try PipelineClasses(names: classNames).save(in: outputDir)
+            }
         }
         lastPipelineStep = step
         log?.event("pipeline", step: step, fields: [("path", .string(outputDir))], text: "pipeline \(outputDir)" + (ema != nil ? " (EMA weights)" : ""))

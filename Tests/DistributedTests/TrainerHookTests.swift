@@ -1,0 +1,86 @@
+import Diffusion
+import Foundation
+import Tensors
+import XCTest
+
+/// Where the trainers call the group: a group that records the calls (and plays rank 1 of 2,
+/// the other rank's gradients taken equal to this one's) shows the hooks of `diffuse train`.
+final class TrainerHookTests: XCTestCase {
+    final class RecordingGroup: DataParallelGroup {
+        let rank: Int, size: Int
+        var calls: [String] = []
+        init(rank: Int, size: Int) { (self.rank, self.size) = (rank, size) }
+        func broadcast(_ tensors: [Tensor], from root: Int) throws { calls.append("broadcast \(tensors.count) from \(root)") }
+        func averageGradients(of parameters: [Tensor]) throws {
+            calls.append("gradients")
+            XCTAssertTrue(parameters.allSatisfy { $0.grad != nil }, "averaged before every micro-batch's backward pass")
+        }
+        func average(_ values: [Float]) throws -> [Float] { calls.append("average \(values.count)"); return values }
+        func barrier() throws { calls.append("barrier") }
+    }
+
+    private func temporaryFolder() throws -> String {
+        let folder = NSTemporaryDirectory() + "diffuse-hooks-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
+        return folder
+    }
+
+    private func yaml(outputDir: String) -> String {
+        """
+        model: tiny
+        image_size: 8
+        train_batch_size: 4
+        eval_batch_size: 2
+        max_train_steps: 3
+        gradient_accumulation_steps: 2
+        lr_warmup_steps: 1
+        save_image_epochs: 100
+        save_model_epochs: 100
+        eval_inference_steps: 2
+        num_train_timesteps: 50
+        checkpointing_steps: 2
+        output_dir: \(outputDir)
+        seed: 3
+        """
+    }
+
+    private func dataset() -> InMemoryDataset {
+        var generator = RandomGenerator(seed: 1)
+        return InMemoryDataset(images: Tensor.rand([64, 1, 8, 8], low: -1, high: 1, generator: &generator))
+    }
+
+    func testRankOneCommunicatesOncePerOptimizerStepAndWritesNothing() throws {
+        let folder = try temporaryFolder()
+        let group = RecordingGroup(rank: 1, size: 2)
+        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
+        trainer.handleSignals = false
+        trainer.progressOutput = nil
+        XCTAssertEqual(trainer.loader.shard, DataLoaderShard(rank: 1, count: 2))
+        XCTAssertEqual(trainer.stepsPerEpoch, 4, "64 images in global batches of 2 × 4, 2 per step")
+        let summary = try trainer.run()
+        XCTAssertEqual(summary.step, 3)
+        XCTAssertEqual(group.calls.first, "broadcast \(trainer.unet.parameters().count) from 0")
+        XCTAssertEqual(group.calls.filter { $0 == "gradients" }.count, 3, "one all-reduce per optimizer step, not per micro-batch")
+        XCTAssertEqual(group.calls.filter { $0 == "average 2" }.count, 3, "loss and stop flag once per step")
+        // Rank 1 waits for rank 0's files (output folder, checkpoints 2 and 3, grid, pipeline) and writes none.
+        XCTAssertGreaterThanOrEqual(group.calls.filter { $0 == "barrier" }.count, 5)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])
+        XCTAssertEqual(summary.lastCheckpoint, folder + "/checkpoint-3")
+    }
+
+    func testRankZeroWritesTheFilesOfARun() throws {
+        let folder = try temporaryFolder()
+        let group = RecordingGroup(rank: 0, size: 2)
+        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
+        trainer.handleSignals = false
+        trainer.progressOutput = nil
+        trainer.message = { _ in }
+        _ = try trainer.run()
+        XCTAssertEqual(TrainingCheckpoint.list(in: folder).map(\.step), [2, 3])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/logs/train.jsonl"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/model_index.json"))
+        let state = try TrainingCheckpoint.readState(folder + "/checkpoint-3")
+        XCTAssertEqual(state.dataLoader, DataLoaderPosition(epoch: 0, offset: 48), "3 steps × 2 micro-batches × global batch 8")
+    }
+}
