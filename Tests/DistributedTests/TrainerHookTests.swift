@@ -60,7 +60,10 @@ final class TrainerHookTests: XCTestCase {
         XCTAssertEqual(trainer.stepsPerEpoch, 4, "64 images in global batches of 2 × 4, 2 per step")
         let summary = try trainer.run()
         XCTAssertEqual(summary.step, 3)
-        XCTAssertEqual(group.calls.first, "broadcast \(trainer.unet.parameters().count) from 0")
+        // Rank 0 prepares the output folder (rank 1 waits), then the weights are broadcast, then training.
+        let broadcast = "broadcast \(trainer.unet.parameters().count) from 0"
+        XCTAssertEqual(Array(group.calls.prefix(3)), ["barrier", "average 1", broadcast])
+        XCTAssertEqual(group.calls.filter { $0 == broadcast }.count, 1)
         XCTAssertEqual(group.calls.filter { $0 == "gradients" }.count, 3, "one all-reduce per optimizer step, not per micro-batch")
         XCTAssertEqual(group.calls.filter { $0 == "average 2" }.count, 3, "loss and stop flag once per step")
         // Rank 1 waits for rank 0's files (output folder, checkpoints 2 and 3, grid, pipeline) and writes none.

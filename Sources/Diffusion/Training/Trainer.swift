@@ -74,6 +74,8 @@ public final class Trainer {
     var log: TrainingLog?
     var lastCheckpoint: (step: Int, path: String)?
     var lastImageStep = -1, lastPipelineStep = -1
+    /// The loss of the last optimizer step as logged (the mean over the ranks).
+    var lastStepLoss: Float?
     var sampleImages: [String] = []
 
     /// Builds the model, data loader and optimizer of `configuration`.
@@ -215,7 +217,7 @@ public final class Trainer {
         }
         if lastCheckpoint?.step != step && step > 0 { try saveCheckpoint() }
         return TrainingSummary(
-            step: step, totalSteps: totalSteps, interrupted: interrupted, finalLoss: lastLoss, outputDir: outputDir,
+            step: step, totalSteps: totalSteps, interrupted: interrupted, finalLoss: lastStepLoss ?? lastLoss, outputDir: outputDir,
             pipelinePath: lastPipelineStep >= 0 ? outputDir : nil, lastCheckpoint: lastCheckpoint?.path,
             sampleImages: sampleImages, logDirectory: log?.directory ?? (outputDir as NSString).appendingPathComponent("logs"),
             seconds: Date().timeIntervalSince(start))
@@ -295,6 +297,7 @@ public final class Trainer {
             guard loss.isFinite else { throw nonFinite(loss) }
         }
         let images = localImages * group.size
+        lastStepLoss = loss
         let maximumNorm = configuration.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
         let norm = clipGradientNorm(trainableParameters, maximumNorm: maximumNorm)
         guard norm.isFinite else { throw nonFinite(norm) }
