@@ -28,10 +28,13 @@ final class UNet2DConditionCheckpointTests: XCTestCase {
             for (path, module) in model.namedModules() {
                 guard let linear = module as? Linear, ["to_q", "to_k", "to_v", "to_out.0"].contains(where: { path.hasSuffix($0) }) else { continue }
                 let adapter = LoRAAdapter(inFeatures: linear.inFeatures, outFeatures: linear.outFeatures, rank: 4)
-                // B starts at zero; give it values so that A's gradient is not zero.
+                // The same factors in both runs (the adapter's own A comes from the global initialiser),
+                // and B not zero, so that A's gradient is not zero.
                 var generator = RandomGenerator(seed: UInt64(adapters.count + 1))
-                let values = Tensor.randn(adapter.up.shape, generator: &generator) * 0.1
-                adapter.up.floatPointer.update(from: values.floatPointer, count: values.count)
+                for factor in [adapter.down, adapter.up] {
+                    let values = Tensor.randn(factor.shape, generator: &generator) * 0.1
+                    factor.floatPointer.update(from: values.floatPointer, count: values.count)
+                }
                 linear.attachLoRA(adapter)
                 adapters.append((path, adapter))
             }
