@@ -84,7 +84,7 @@ public struct StableDiffusionInfotext: Equatable, Sendable {
         if let guidanceRescale, guidanceRescale > 0 { fields.append(("CFG rescale", Self.number(guidanceRescale))) }
         if let eta, eta > 0 { fields.append(("Eta", Self.number(eta))) }
         if batchSize > 1 { fields += [("Batch size", "\(batchSize)"), ("Batch pos", "\(batchPosition)")] }
-        if !loras.isEmpty { fields.append(("LoRA", loras.map { "\($0.name):\(Self.number(Double($0.scale)))" }.joined(separator: ", "))) }
+        if !loras.isEmpty { fields.append(("LoRA", loras.map { "\($0.name):\($0.scale == $0.scale.rounded() ? String(Int($0.scale)) : String($0.scale))" }.joined(separator: ", "))) }
         if let clipGuidance { fields.append(("CLIP guidance", clipGuidance)) }
         lines.append(fields.map { "\($0): \(Self.quoted($1))" }.joined(separator: ", "))
         return lines.joined(separator: "\n")

@@ -70,7 +70,8 @@ public enum VAETraining {
     /// (training only: a folder has no test split, and gives nil for it).
     public static func openDataset(_ options: VAETrainingOptions, training: Bool) throws -> Dataset? {
         if options.usesCaptionedDataset {
-            return try CaptionedTintedDataset.fashionMNIST(training: training, limit: training ? options.datasetLimit : nil, seed: options.seed)
+            return try CaptionedTintedDataset.fashionMNIST(training: training, limit: training ? options.datasetLimit : nil, seed: options.seed,
+                                                           heldOutPairs: training ? Set(options.heldOutPairs ?? []) : [])
         }
         if Datasets.names.contains(options.dataset.lowercased()) || ["fashion_mnist", "fashionmnist"].contains(options.dataset.lowercased()) {
             return try Datasets.open(options.dataset, training: training, limit: training ? options.datasetLimit : nil)

@@ -39,6 +39,8 @@ public struct VAETrainingOptions: Codable, Equatable, Sendable {
     public var dataset = CaptionedTintedDataset.name
     /// Use only the first N training examples.
     public var datasetLimit: Int?
+    /// Foreground colour–item pairs the captioned dataset never shows (nil: none).
+    public var heldOutPairs: [CaptionedTintedDataset.ColoredItem]?
     /// Checkpoints, logs, reconstruction grids, and at the end `vae/`.
     public var outputDir = "output/vae"
     /// The model's size (overridden key by key by the three below).
