@@ -5,6 +5,32 @@ import Hummingbird
 import HummingbirdTesting
 import XCTest
 
+/// How far two lists of 8-bit images are apart: the largest difference of one sample, and how many samples differ.
+func pixelDifference(_ first: [PixelImage], _ second: [PixelImage]) -> (largest: Int, differing: Int, samples: Int) {
+    guard first.count == second.count, zip(first, second).allSatisfy({ $0.width == $1.width && $0.height == $1.height && $0.channels == $1.channels })
+    else { return (255, Int.max, 0) }
+    var largest = 0, differing = 0, samples = 0
+    for (one, other) in zip(first, second) {
+        for (a, b) in zip(one.samples, other.samples) {
+            let difference = abs(Int(a) - Int(b))
+            largest = max(largest, difference)
+            if difference > 0 { differing += 1 }
+            samples += 1
+        }
+    }
+    return (largest, differing, samples)
+}
+
+/// Stable Diffusion's batched run is not bit for bit its lone run: the UNet's and the VAE's matrix products take other
+/// kernels (and so another summation order) for another batch size. The bound the tests hold it to: no 8-bit sample
+/// more than 2 levels off and under 1 % of the samples off at all (another seed changes most samples by far more).
+func assertWithinBatchBound(_ batched: [PixelImage], _ alone: [PixelImage], _ message: String, file: StaticString = #filePath, line: UInt = #line) {
+    let difference = pixelDifference(batched, alone)
+    print("batched vs alone, \(message): largest difference \(difference.largest), \(difference.differing) of \(difference.samples) samples differ")
+    XCTAssertLessThanOrEqual(difference.largest, 2, message, file: file, line: line)
+    XCTAssertLessThan(Double(difference.differing), 0.01 * Double(difference.samples), message, file: file, line: line)
+}
+
 /// Batched sampling runs give every request the images it gets alone (the library's batched entry points, and the
 /// server's worker batching queued jobs), and a cancelled member leaves the others' images unchanged.
 final class BatchingTests: XCTestCase {
@@ -48,7 +74,8 @@ final class BatchingTests: XCTestCase {
     }
 
     /// Text-to-image requests with different prompts, negative prompts, seeds and counts in one run, against
-    /// `StableDiffusionRun.generate` of each alone, on the tiny random-weight pipeline.
+    /// `StableDiffusionRun.generate` of each alone, on the tiny random-weight pipeline: within the bound of
+    /// ``assertWithinBatchBound(_:_:_:file:line:)`` (the noise is each request's own: another seed is far off).
     func testBatchedStableDiffusionRunGivesEachRequestItsLoneImages() throws {
         let pipeline = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: ServerFixtures.fixtures + "/sd-pipeline/tiny"))
         for (scheduler, scale) in [(String?.none, 7.5), ("euler-ancestral", 5), ("dpm", 1), ("ddpm", 3)] {
@@ -65,19 +92,22 @@ final class BatchingTests: XCTestCase {
                     request.height = 24
                     return request
                 }
-            var steps = 0
+            var steps = 0, stepCount = 0
             let batched = try StableDiffusionRun.generateBatch(requests, pipeline: pipeline, onStep: { step in
                 steps += 1
+                stepCount = step.count
                 XCTAssertEqual(step.latents.shape[0], 4)
                 XCTAssertEqual(step.rows, [0..<1, 1..<3, 3..<4])
             })
-            XCTAssertEqual(steps, 3)
+            XCTAssertEqual(steps, stepCount)
+            XCTAssertEqual(steps, try StableDiffusionRun.generate(requests[0], pipeline: pipeline).steps)
             for (request, output) in zip(requests, batched) {
                 let alone = try StableDiffusionRun.generate(request, pipeline: pipeline).images
                 XCTAssertEqual(output.images.count, request.count)
-                XCTAssertEqual(output.images, alone, "\(scheduler ?? "PNDM") scale \(scale) seed \(request.seed): the batched images are the lone run's")
+                assertWithinBatchBound(output.images, alone, "\(scheduler ?? "PNDM") scale \(scale) seed \(request.seed)")
             }
-            XCTAssertNotEqual(batched[0].images[0], batched[2].images[0], "same prompt, other seed")
+            let otherSeed = pixelDifference([batched[0].images[0]], [batched[2].images[0]])
+            XCTAssertGreaterThan(otherSeed.differing, otherSeed.samples / 2, "same prompt, other seed: most samples differ")
         }
     }
 
@@ -182,7 +212,7 @@ final class BatchingTests: XCTestCase {
     }
 
     /// A1111's `batch_size` × `n_iter`: image i from seed + i, `all_seeds` listing them, each image's PNG naming its seed,
-    /// and image i equal to a request of one image with seed + i (the n_iter images ran as one batched run).
+    /// and image i a request of one image with seed + i (the four images ran as one batched run: within the batch bound).
     func testAutomatic1111BatchSizeTimesIterationsUsesSeedPlusIndex() async throws {
         let server = DiffuseServer(models: [try ServerFixtures.stableDiffusionModel()])
         try await withRouter(server) { client in
@@ -209,7 +239,7 @@ final class BatchingTests: XCTestCase {
                 let single = try await client.send(.post, "/sdapi/v1/txt2img", json: one)
                 XCTAssertEqual(single.status, .ok, single.text)
                 let alone = try PNG.decode(pngBytes((single.jsonObject["images"] as? [String])?.first))
-                XCTAssertEqual(try PNG.decode(pngBytes(images[index])), alone, "image \(index) is seed \(100 + index)'s image")
+                assertWithinBatchBound([try PNG.decode(pngBytes(images[index]))], [alone], "A1111 image \(index) and seed \(100 + index) alone")
             }
             XCTAssertNotEqual(images[0], images[1])
         }

@@ -94,9 +94,9 @@ final class GuidanceRoutesTests: XCTestCase {
     }
 
     /// Classifier guidance of a pixel model by the classifier's name: `diffuse sample --classifier`'s images, and
-    /// log p(class | x_t) in every step event.
+    /// log p(class | x_t) in every step event. (The classifier fixture was trained on 1,000 linear-β timesteps: the model's.)
     func testClassifierGuidedJobMatchesTheCommandLineAndReportsLogProbability() async throws {
-        let folder = try ServerFixtures.pixelFolder(self)
+        let folder = try ServerFixtures.pixelFolder(self, steps: 1000)
         let server = DiffuseServer(models: [try ServedModel.load(folder: folder)], resources: try Self.resources())
         var request = SampleRequest(pipeline: folder)
         request.output = nil

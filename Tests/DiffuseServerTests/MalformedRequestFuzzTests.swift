@@ -151,6 +151,8 @@ final class MalformedRequestFuzzTests: XCTestCase {
                 XCTAssertFalse(response.message.isEmpty, "\(request.kind) \(request.uri): a message")
                 kinds[request.kind, default: 0] += 1
             }
+            print("malformed requests: \(requests.count), each answered 4xx with a message; by kind: "
+                  + kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             XCTAssertGreaterThanOrEqual(requests.count, 1000)
             XCTAssertEqual(Set(kinds.keys), ["broken JSON", "wrong type", "bad number", "oversized", "garbage base64", "unknown sampler",
                                              "unknown model", "unknown resource", "path traversal", "not an object"], "\(kinds)")
