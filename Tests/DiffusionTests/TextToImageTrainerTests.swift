@@ -29,7 +29,8 @@ final class TextToImageTrainerTests: XCTestCase {
         XCTAssertEqual(cache.rows.count, TextToImageFixtures.captionWords.count + 1, "each distinct caption once, and the empty prompt")
         let prompts = ["a green bag", "", "a red shirt"]
         let fresh = try trainer.pipeline.encodePrompt(prompts, classifierFreeGuidance: false).prompt
-        XCTAssertEqual(try cache.embeddings(for: prompts).toArray(), fresh.toArray())
+        XCTAssertLessThan(StableDiffusionParityTests.relativeError(try cache.embeddings(for: prompts), fresh), 1e-6,
+                          "the cached rows are the text encoder's output (computed in other batches)")
         XCTAssertThrowsError(try cache.embeddings(for: ["a caption never seen"]))
     }
 
@@ -57,12 +58,12 @@ final class TextToImageTrainerTests: XCTestCase {
     }
 
     /// Generates two images of a fixed prompt with `pipeline` from seed 3.
-    static func generate(_ pipeline: StableDiffusionPipeline) throws -> Tensor {
+    static func generate(_ pipeline: StableDiffusionPipeline, scheduler: SchedulerKind? = .ddim) throws -> Tensor {
         var parameters = StableDiffusionParameters(prompt: "a red shirt")
         parameters.imagesPerPrompt = 2
         parameters.steps = 4
         parameters.guidanceScale = 3
-        parameters.scheduler = .ddim
+        parameters.scheduler = scheduler
         parameters.height = 32
         parameters.width = 32
         var generator = RandomGenerator(seed: 3)
@@ -96,7 +97,8 @@ final class TextToImageTrainerTests: XCTestCase {
         XCTAssertEqual(loaded.unet.configuration.blockOutChannels, [32, 64])
         XCTAssertEqual(type(of: loaded.scheduler).className, SchedulerKind.dpmSolverMultistep.rawValue)
         trainer.unet.eval()
-        XCTAssertEqual(try Self.generate(loaded).toArray(), try Self.generate(trainer.pipeline).toArray())
+        XCTAssertEqual(try Self.generate(loaded, scheduler: nil).toArray(), try Self.generate(trainer.pipeline, scheduler: nil).toArray(),
+                       "the folder's DPM-Solver++ with the weights trained")
     }
 
     func testFineTunedPipelineWithEMASavesTheAverage() throws {
