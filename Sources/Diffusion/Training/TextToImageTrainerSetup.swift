@@ -68,7 +68,8 @@ enum TextToImageSetup {
     /// The training data by name or folder.
     static func dataset(_ options: TextToImageTrainingOptions) throws -> Dataset {
         if [CaptionedTintedDataset.name, "captioned_tinted_fashion_mnist"].contains(options.dataset.lowercased()) {
-            return try CaptionedTintedDataset.fashionMNIST(training: true, limit: options.maxTrainSamples, seed: options.seed)
+            return try CaptionedTintedDataset.fashionMNIST(training: true, limit: options.maxTrainSamples, seed: options.seed,
+                                                           heldOutPairs: Set(options.heldOutPairs))
         }
         let dataset = try Datasets.open(options.dataset, training: true, limit: options.maxTrainSamples)
         if let limit = options.maxTrainSamples, limit < dataset.count { return PrefixDataset(base: dataset, count: limit) }

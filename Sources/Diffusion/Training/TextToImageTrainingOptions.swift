@@ -67,6 +67,8 @@ public struct TextToImageTrainingOptions: Equatable, Sendable {
     public var dataset = CaptionedTintedDataset.name
     /// `max_train_samples`: use only the first N examples.
     public var maxTrainSamples: Int?
+    /// Foreground colour–item pairs the captioned dataset never shows (none by default).
+    public var heldOutPairs: [CaptionedTintedDataset.ColoredItem] = []
     /// `resolution`: the square image side (nil: the UNet's `sample_size` × the VAE's factor, or 32 from scratch).
     public var resolution: Int?
     /// `random_flip`: each draw takes the horizontally flipped image with probability 0.5 (both latents are cached).
