@@ -63,7 +63,7 @@ public struct VAETrainingOptions: Codable, Equatable, Sendable {
     public var gradientAccumulationSteps = 1
     /// Optimizer steps (the default, with the `small` preset at 32×32 and batch 32, is
     /// about 4 minutes on two cores: Benchmarks/vae-training.md).
-    public var steps = 700
+    public var steps = 1100
     /// Peak AdamW learning rate.
     public var learningRate = 2e-3
     /// The schedule after the warm-up (diffusers' names).
