@@ -40,7 +40,7 @@ struct TrainVAE: ParsableCommand {
     @Option(help: "Optimizer steps (1100: about 4 minutes for the small preset at 32×32 on two cores).") var steps = 1100
     @Option(help: "Peak AdamW learning rate.") var learningRate = 2e-3
     @Option(help: "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.") var lrScheduler = "cosine"
-    @Option(help: "Warm-up steps (default 20, or 5% of fewer than 400 steps).") var warmupSteps: Int?
+    @Option(help: "Warm-up steps.") var warmupSteps = 20
     @Option(help: "AdamW weight decay.") var weightDecay = 0.0
     @Option(help: "Clip gradients to this global norm (0: no clipping).") var maxGradNorm = 1.0
     @Option(help: "Reconstruction term: l1 or mse.") var reconstructionLoss = VAEReconstructionLoss.mse
