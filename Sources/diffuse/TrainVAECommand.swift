@@ -35,12 +35,12 @@ struct TrainVAE: ParsableCommand {
     @Option(help: "Side of the square training images.") var resolution = 32
     @Option(help: "Image channels (default: the data's).") var channels: Int?
     @Flag(help: "Flip training images left–right at random.") var randomFlip = false
-    @Option(help: "Images per micro-batch.") var batchSize = 64
+    @Option(help: "Images per micro-batch.") var batchSize = 32
     @Option(help: "Micro-batches per optimizer step.") var gradientAccumulationSteps = 1
-    @Option(help: "Optimizer steps.") var steps = 1000
-    @Option(help: "Peak AdamW learning rate.") var learningRate = 1e-3
+    @Option(help: "Optimizer steps (1100: about 4 minutes for the small preset at 32×32 on two cores).") var steps = 1100
+    @Option(help: "Peak AdamW learning rate.") var learningRate = 2e-3
     @Option(help: "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.") var lrScheduler = "cosine"
-    @Option(help: "Warm-up steps (default 5% of the steps).") var warmupSteps: Int?
+    @Option(help: "Warm-up steps.") var warmupSteps = 20
     @Option(help: "AdamW weight decay.") var weightDecay = 0.0
     @Option(help: "Clip gradients to this global norm (0: no clipping).") var maxGradNorm = 1.0
     @Option(help: "Reconstruction term: l1 or mse.") var reconstructionLoss = VAEReconstructionLoss.mse
@@ -49,13 +49,13 @@ struct TrainVAE: ParsableCommand {
     @Option(help: "EMA maximum decay.") var emaMaxDecay = 0.999
     @Option(help: "no, fp16 or bf16: storage of the activations saved for backward.") var mixedPrecision = "no"
     @Option(help: "Seed of initialisation, data order, flips and posterior samples.") var seed: UInt64 = 0
-    @Option(help: "A checkpoint every N steps (0: only at the end and on Ctrl-C).") var checkpointingSteps = 500
+    @Option(help: "A checkpoint every N steps (0: only at the end and on Ctrl-C).") var checkpointingSteps = 250
     @Option(help: "Keep at most N checkpoints.") var checkpointsTotalLimit = 2
     @Option(help: ArgumentHelp("Continue from a checkpoint: latest, a checkpoint folder name, or a path.", valueName: "checkpoint"))
     var resume: String?
     @Flag(help: "Start again in an output folder that holds an earlier run.") var overwriteOutputDir = false
     @Option(help: "Print loss, reconstruction and KL every N steps.") var logEvery = 50
-    @Option(help: "A grid of reconstructions every N steps (0: only at the end).") var gridEvery = 250
+    @Option(help: "A grid of reconstructions every N steps (0: only at the end).") var gridEvery = 100
     @Option(help: "Images in a reconstruction grid.") var gridImages = 8
     @Option(help: "Training images whose latents measure scaling_factor (0: keep 0.18215).") var scalingFactorImages = 1024
     @Option(help: "Held-out test images to measure at the end (0: none).") var evaluationImages = 1000

@@ -196,3 +196,80 @@ final class VAETrainerTests: XCTestCase {
         }
     }
 }
+
+/// A stand-in process group that records the trainer's calls (and averages nothing).
+final class RecordingGroup: DataParallelGroup {
+    let rank: Int, size: Int
+    var calls: [String] = []
+    var broadcastCounts: [Int] = []
+
+    init(rank: Int, size: Int) {
+        self.rank = rank
+        self.size = size
+    }
+
+    func broadcast(_ tensors: [Tensor], from root: Int) throws {
+        calls.append("broadcast")
+        broadcastCounts.append(tensors.count)
+    }
+    func averageGradients(of parameters: [Tensor]) throws {
+        XCTAssertTrue(parameters.allSatisfy { $0.grad != nil }, "gradients are averaged after the backward passes")
+        calls.append("average-gradients")
+    }
+    func average(_ values: [Float]) throws -> [Float] { values }
+    func barrier() throws { calls.append("barrier") }
+}
+
+final class VAETrainerDataParallelTests: XCTestCase {
+    /// Parameters broadcast once after they are built; gradients averaged once per optimizer
+    /// step (after the last micro-batch); a barrier after every write.
+    func testHooksAreCalledAtTheirPoints() throws {
+        let folder = try TrainingFixtures.temporaryFolder(self)
+        let group = RecordingGroup(rank: 0, size: 1)
+        var options = VAETrainerFixtures.options(outputDir: folder, steps: 4, checkpointing: 2)
+        options.gridEvery = 3
+        let trainer = try VAETrainer(options: options, dataset: VAETrainerFixtures.dataset(), group: group)
+        trainer.progressOutput = nil
+        trainer.handleSignals = false
+        trainer.message = { _ in }
+        XCTAssertEqual(group.calls, ["broadcast"])
+        XCTAssertEqual(group.broadcastCounts, [trainer.model.parameters().count])
+        _ = try trainer.run()
+        XCTAssertEqual(group.calls.filter { $0 == "average-gradients" }.count, 4, "one per optimizer step, not per micro-batch")
+        // After the broadcast: the start barrier, then per step the average; checkpoint at 2 (barrier), grid at 3 (barrier),
+        // and at the end the grid, the checkpoint and vae/ (a barrier each).
+        XCTAssertEqual(Array(group.calls.dropFirst()), ["barrier", "average-gradients", "average-gradients", "barrier",
+                                                        "average-gradients", "barrier", "average-gradients",
+                                                        "barrier", "barrier", "barrier"])
+    }
+
+    /// A rank other than 0 trains the same way and writes nothing.
+    func testOnlyTheWriterWritesFiles() throws {
+        let folder = try TrainingFixtures.temporaryFolder(self)
+        let group = RecordingGroup(rank: 1, size: 2)
+        let trainer = try VAETrainer(options: VAETrainerFixtures.options(outputDir: folder, steps: 3, checkpointing: 1),
+                                     dataset: VAETrainerFixtures.dataset(), group: group)
+        trainer.progressOutput = nil
+        trainer.handleSignals = false
+        trainer.message = { _ in }
+        let summary = try trainer.run()
+        XCTAssertEqual(summary.step, 3)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])
+    }
+
+    /// `--mixed-precision bf16` stores saved activations in bfloat16: the losses stay close to float32's.
+    func testMixedPrecisionRunsClose() throws {
+        var losses: [MixedPrecision: [Float]] = [:]
+        for precision in [MixedPrecision.no, .bf16] {
+            var options = VAETrainerFixtures.options(outputDir: try TrainingFixtures.temporaryFolder(self), steps: 3)
+            options.mixedPrecision = precision
+            let trainer = try VAETrainerFixtures.trainer(options)
+            trainer.onStep = { losses[precision, default: []].append($0.loss) }
+            _ = try trainer.run()
+        }
+        let full = try XCTUnwrap(losses[.no]), reduced = try XCTUnwrap(losses[.bf16])
+        XCTAssertEqual(full.count, 3)
+        XCTAssertEqual(full[0], reduced[0], accuracy: full[0] * 1e-6, "the first forward does not depend on saved activations")
+        for (a, b) in zip(full, reduced) { XCTAssertEqual(a, b, accuracy: a * 0.05) }
+    }
+}
