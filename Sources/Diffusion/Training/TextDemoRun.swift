@@ -21,12 +21,12 @@ public enum TextDemoRun {
         /// Where everything goes: `clip/`, `vae/`, `pipeline/`, grids, `evaluation.json`.
         public var outputDir = "output/demo-text"
         /// CLIP steps (batches of `clipBatchSize`).
-        public var clipSteps = 600
+        public var clipSteps = 400
         public var clipBatchSize = 256
-        /// VAE steps (batches of 64).
-        public var vaeSteps = 1500
+        /// VAE steps (batches of 32).
+        public var vaeSteps = 1100
         /// UNet steps (batches of `unetBatchSize`).
-        public var unetSteps = 3000
+        public var unetSteps = 1200
         public var unetBatchSize = 64
         /// Pairs no training set shows.
         public var heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs
@@ -127,6 +127,10 @@ public enum TextDemoRun {
             var vae = VAETrainingOptions()
             vae.outputDir = options.vaeFolder
             vae.steps = options.vaeSteps
+            // train-vae's recipe for the small preset (Benchmarks/vae-training.md): batches of 32, lr 2e-3, 20 warm-up steps.
+            vae.batchSize = 32
+            vae.learningRate = 2e-3
+            vae.warmupSteps = 20
             vae.resolution = 32
             vae.seed = options.seed
             vae.heldOutPairs = heldOut
