@@ -105,9 +105,8 @@ public final class TextToImageTrainer {
             throw TrainingError.data("--resolution \(resolution) is not a multiple of the VAE's factor \(pipeline.vaeScaleFactor)")
         }
         self.resolution = resolution
-        if options.gradientCheckpointing {
-            say("note: --gradient-checkpointing is accepted but UNet2DConditionModel has no gradient checkpointing yet; activations are kept")
-        }
+        // diffusers' `unet.enable_gradient_checkpointing()`: blocks recomputed in the backward pass instead of kept.
+        pipeline.unet.gradientCheckpointing = options.gradientCheckpointing
 
         // Frozen parts, trainable parts.
         pipeline.vae.freeze()
