@@ -66,11 +66,16 @@ def main():
     parser.add_argument("--only", default="")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--results", default="")
+    parser.add_argument("--warmups", type=int, default=1,
+                        help="untimed runs before the timed ones (0 for the minutes-long whole-generation rows)")
     arguments = parser.parse_args()
 
     environment = dict(os.environ, DIFFUSE_NUM_THREADS="2", OMP_NUM_THREADS="2")
     names = subprocess.run([arguments.binary, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    selected = [name for name in names if name.startswith(arguments.only)]
+    if "," in arguments.only and all(part in names for part in arguments.only.split(",")):
+        selected = arguments.only.split(",")  # exact names, e.g. the timing rows without their -rss rows
+    else:
+        selected = [name for name in names if name.startswith(arguments.only)]
     if not selected and ":" in arguments.only:
         selected = arguments.only.split(",")  # shaped convolutions, e.g. conv-bwd:64:256:256:4
     if not selected:
@@ -95,7 +100,8 @@ def main():
             timings = {"diffuse": [], "pytorch": []}
             for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
                 worker.ask(f"setup {name}")
-                worker.ask(f"run {name}")  # warm-up
+                for _ in range(arguments.warmups):
+                    worker.ask(f"run {name}")  # warm-up
             for _ in range(arguments.repeats):
                 for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
                     time.sleep(0.05)  # let the other side's threads go idle
@@ -109,6 +115,8 @@ def main():
         if name in FLOPS:
             row += f" diffuse_gflops={FLOPS[name] / diffuse_ms / 1e6:.1f} pytorch_gflops={FLOPS[name] / pytorch_ms / 1e6:.1f}"
         row += per_step_columns(name, diffuse_ms, pytorch_ms)
+        if arguments.warmups != 1 or arguments.repeats < 3:
+            row += f" repeats={arguments.repeats} warmups={arguments.warmups}"
         print(row, flush=True)
         rows.append(row)
 

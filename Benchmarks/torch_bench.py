@@ -250,6 +250,53 @@ def sd_unet_small_train(batch=8):
     return run
 
 
+SMALL_TEXT_TO_IMAGE_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 128),
+                                attention_head_dim=8, cross_attention_dim=128, norm_num_groups=32,
+                                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def text_to_image_train_step(model, parameters, batch, size, context_shape):
+    """The step of diffusers' train_text_to_image(_lora).py on cached latents and text-encoder output:
+    UNet forward on the noisy latents, MSE to the noise, backward, AdamW (the scripts' weight decay 1e-2)."""
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    latents = torch.randn(batch, 4, size, size)
+    noise = torch.randn(batch, 4, size, size)
+    context = torch.randn(batch, *context_shape)
+    t = torch.randint(0, 1000, (batch,))
+
+    def run():
+        prediction = model(latents + noise, t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(prediction.float(), noise.float(), reduction="mean")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return run
+
+
+def sd_small_train(batch=32):
+    """sd-small-train-b32: the small text-to-image UNet (4x8x8 latents, (64, 128, 128), 77x128 context), all parameters."""
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**SMALL_TEXT_TO_IMAGE_UNET).train()
+    return text_to_image_train_step(model, model.parameters(), batch, 8, (77, 128))
+
+
+def sd15_lora_train():
+    """sd15-lora-train-256: SD 1.5's UNet (random weights, frozen) with peft rank-4 adapters on to_q/to_k/to_v/to_out.0,
+    gradient checkpointing, 4x32x32 latents, batch 1, 77x768 context, as train_text_to_image_lora.py sets it up."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**SD15_UNET)
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    model.enable_gradient_checkpointing()
+    model.train()
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return text_to_image_train_step(model, parameters, 1, 32, (77, 768))
+
+
 WORKLOADS = {
     "gemm-512": lambda: gemm(512),
     "gemm-1024": lambda: gemm(1024),
@@ -284,6 +331,8 @@ WORKLOADS = {
     "sd15-unet-b2-64-w16": sd15_unet,
     "sd15-unet-b2-64-bf16": sd15_unet,
     "sd-unet-small-train-b8": sd_unet_small_train,
+    "sd-small-train-b32": sd_small_train,
+    "sd15-lora-train-256": sd15_lora_train,
 }
 for _m, _k, _n in SD_PRODUCTS:
     for _mode in ("", "-w16", "-bf16"):

@@ -3,7 +3,8 @@
 
 Every answer must be 200 (served) or 429 (queue full, with Retry-After); anything else, or a lost
 connection, is counted as failed. Prints throughput, p50/p99 latency of the served requests and the
-server's resident memory at the start and the end.
+server's resident memory at the start and the end, and from /metrics how many jobs ran in batched
+sampling runs (start the server with --max-batch 1 to measure one job at a time).
 
     python3 Scripts/serve-load.py --url http://127.0.0.1:7860 --pid PID [--clients 32] [--seconds 60] \
         [--route openai|a1111|jobs] [--steps 2] [--model NAME]
@@ -18,6 +19,23 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def metric_values(url, names):
+    """The values of the named counters in the server's /metrics (0 when absent)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    values = {name: 0.0 for name in names}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] in values:
+            values[fields[0]] = float(fields[1])
+    return values
+
+
+BATCH_COUNTERS = ["diffuse_batched_runs_total", "diffuse_batched_jobs_total", "diffuse_batched_images_total", "diffuse_jobs_total{state=\"succeeded\"}"]
 
 
 def request_for(route, steps, model=None):
@@ -85,6 +103,7 @@ def main():
     results = {"served": [], "rejected": 0, "failed": 0, "statuses": {}, "errors": []}
     lock = threading.Lock()
     rss_start = rss_kib(arguments.pid)
+    counters_start = metric_values(arguments.url, BATCH_COUNTERS)
     deadline = time.time() + arguments.seconds
     threads = [threading.Thread(target=client, args=(arguments.url, arguments.route, arguments.steps, arguments.model, deadline, results, lock))
                for _ in range(arguments.clients)]
@@ -95,12 +114,17 @@ def main():
         thread.join()
     wall = time.time() - began
     rss_end = rss_kib(arguments.pid)
+    counters = {name: value - counters_start[name] for name, value in metric_values(arguments.url, BATCH_COUNTERS).items()}
     served = sorted(results["served"])
     percentile = lambda p: served[min(len(served) - 1, int(p * len(served)))] if served else float("nan")
     print(f"route {arguments.route}, {arguments.clients} clients, {wall:.1f} s")
     print(f"served {len(served)} ({len(served) / wall:.2f}/s), rejected 429 {results['rejected']}, failed {results['failed']} {results['statuses']}")
     print(f"latency of served: p50 {percentile(0.5) * 1000:.0f} ms, p99 {percentile(0.99) * 1000:.0f} ms")
     print(f"server RSS: start {rss_start / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB")
+    runs, jobs, images = (counters[name] for name in BATCH_COUNTERS[:3])
+    succeeded = counters[BATCH_COUNTERS[3]]
+    print(f"batched: {jobs:.0f} of {succeeded:.0f} succeeded jobs in {runs:.0f} batched runs "
+          f"({images / runs if runs else 0:.2f} images per batched run)")
     if results["errors"]:
         print("errors:", results["errors"][:5])
 

@@ -153,7 +153,7 @@ func shapedGemm(_ name: String) -> Workload? {
 }
 
 /// Rows that compare peak memory (the driver runs each side in a fresh process).
-let memoryRows = ["unet-mnist-train-b128-rss"] + unetConditionMemoryRows + pipelineMemoryRows
+let memoryRows = ["unet-mnist-train-b128-rss"] + unetConditionMemoryRows + pipelineMemoryRows + textToImageTrainingMemoryRows
 
 /// The course's MNIST UNet: 28×28, 1 channel, (32, 64, 64), Down/AttnDown/AttnDown.
 func courseUNet() -> UNet2DModel {
@@ -241,6 +241,7 @@ workloads += engineWorkloads
 workloads += unetConditionWorkloads
 workloads += autoencoderWorkloads
 workloads += pipelineWorkloads
+workloads += textToImageTrainingWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)

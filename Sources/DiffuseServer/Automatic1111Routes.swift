@@ -90,7 +90,7 @@ extension DiffuseServer {
             return JSONResponse.make(object: [String: String]())
         }
         router.post("/sdapi/v1/interrupt") { _, _ in
-            for worker in self.workers.values { worker.runningJob?.cancel(reason: "interrupted") }
+            for worker in self.workers.values { worker.runningJobs.forEach { $0.cancel(reason: "interrupted") } }
             return JSONResponse.make(object: [String: String]())
         }
         router.get("/sdapi/v1/progress") { request, _ in
@@ -145,12 +145,20 @@ extension DiffuseServer {
             fields.width = nil
             fields.height = nil
         }
-        let order = try OrderBuilder.make(fields, model: model, limits: limits)
+        // The web UI's seeds: image i of batch_size × n_iter (i = iteration × batch_size + position) is made from seed + i
+        // (modules/processing.py: all_seeds = [seed + x for x in range(len(all_prompts))]), each with its own noise.
+        var order = try OrderBuilder.make(fields, model: model, limits: limits)
+        order.seedPerImage = true
         let job = try await runToEnd(order, model: model)
+        let count = order.count
         let info: [String: Any] = [
-            "prompt": body.prompt ?? "", "negative_prompt": body.negativePrompt ?? "", "seed": order.seed,
-            "all_seeds": Array(repeating: order.seed, count: order.count), "steps": order.steps, "sd_model_name": model.name,
-            "infotexts": Array(repeating: order.parameterLine, count: order.count), "job_timestamp": Self.timestamp(job.created),
+            "prompt": body.prompt ?? "", "all_prompts": Array(repeating: body.prompt ?? "", count: count),
+            "negative_prompt": body.negativePrompt ?? "", "all_negative_prompts": Array(repeating: body.negativePrompt ?? "", count: count),
+            "seed": order.seed, "all_seeds": order.allSeeds, "subseed": -1, "all_subseeds": Array(repeating: -1, count: count),
+            "subseed_strength": 0, "width": body.width ?? model.width, "height": body.height ?? model.height,
+            "sampler_name": body.samplerName ?? body.samplerIndex ?? "", "cfg_scale": body.cfgScale ?? 7.5, "steps": order.steps,
+            "batch_size": batch, "n_iter": iterations, "index_of_first_image": 0, "sd_model_name": model.name,
+            "infotexts": (0..<count).map { order.parameterLine(image: $0) }, "job_timestamp": Self.timestamp(job.created),
         ]
         let infoText = String(decoding: (try? JSONSerialization.data(withJSONObject: info, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
         var parameters = object

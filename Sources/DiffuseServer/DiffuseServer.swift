@@ -10,19 +10,24 @@ public final class DiffuseServer: Sendable {
     public let limits: ServerLimits
     /// When set, every route but `/healthz` needs `Authorization: Bearer KEY` (or `?api_key=KEY` for the page).
     public let apiKey: String?
+    /// The LoRAs, CLIP models and classifiers requests may name.
+    public let resources: ServerResources
     public let metrics: ServerMetrics
     let workers: [String: ModelWorker]
     let jobs: JobTable
     /// The model of A1111 requests that name none (set by `POST /sdapi/v1/options`).
     let textModelChoice: ModelChoice
 
-    public init(models: [ServedModel], limits: ServerLimits = ServerLimits(), apiKey: String? = nil) {
+    public init(models: [ServedModel], limits: ServerLimits = ServerLimits(), apiKey: String? = nil,
+                resources: ServerResources = ServerResources()) {
         self.models = models
+        self.resources = resources
         self.limits = limits
         self.apiKey = apiKey.flatMap { $0.isEmpty ? nil : $0 }
         let metrics = ServerMetrics()
         self.metrics = metrics
-        workers = Dictionary(models.map { ($0.name, ModelWorker(model: $0, capacity: limits.queueCapacity, metrics: metrics)) },
+        workers = Dictionary(models.map { ($0.name, ModelWorker(model: $0, capacity: limits.queueCapacity,
+                                                                   maximumBatch: limits.maximumBatch, metrics: metrics)) },
                              uniquingKeysWith: { first, _ in first })
         jobs = JobTable(kept: limits.keptJobs)
         textModelChoice = ModelChoice(models.first { $0.kind.takesPrompt }?.name)

@@ -30,6 +30,19 @@ struct GenerationFields {
     var mask: String?
     var strength: Double?
     var previewEvery: Int?
+    /// LoRAs by the names the server was started with (`--lora`), and their scales (Stable Diffusion models).
+    var loras: [(name: String, scale: Double)] = []
+    /// A CLIP model by name (`--clip-model`): Stable Diffusion CLIP guidance, or pixel models' `clip=` guides.
+    var clipModel: String?
+    /// Stable Diffusion CLIP guidance's scale (`clip_guidance_scale`; needs `clipModel`).
+    var clipGuidanceScale: Double?
+    /// What CLIP compares with (nil: the prompt).
+    var clipPrompt: String?
+    /// CLIP cut-outs per image and step.
+    var clipCutouts: Int?
+    /// A classifier by name (`--classifier`): classifier guidance of pixel models towards `classes`.
+    var classifier: String?
+    var classifierScale: Double?
 }
 
 /// A1111 sampler names and Diffuse's schedulers.

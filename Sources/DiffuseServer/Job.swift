@@ -27,6 +27,7 @@ public final class Job: @unchecked Sendable {
     private var finished: Date?
     private var cancelRequested = false
     private var cancelOnDisconnect = true
+    private var batchedImages: Int?
     private var listeners: [UUID: AsyncStream<JobEvent>.Continuation] = [:]
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
@@ -59,7 +60,7 @@ public final class Job: @unchecked Sendable {
             JobSnapshot(id: id, model: model.name, state: state, step: step, steps: steps, seed: order.seed, info: order.parameterLine,
                         seconds: finished.map { $0.timeIntervalSince(created) },
                         images: includingImages && state == .succeeded ? images.map { Data($0).base64EncodedString() } : nil,
-                        error: error)
+                        error: error, batchedImages: batchedImages)
         }
     }
 
@@ -125,6 +126,11 @@ public final class Job: @unchecked Sendable {
         }
         if started { publish(.started(steps: steps)) }
         return started
+    }
+
+    /// Notes that the job runs in a batched run of `images` images.
+    func markBatched(images: Int) {
+        lock.withLock { batchedImages = images }
     }
 
     func record(_ progress: StepProgress) {

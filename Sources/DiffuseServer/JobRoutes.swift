@@ -18,6 +18,28 @@ struct JobBody: Decodable {
         }
     }
 
+    /// A LoRA: `"name"`, `"name:0.8"` or `{"name": "name", "scale": 0.8}`.
+    struct LoRA: Decodable {
+        let name: String
+        let scale: Double
+
+        private enum Keys: String, CodingKey { case name, scale }
+
+        init(from decoder: Decoder) throws {
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                if let colon = text.lastIndex(of: ":"), let scale = Double(text[text.index(after: colon)...]) {
+                    (name, self.scale) = (String(text[..<colon]), scale)
+                } else {
+                    (name, scale) = (text, 1)
+                }
+            } else {
+                let container = try decoder.container(keyedBy: Keys.self)
+                name = try container.decode(String.self, forKey: .name)
+                scale = try container.decodeIfPresent(Double.self, forKey: .scale) ?? 1
+            }
+        }
+    }
+
     var model: String?
     var prompt: String?
     var negativePrompt: String?
@@ -42,6 +64,13 @@ struct JobBody: Decodable {
     var mask: String?
     var strength: Double?
     var previewEvery: Int?
+    var loras: [LoRA]?
+    var clipModel: String?
+    var clipGuidanceScale: Double?
+    var clipPrompt: String?
+    var clipCutouts: Int?
+    var classifier: String?
+    var classifierScale: Double?
     /// Cancel the job when the last events listener disconnects (default true).
     var cancelOnDisconnect: Bool?
 
@@ -67,6 +96,13 @@ struct JobBody: Decodable {
         fields.mask = mask
         fields.strength = strength
         fields.previewEvery = previewEvery
+        fields.loras = (loras ?? []).map { ($0.name, $0.scale) }
+        fields.clipModel = clipModel
+        fields.clipGuidanceScale = clipGuidanceScale
+        fields.clipPrompt = clipPrompt
+        fields.clipCutouts = clipCutouts
+        fields.classifier = classifier
+        fields.classifierScale = classifierScale
         return fields
     }
 }
@@ -85,19 +121,28 @@ struct ModelDescription: Encodable {
     let running: Bool
 }
 
+/// What `GET /api/v1/models` answers: the models, and the LoRAs, CLIP models and classifiers requests may name.
+struct ModelList: Encodable {
+    let models: [ModelDescription]
+    let loras: [String]
+    let clipModels: [String]
+    let classifiers: [String]
+}
+
 extension DiffuseServer {
     func addJobRoutes(to router: Router<BasicRequestContext>) {
         router.get("/api/v1/models") { _, _ in
-            JSONResponse.make(["models": self.models.map { model in
+            JSONResponse.make(ModelList(models: self.models.map { model in
                 ModelDescription(name: model.name, kind: model.kind, takesPrompt: model.kind.takesPrompt, width: model.width, height: model.height,
                                  channels: model.channels, classes: model.classNames, scheduler: model.schedulerName,
                                  queued: self.workers[model.name]?.waitingCount ?? 0, running: self.workers[model.name]?.runningJob != nil)
-            }])
+            }, loras: self.resources.loras.keys.sorted(), clipModels: self.resources.clipModels.keys.sorted(),
+               classifiers: self.resources.classifiers.keys.sorted()))
         }
         router.post("/api/v1/jobs") { request, _ in
             let (body, _) = try await self.decodeBody(JobBody.self, from: request)
             let model = try self.model(named: body.model, wantsPrompt: body.prompt != nil)
-            let order = try OrderBuilder.make(body.fields, model: model, limits: self.limits)
+            let order = try OrderBuilder.make(body.fields, model: model, limits: self.limits, resources: self.resources)
             let (job, position) = try self.submit(order, model: model)
             job.cancelsOnDisconnect = body.cancelOnDisconnect ?? true
             var snapshot = job.snapshot(includingImages: false)

@@ -25,4 +25,6 @@ public struct JobSnapshot: Codable, Sendable {
     public var images: [String]?
     /// Why it failed or was cancelled.
     public var error: String?
+    /// Images in the batched sampling run that made this job's images, with other jobs' (nil: it ran alone).
+    public var batchedImages: Int?
 }

@@ -1,6 +1,7 @@
 import Foundation
 
-/// One thread per served model: runs its jobs one at a time from a bounded queue.
+/// One thread per served model: runs its jobs from a bounded queue, compatible waiting jobs together as one
+/// batched run (up to `maximumBatch` images), the others one at a time.
 public final class ModelWorker: @unchecked Sendable {
     /// The queue is full: the request should come back later.
     public struct QueueFull: Error {
@@ -9,16 +10,19 @@ public final class ModelWorker: @unchecked Sendable {
 
     public let model: ServedModel
     public let capacity: Int
+    /// The most images one batched run makes (1: every job runs alone).
+    public let maximumBatch: Int
     private let metrics: ServerMetrics
     private let condition = NSCondition()
     private var waiting: [Job] = []
-    private var current: Job?
+    private var current: [Job] = []
     private var stopping = false
     private var finished = false
 
-    init(model: ServedModel, capacity: Int, metrics: ServerMetrics) {
+    init(model: ServedModel, capacity: Int, maximumBatch: Int = 1, metrics: ServerMetrics) {
         self.model = model
         self.capacity = capacity
+        self.maximumBatch = maximumBatch
         self.metrics = metrics
         let thread = Thread { [self] in loop() }
         thread.name = "diffuse-worker-\(model.name)"
@@ -29,8 +33,11 @@ public final class ModelWorker: @unchecked Sendable {
     /// Jobs waiting (not the running one).
     public var waitingCount: Int { condition.withLock { waiting.count } }
 
-    /// The job sampling now.
-    public var runningJob: Job? { condition.withLock { current } }
+    /// The job sampling now (the first of a batch).
+    public var runningJob: Job? { condition.withLock { current.first } }
+
+    /// The jobs sampling now (several when batched).
+    public var runningJobs: [Job] { condition.withLock { current } }
 
     /// Queues a job; returns how many jobs are ahead of it.
     func submit(_ job: Job) throws -> Int {
@@ -40,7 +47,7 @@ public final class ModelWorker: @unchecked Sendable {
             guard waiting.count < capacity else { throw QueueFull(capacity: capacity) }
             waiting.append(job)
             condition.signal()
-            return waiting.count - 1 + (current == nil ? 0 : 1)
+            return waiting.count - 1 + (current.isEmpty ? 0 : 1)
         }
     }
 
@@ -49,7 +56,7 @@ public final class ModelWorker: @unchecked Sendable {
         let jobs: [Job] = condition.withLock {
             stopping = true
             condition.broadcast()
-            return waiting + (current.map { [$0] } ?? [])
+            return waiting + current
         }
         jobs.forEach { $0.cancel(reason: "the server is shutting down") }
         let deadline = Date().addingTimeInterval(timeout)
@@ -58,24 +65,41 @@ public final class ModelWorker: @unchecked Sendable {
         }
     }
 
+    /// The first waiting job and the waiting jobs that can share its batched run (in queue order, up to
+    /// `maximumBatch` images); under the lock.
+    private func takeBatch() -> [Job] {
+        let first = waiting.removeFirst()
+        guard maximumBatch > 1, first.order.count < maximumBatch, let key = JobBatchKey.of(first.order, model: model) else { return [first] }
+        var batch = [first]
+        var images = first.order.count
+        var index = 0
+        while index < waiting.count && images < maximumBatch {
+            let job = waiting[index]
+            if !job.currentState.isFinished, images + job.order.count <= maximumBatch, JobBatchKey.of(job.order, model: model) == key {
+                batch.append(waiting.remove(at: index))
+                images += job.order.count
+            } else {
+                index += 1
+            }
+        }
+        return batch
+    }
+
     private func loop() {
         while true {
-            let next: Job? = condition.withLock {
+            let next: [Job]? = condition.withLock {
                 while waiting.isEmpty && !stopping { condition.wait() }
                 guard !stopping else { return nil }
-                let job = waiting.removeFirst()
-                current = job
-                return job
+                current = takeBatch()
+                return current
             }
-            guard let job = next else { break }
-            if job.start() {
-                let outcome = JobRunner.run(job, metrics: metrics)
-                job.finish(outcome.state, images: outcome.images, error: outcome.error)
-            }
-            condition.withLock { current = nil }
+            guard let jobs = next else { break }
+            let started = jobs.filter { $0.start() }
+            JobRunner.run(started, maximumBatch: maximumBatch, metrics: metrics)
+            condition.withLock { current = [] }
         }
         condition.withLock {
-            current = nil
+            current = []
             finished = true
             condition.broadcast()
         }

@@ -44,6 +44,13 @@ enum OpenAPIDocument {
           "mask": { "type": "string", "format": "byte", "description": "Inpainting: base64 PNG mask for init_image (white repaints), the same size." },
           "strength": { "type": "number", "minimum": 0, "maximum": 1 },
           "preview_every": { "type": "integer", "minimum": 0 },
+          "loras": { "type": "array", "items": { "oneOf": [ { "type": "string", "description": "name or name:scale" }, { "type": "object", "properties": { "name": { "type": "string" }, "scale": { "type": "number" } }, "required": ["name"] } ] }, "description": "Stable Diffusion: LoRAs by the names the server was started with (--lora), unfused, for this job only." },
+          "clip_model": { "type": "string", "description": "A CLIP model the server was started with (--clip-model): Stable Diffusion CLIP guidance, or pixel models' clip=PROMPT guides." },
+          "clip_guidance_scale": { "type": "number", "minimum": 0, "description": "Stable Diffusion CLIP guidance scale (default 100)." },
+          "clip_prompt": { "type": "string", "description": "What CLIP compares with (default: the prompt)." },
+          "clip_cutouts": { "type": "integer", "minimum": 1, "maximum": 64 },
+          "classifier": { "type": "string", "description": "Pixel models: a classifier the server was started with (--classifier), steering towards classes." },
+          "classifier_scale": { "type": "number", "minimum": 0 },
           "cancel_on_disconnect": { "type": "boolean" }
         }
       },
@@ -55,7 +62,8 @@ enum OpenAPIDocument {
           "step": { "type": "integer" }, "steps": { "type": "integer" }, "seed": { "type": "integer" },
           "info": { "type": "string" }, "seconds": { "type": "number" },
           "images": { "type": "array", "items": { "type": "string", "format": "byte" } },
-          "error": { "type": "string" }
+          "error": { "type": "string" },
+          "batched_images": { "type": "integer", "description": "Images of the batched sampling run that made this job's (absent: it ran alone)." }
         }
       },
       "Automatic1111Request": {

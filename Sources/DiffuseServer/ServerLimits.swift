@@ -12,6 +12,8 @@ public struct ServerLimits: Sendable {
     public var maximumBodyBytes = 16 << 20
     /// Jobs waiting per model (beyond the running one); more are refused with 429.
     public var queueCapacity = 8
+    /// The most images one batched sampling run makes from compatible waiting jobs (1: every job runs alone).
+    public var maximumBatch = 8
     /// Finished jobs kept for `GET /api/v1/jobs/{id}`.
     public var keptJobs = 64
 

@@ -14,6 +14,9 @@ public final class ServerMetrics: @unchecked Sendable {
     private var latencySum = 0.0
     private var latencyCount = 0
     private var requests: [Int: Int] = [:]
+    private var batchedRuns = 0
+    private var batchedJobs = 0
+    private var batchedImages = 0
 
     public init() {}
 
@@ -28,6 +31,15 @@ public final class ServerMetrics: @unchecked Sendable {
     }
 
     func jobRejected() { lock.withLock { rejected += 1 } }
+
+    /// One batched sampling run of `jobs` jobs making `images` images.
+    func batchedRun(jobs: Int, images: Int) {
+        lock.withLock {
+            batchedRuns += 1
+            batchedJobs += jobs
+            batchedImages += images
+        }
+    }
 
     func stepsDone(_ count: Int, seconds: Double) {
         lock.withLock {
@@ -61,6 +73,15 @@ public final class ServerMetrics: @unchecked Sendable {
             lines.append("# HELP diffuse_steps_per_second Sampling steps per second of sampling time.")
             lines.append("# TYPE diffuse_steps_per_second gauge")
             lines.append("diffuse_steps_per_second \(stepSeconds > 0 ? Double(steps) / stepSeconds : 0)")
+            lines.append("# HELP diffuse_batched_runs_total Batched sampling runs (several jobs, or one job's images of several seeds).")
+            lines.append("# TYPE diffuse_batched_runs_total counter")
+            lines.append("diffuse_batched_runs_total \(batchedRuns)")
+            lines.append("# HELP diffuse_batched_jobs_total Jobs run in batched sampling runs.")
+            lines.append("# TYPE diffuse_batched_jobs_total counter")
+            lines.append("diffuse_batched_jobs_total \(batchedJobs)")
+            lines.append("# HELP diffuse_batched_images_total Images made by batched sampling runs.")
+            lines.append("# TYPE diffuse_batched_images_total counter")
+            lines.append("diffuse_batched_images_total \(batchedImages)")
             lines.append("# HELP diffuse_job_seconds Seconds from submission to result of succeeded jobs.")
             lines.append("# TYPE diffuse_job_seconds histogram")
             for (index, bound) in Self.latencyBuckets.enumerated() {

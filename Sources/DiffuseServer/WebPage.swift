@@ -64,6 +64,22 @@ enum WebPage {
     <div class="row"><div><input type="color" id="colour" value="#1ae680"></div>
       <div class="range"><input type="range" id="guideScale" min="0" max="200" step="1" value="40"><output id="guideScaleValue">40</output></div></div>
   </div>
+  <div id="loraFields" class="hidden">
+    <label for="lora">LoRA</label>
+    <div class="row"><div><select id="lora"></select></div>
+      <div class="range"><input type="range" id="loraScale" min="0" max="2" step="0.05" value="1"><output id="loraScaleValue">1</output></div></div>
+  </div>
+  <div id="clipFields" class="hidden">
+    <label for="clipModel">CLIP guidance</label>
+    <div class="row"><div><select id="clipModel"></select></div>
+      <div class="range"><input type="range" id="clipScale" min="0" max="1000" step="10" value="100"><output id="clipScaleValue">100</output></div></div>
+  </div>
+  <div id="classifierFields" class="hidden">
+    <label for="classifier">Classifier guidance</label>
+    <div class="row"><div><select id="classifier"></select></div>
+      <div class="range"><input type="range" id="classifierScale" min="0" max="20" step="0.5" value="3"><output id="classifierScaleValue">3</output></div></div>
+    <div id="classifierClassField"><label for="classifierClass">Class for the classifier</label><input type="text" id="classifierClass" value="0"></div>
+  </div>
   <label for="guidanceScale">Guidance scale (classifier-free)</label>
   <div class="range"><input type="range" id="guidanceScale" min="0" max="20" step="0.5" value="7.5"><output id="guidanceScaleValue">7.5</output></div>
   <div class="row">
@@ -105,10 +121,11 @@ const key = new URLSearchParams(location.search).get("api_key");
 const withKey = (path) => key ? path + (path.includes("?") ? "&" : "?") + "api_key=" + encodeURIComponent(key) : path;
 const $ = (id) => document.getElementById(id);
 const schedulers = ["default", "ddim", "euler", "euler-ancestral", "dpm", "unipc", "pndm", "lms", "heun", "ddpm"];
-let models = [], job = null, events = null, previewCount = 0;
+let models = [], resources = { loras: [], clip_models: [], classifiers: [] }, job = null, events = null, previewCount = 0;
 
 for (const name of schedulers) { const o = document.createElement("option"); o.value = o.textContent = name; $("scheduler").append(o); }
-for (const [range, out] of [["guidanceScale", "guidanceScaleValue"], ["guideScale", "guideScaleValue"]]) {
+for (const [range, out] of [["guidanceScale", "guidanceScaleValue"], ["guideScale", "guideScaleValue"], ["loraScale", "loraScaleValue"],
+                            ["clipScale", "clipScaleValue"], ["classifierScale", "classifierScaleValue"]]) {
   $(range).addEventListener("input", () => { $(out).textContent = $(range).value; });
 }
 
@@ -131,6 +148,10 @@ function showModel() {
   $("sizeFields").classList.toggle("hidden", !model.takes_prompt);
   $("colourFields").classList.toggle("hidden", model.takes_prompt || model.channels !== 3);
   $("classFields").classList.toggle("hidden", model.kind !== "class-conditional");
+  $("loraFields").classList.toggle("hidden", !model.takes_prompt || resources.loras.length === 0);
+  $("clipFields").classList.toggle("hidden", !model.takes_prompt || resources.clip_models.length === 0);
+  $("classifierFields").classList.toggle("hidden", model.takes_prompt || resources.classifiers.length === 0);
+  $("classifierClassField").classList.toggle("hidden", model.kind === "class-conditional");
   $("classes").innerHTML = "";
   model.classes.forEach((name, index) => {
     const o = document.createElement("option"); o.value = String(index); o.textContent = index + ": " + name; $("classes").append(o);
@@ -144,7 +165,13 @@ function showModel() {
 
 async function loadModels() {
   try {
-    models = (await api(withKey("/api/v1/models"))).models;
+    const list = await api(withKey("/api/v1/models"));
+    models = list.models;
+    resources = { loras: list.loras || [], clip_models: list.clip_models || [], classifiers: list.classifiers || [] };
+    for (const [select, names] of [["lora", resources.loras], ["clipModel", resources.clip_models], ["classifier", resources.classifiers]]) {
+      $(select).innerHTML = "<option value=\"\">none</option>";
+      for (const name of names) { const o = document.createElement("option"); o.value = o.textContent = name; $(select).append(o); }
+    }
     $("model").innerHTML = "";
     for (const model of models) { const o = document.createElement("option"); o.value = o.textContent = model.name; $("model").append(o); }
     showModel();
@@ -162,9 +189,15 @@ function body() {
     if ($("negative").value) request.negative_prompt = $("negative").value;
     request.width = Number($("width").value); request.height = Number($("height").value);
     request.guidance_scale = Number($("guidanceScale").value);
+    if ($("lora").value) request.loras = [{ name: $("lora").value, scale: Number($("loraScale").value) }];
+    if ($("clipModel").value) { request.clip_model = $("clipModel").value; request.clip_guidance_scale = Number($("clipScale").value); }
   } else {
     if (model.kind === "class-conditional") { request.classes = $("classes").value; request.guidance_scale = Number($("guidanceScale").value); }
     if ($("useColour").checked) { request.color = $("colour").value; request.guide_scale = Number($("guideScale").value); }
+    if ($("classifier").value) {
+      request.classifier = $("classifier").value; request.classifier_scale = Number($("classifierScale").value);
+      if (model.kind !== "class-conditional") request.classes = $("classifierClass").value;
+    }
   }
   return request;
 }

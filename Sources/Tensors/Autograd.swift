@@ -14,6 +14,15 @@ public enum GradientMode {
         let depth = (Thread.current.threadDictionary[key] as? Int ?? 0) + delta
         Thread.current.threadDictionary[key] = depth
     }
+
+    /// Runs `body` with recording on, even inside `noGrad { }` or a backward pass
+    /// (a checkpoint's recomputation records its sub-graph there).
+    static func recording<Result>(_ body: () throws -> Result) rethrows -> Result {
+        let depth = Thread.current.threadDictionary[key] as? Int ?? 0
+        Thread.current.threadDictionary[key] = 0
+        defer { Thread.current.threadDictionary[key] = depth }
+        return try body()
+    }
 }
 
 /// Runs `body` without recording any graph: for inference and for updates.
@@ -42,11 +51,18 @@ final class GradientNode {
     let outputShape: [Int]
     /// Set when a backward pass freed this node's saved tensors.
     var isReleased = false
+    /// Order of creation: a checkpoint's recomputed sub-graph stops at nodes older than itself.
+    let sequence: Int
+    nonisolated(unsafe) private static var created = 0
+    /// The sequence number the next node will take.
+    static var nextSequence: Int { created }
 
     init(operation: Operation, edges: [GradientEdge?], outputShape: [Int]) {
         self.operation = operation
         self.edges = edges
         self.outputShape = outputShape
+        sequence = GradientNode.created
+        GradientNode.created += 1
         if OperationProfile.isEnabled { OperationProfile.recordForward(operation.name, shape: outputShape) }
     }
 
@@ -131,9 +147,14 @@ enum Autograd {
         }
     }
 
-    private static func propagate(from rootNode: GradientNode, seed: Tensor, retainGraph: Bool,
-                                  storageUses: inout [ObjectIdentifier: Int],
-                                  leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)]) {
+    /// Runs the backward rules from `rootNode` down, collecting leaf gradients in `leafGradients`.
+    /// Nodes older than `oldestSequence` are not entered (a checkpoint's recomputed sub-graph
+    /// stops there); the gradients that reached them are returned.
+    @discardableResult
+    static func propagate(from rootNode: GradientNode, seed: Tensor, retainGraph: Bool,
+                          storageUses: inout [ObjectIdentifier: Int],
+                          leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)],
+                          oldestSequence: Int = 0) -> [ObjectIdentifier: Tensor] {
         // Topological order of the nodes by iterative depth-first search (deep
         // graphs must not overflow the stack).
         var order: [GradientNode] = []
@@ -143,7 +164,7 @@ enum Autograd {
             if expanded { order.append(node); continue }
             guard visited.insert(ObjectIdentifier(node)).inserted else { continue }
             stack.append((node, true))
-            for case let .node(input)? in node.edges where !visited.contains(ObjectIdentifier(input)) {
+            for case let .node(input)? in node.edges where !visited.contains(ObjectIdentifier(input)) && input.sequence >= oldestSequence {
                 stack.append((input, false))
             }
         }
@@ -194,5 +215,6 @@ enum Autograd {
             }
             if !retainGraph { node.release() }
         }
+        return pending
     }
 }

@@ -53,7 +53,10 @@ extension Tensor {
         let keep = 1 / (1 - probability)
         let mask = Tensor(uninitializedShape: shape)
         let pointer = mask.floatPointer
-        for index in 0..<count { pointer[index] = generator.uniform() < probability ? 0 : keep }
+        let count = count
+        RandomReplay.draw(&generator) { generator in
+            for index in 0..<count { pointer[index] = generator.uniform() < probability ? 0 : keep }
+        }
         return self * mask
     }
 

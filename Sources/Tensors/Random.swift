@@ -103,7 +103,9 @@ extension Tensor {
         Shape.validate(shape, op: "randn")
         let result = Tensor(uninitializedShape: shape)
         let pointer = result.floatPointer
-        for index in 0..<result.count { pointer[index] = generator.normal() }
+        RandomReplay.draw(&generator) { generator in
+            for index in 0..<result.count { pointer[index] = generator.normal() }
+        }
         return result
     }
 
@@ -112,7 +114,9 @@ extension Tensor {
         Shape.validate(shape, op: "rand")
         let result = Tensor(uninitializedShape: shape)
         let pointer = result.floatPointer
-        for index in 0..<result.count { pointer[index] = low + (high - low) * generator.uniform() }
+        RandomReplay.draw(&generator) { generator in
+            for index in 0..<result.count { pointer[index] = low + (high - low) * generator.uniform() }
+        }
         return result
     }
 
@@ -122,7 +126,9 @@ extension Tensor {
         Shape.validate(shape, op: "randint")
         let result = Tensor(uninitializedShape: shape)
         let pointer = result.floatPointer
-        for index in 0..<result.count { pointer[index] = Float(low + generator.integer(below: high - low)) }
+        RandomReplay.draw(&generator) { generator in
+            for index in 0..<result.count { pointer[index] = Float(low + generator.integer(below: high - low)) }
+        }
         return result
     }
 

@@ -23,7 +23,7 @@ final class Automatic1111RoutesTests: XCTestCase {
             XCTAssertEqual((body["parameters"] as? [String: Any])?["prompt"] as? String, "a red cube")
             let info = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data((body["info"] as? String ?? "").utf8)) as? [String: Any])
             XCTAssertEqual(info["seed"] as? Int, 42)
-            XCTAssertEqual(info["all_seeds"] as? [Int], [42, 42])
+            XCTAssertEqual(info["all_seeds"] as? [Int], [42, 43], "the web UI's seeds: seed + i for image i")
             XCTAssertTrue((info["infotexts"] as? [String])?.first?.contains("Prompt: a red cube") ?? false)
 
             // The same seed gives the same images; -1 picks one.
@@ -37,21 +37,27 @@ final class Automatic1111RoutesTests: XCTestCase {
         }
     }
 
-    /// One way through: txt2img's images are `diffuse generate`'s (StableDiffusionRun.run from the folder), pixel for pixel.
+    /// One way through: txt2img's images are `diffuse generate`'s (StableDiffusionRun.run from the folder), pixel for pixel:
+    /// image i of `batch_size` 2 is `diffuse generate --seed 77+i` (the web UI's seed per image; the two images are one
+    /// batched run, so within the batch bound of ``assertWithinBatchBound(_:_:_:file:line:)``).
     func testTxt2ImgImagesEqualTheCommandLineRun() async throws {
         let folder = try ServerFixtures.temporaryFolder(self)
-        var request = StableDiffusionRequest(pipeline: ServerFixtures.fixtures + "/sd-pipeline/tiny", prompt: "a green hill")
-        request.negativePrompt = "fog"
-        request.steps = 3
-        request.guidanceScale = 6
-        request.scheduler = "dpm"
-        request.seed = 77
-        request.width = 48
-        request.height = 32
-        request.count = 2
-        request.output = folder + "/hill.png"
-        let outcome = try StableDiffusionRun.run(request)
-        let expected = try outcome.paths.map { try ImageFile.read($0) }
+        var pictures: [PixelImage] = []
+        for index in 0..<2 {
+            var request = StableDiffusionRequest(pipeline: ServerFixtures.fixtures + "/sd-pipeline/tiny", prompt: "a green hill")
+            request.negativePrompt = "fog"
+            request.steps = 3
+            request.guidanceScale = 6
+            request.scheduler = "dpm"
+            request.seed = 77 + UInt64(index)
+            request.width = 48
+            request.height = 32
+            request.count = 1
+            request.output = folder + "/hill-\(index).png"
+            let outcome = try StableDiffusionRun.run(request)
+            pictures += try outcome.paths.map { try ImageFile.read($0) }
+        }
+        let expected = pictures
         let server = DiffuseServer(models: [try ServerFixtures.stableDiffusionModel()])
         try await withRouter(server) { client in
             let response = try await client.send(.post, "/sdapi/v1/txt2img", json: [
@@ -60,7 +66,7 @@ final class Automatic1111RoutesTests: XCTestCase {
             ])
             XCTAssertEqual(response.status, .ok, response.text)
             let images = try (response.jsonObject["images"] as? [String] ?? []).map { try PNG.decode(pngBytes($0)) }
-            XCTAssertEqual(images, expected)
+            assertWithinBatchBound(images, expected, "txt2img batch_size 2 and diffuse generate")
         }
     }
 

@@ -105,6 +105,16 @@ final class MalformedRequestFuzzTests: XCTestCase {
                 requests.append(Malformed(method: .post, uri: route, body: json(body), kind: "unknown sampler"))
             case 6:  // Unknown models and path traversal in model names.
                 let name = random.pick(traversal + ["sdxl", "dall-e-3", "tiny-pixel-2"])
+                if route == "/api/v1/jobs", random.below(2) == 0 {
+                    // LoRAs, CLIP models and classifiers are named, never given as paths.
+                    let text = ["model": "tiny-sd", "prompt": "a cat", "steps": 2] as [String: Any]
+                    let resource = random.pick([("loras", [name] as Any, text), ("loras", [["name": name, "scale": 1]] as Any, text),
+                                                ("clip_model", name as Any, text), ("classifier", name as Any, body.merging(["classes": "0"]) { $1 })])
+                    body = resource.2
+                    body[resource.0] = resource.1
+                    requests.append(Malformed(method: .post, uri: route, body: json(body), kind: "unknown resource"))
+                    continue
+                }
                 if route == "/api/v1/jobs" || route == "/v1/images/generations" { body["model"] = name } else {
                     body["override_settings"] = ["sd_model_checkpoint": name]
                 }
@@ -141,9 +151,11 @@ final class MalformedRequestFuzzTests: XCTestCase {
                 XCTAssertFalse(response.message.isEmpty, "\(request.kind) \(request.uri): a message")
                 kinds[request.kind, default: 0] += 1
             }
+            print("malformed requests: \(requests.count), each answered 4xx with a message; by kind: "
+                  + kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             XCTAssertGreaterThanOrEqual(requests.count, 1000)
             XCTAssertEqual(Set(kinds.keys), ["broken JSON", "wrong type", "bad number", "oversized", "garbage base64", "unknown sampler",
-                                             "unknown model", "path traversal", "not an object"], "\(kinds)")
+                                             "unknown model", "unknown resource", "path traversal", "not an object"], "\(kinds)")
             // Alive and serving.
             let health = try await client.send(.get, "/healthz")
             XCTAssertEqual(health.status, .ok)

@@ -6,7 +6,7 @@ import XCTest
 
 /// Stable Diffusion 1.5 at full size (random weights) as a single file written by diffusers' own
 /// convert_diffusers_to_original_stable_diffusion.py: runs when `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names
-/// the pipeline folder (Scripts/make-sd-pipeline-goldens --assemble-large) and the single file is beside it
+/// the pipeline folder (Scripts/make-sd-pipeline-large --assemble-large) and the single file is beside it
 /// as FOLDER.safetensors (Scripts/make-single-file-goldens --large FOLDER FOLDER.safetensors), or where
 /// `DIFFUSE_SD_SINGLE_FILE_LARGE` says. Every parameter loaded from the file is compared with the folder's;
 /// then, when FOLDER/diffusers-run.safetensors is there, text-to-image from the file with diffusers' latents.

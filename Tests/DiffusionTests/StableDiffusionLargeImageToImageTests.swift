@@ -6,7 +6,7 @@ import XCTest
 
 /// Image-to-image at strength 0.6 on Stable Diffusion 1.5's configuration (random weights) against diffusers'
 /// `StableDiffusionImg2ImgPipeline`: runs when `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names a folder made by
-/// `Scripts/make-sd-pipeline-goldens --assemble-large` on which `--img2img-large FOLDER --steps 10 --size 256` wrote
+/// `Scripts/make-sd-pipeline-large --assemble-large` on which `--img2img-large FOLDER --steps 10 --size 256` wrote
 /// FOLDER/diffusers-img2img.safetensors and img2img-init.png. Recorded in Tests/Fixtures/sd-pipeline/large-run.txt.
 final class StableDiffusionLargeImageToImageTests: XCTestCase {
     func testStableDiffusion15ImageToImage() throws {

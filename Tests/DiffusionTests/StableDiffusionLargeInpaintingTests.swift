@@ -6,7 +6,7 @@ import XCTest
 
 /// Inpainting (mask blending with Stable Diffusion 1.5's ordinary UNet, random weights) against diffusers'
 /// `StableDiffusionInpaintPipeline`: runs when `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names a folder made by
-/// `Scripts/make-sd-pipeline-goldens --assemble-large` on which `--inpaint-large FOLDER --steps 10 --size 256`
+/// `Scripts/make-sd-pipeline-large --assemble-large` on which `--inpaint-large FOLDER --steps 10 --size 256`
 /// wrote FOLDER/diffusers-inpaint.safetensors, inpaint-init.png and inpaint-mask.png. Recorded in
 /// Tests/Fixtures/sd-pipeline/large-run.txt. The 9-channel case: `--inpaint-unet-large FOLDER --steps 10 --size 256`
 /// (a random SD 1.5-configuration UNet with in_channels 9 in FOLDER/inpaint-unet, diffusers-inpaint-unet.safetensors).

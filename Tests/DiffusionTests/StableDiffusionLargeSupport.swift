@@ -5,13 +5,13 @@ import Tensors
 import XCTest
 
 /// What the Stable Diffusion 1.5-size tests share: the folder named by `DIFFUSE_SD_PIPELINE_LARGE` (made by
-/// `Scripts/make-sd-pipeline-goldens --assemble-large`), diffusers' reference runs in it, and the comparison of a
+/// `Scripts/make-sd-pipeline-large --assemble-large`), diffusers' reference runs in it, and the comparison of a
 /// generation with one (final latents within 1e-3 relative, 8-bit images within 2 levels).
 enum StableDiffusionLarge {
     /// The large pipeline folder, or a skip when `DIFFUSE_SD_PIPELINE_LARGE` is not set.
     static func folder() throws -> URL {
         guard let path = ProcessInfo.processInfo.environment["DIFFUSE_SD_PIPELINE_LARGE"] else {
-            throw XCTSkip("set DIFFUSE_SD_PIPELINE_LARGE to a folder made by Scripts/make-sd-pipeline-goldens --assemble-large")
+            throw XCTSkip("set DIFFUSE_SD_PIPELINE_LARGE to a folder made by Scripts/make-sd-pipeline-large --assemble-large")
         }
         return URL(fileURLWithPath: path)
     }
@@ -38,7 +38,7 @@ enum StableDiffusionLarge {
     static func reference(_ file: String, in folder: URL, option: String, arguments: String = " --steps 10 --size 256") throws -> Reference {
         let path = folder.appendingPathComponent(file).path
         guard FileManager.default.fileExists(atPath: path) else {
-            throw XCTSkip("run Scripts/make-sd-pipeline-goldens \(option) \(folder.path)\(arguments) first")
+            throw XCTSkip("run Scripts/make-sd-pipeline-large \(option) \(folder.path)\(arguments) first")
         }
         return Reference(tensors: try Safetensors.load(path: path, as: .float32), metadata: try SafetensorsCheckpoint(path: path).metadata)
     }

@@ -6,7 +6,7 @@ import XCTest
 
 /// Stable Diffusion 1.5 at full size with random weights, against diffusers from the same latents: runs
 /// when `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names a pipeline folder made by
-/// `Scripts/make-sd-pipeline-goldens --assemble-large` and timed by `--time-large` (which wrote
+/// `Scripts/make-sd-pipeline-large --assemble-large` and timed by `--time-large` (which wrote
 /// FOLDER/diffusers-run.safetensors). The recorded run: Tests/Fixtures/sd-pipeline/large-run.txt.
 final class StableDiffusionLargeTests: XCTestCase {
     func testStableDiffusion15TextToImage() throws {

@@ -7,7 +7,7 @@ import XCTest
 /// Text-to-image on Stable Diffusion 1.5's configuration (random weights) at 256×256 with 10 steps of DDIM, Euler
 /// ancestral and DPM-Solver++, classifier-free guidance 7.5, against diffusers' `StableDiffusionPipeline` from the
 /// same starting latents (and, for Euler ancestral, the same noise at every step): runs when
-/// `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names a folder made by `Scripts/make-sd-pipeline-goldens --assemble-large` on which
+/// `DIFFUSE_SD_PIPELINE_LARGE=FOLDER` names a folder made by `Scripts/make-sd-pipeline-large --assemble-large` on which
 /// `--txt2img-large FOLDER --steps 10 --size 256` wrote FOLDER/diffusers-txt2img-{ddim,euler-ancestral,dpm}.safetensors.
 /// Recorded in Tests/Fixtures/sd-pipeline/large-run.txt.
 final class StableDiffusionLargeTextToImageTests: XCTestCase {

@@ -69,6 +69,20 @@ final class StableDiffusionRunTests: XCTestCase {
         XCTAssertEqual(StableDiffusionInfotext.samplerName(className: "PNDMScheduler"), "PLMS")
     }
 
+    func testInfotextNamesTheLoRAsAndCLIPGuidanceOfARequest() {
+        var request = StableDiffusionRequest(pipeline: "/models/sd15", prompt: "a cat")
+        request.loras = [LoRARequest(path: "/loras/style.safetensors", scale: 0.8), LoRARequest(path: "detail.safetensors")]
+        var clip = StableDiffusionCLIPGuidanceOptions(model: "/clip/clip-vit-base-patch32/", scale: 100)
+        clip.cutouts = 2
+        request.clipGuidance = clip
+        let text = StableDiffusionRun.infotext(for: request, schedulerName: "DDIMScheduler", width: 64, height: 64).text
+        XCTAssertTrue(text.hasSuffix(", Model: sd15, LoRA: \"style.safetensors:0.8, detail.safetensors:1\", "
+                                     + "CLIP guidance: \"scale 100, 2 cut-outs, model clip-vit-base-patch32\""), text)
+        request.loras = []
+        request.clipGuidance = nil
+        XCTAssertFalse(StableDiffusionRun.infotext(for: request, schedulerName: "DDIMScheduler", width: 64, height: 64).text.contains("LoRA"))
+    }
+
     // MARK: Runs
 
     func testRunWritesParametersTraceAndPreviews() throws {

@@ -74,32 +74,66 @@ public final class CaptionedTintedDataset: Dataset {
     public let colorJitter: Float
     /// The caption word of each class label.
     public let itemNames: [String]
+    /// Foreground colour–item pairs that no example shows (nor any caption names): an
+    /// example that draws one is painted in the next colour instead. A model trained on
+    /// the rest can then be asked for them (composition it never saw).
+    public let heldOutPairs: Set<ColoredItem>
+
+    /// A foreground colour on an item (a class label).
+    public struct ColoredItem: Hashable, Sendable, Codable, CustomStringConvertible {
+        public var color: NamedColor
+        public var label: Int
+        public init(color: NamedColor, label: Int) {
+            self.color = color
+            self.label = label
+        }
+        public var description: String { "\(color.name) \(CaptionedTintedDataset.itemNames.indices.contains(label) ? CaptionedTintedDataset.itemNames[label] : "class \(label)")" }
+    }
+
+    /// The pairs the text-to-image demo holds out of training: one per evaluation colour
+    /// (red, green, blue, yellow), each on a different item.
+    public static let demoHeldOutPairs: Set<ColoredItem> = [
+        ColoredItem(color: .red, label: 7), ColoredItem(color: .green, label: 3),
+        ColoredItem(color: .blue, label: 8), ColoredItem(color: .yellow, label: 1),
+    ]
 
     public var count: Int { base.count }
     public var classNames: [String] { base.classNames }
 
     /// `base` (one-channel images with labels) tinted and captioned.
     /// - Parameter itemNames: the caption word of each label (default: the base's class names, lower-cased).
-    public init(base: Dataset, seed: UInt64 = 0, colorJitter: Float = 0.05, itemNames: [String]? = nil) {
+    /// - Parameter heldOutPairs: foreground colour–item pairs never shown (see ``heldOutPairs``).
+    public init(base: Dataset, seed: UInt64 = 0, colorJitter: Float = 0.05, itemNames: [String]? = nil,
+                heldOutPairs: Set<ColoredItem> = []) {
         self.base = base
         self.seed = seed
         self.colorJitter = colorJitter
         self.itemNames = itemNames ?? base.classNames.map { $0.lowercased() }
+        self.heldOutPairs = heldOutPairs
     }
 
     /// Fashion-MNIST's training or test split, captioned. The test split draws
     /// its colours with another seed, so its pairs are not the training ones.
     public static func fashionMNIST(training: Bool = true, limit: Int? = nil, seed: UInt64 = 0,
-                                    colorJitter: Float = 0.05) throws -> CaptionedTintedDataset {
+                                    colorJitter: Float = 0.05, heldOutPairs: Set<ColoredItem> = []) throws -> CaptionedTintedDataset {
         let base = try FashionMNIST.dataset(training: training, limit: limit)
-        return CaptionedTintedDataset(base: base, seed: training ? seed : seed ^ 0x7E57_5EED, colorJitter: colorJitter, itemNames: itemNames)
+        return CaptionedTintedDataset(base: base, seed: training ? seed : seed ^ 0x7E57_5EED, colorJitter: colorJitter, itemNames: itemNames,
+                                      heldOutPairs: heldOutPairs)
     }
 
     /// The colours, template and caption of example `index` for class `label`.
     public func description(of index: Int, label: Int) -> Description {
         var generator = RandomGenerator(seed: seed &* 0xD1B5_4A32_D192_ED03 &+ UInt64(index) &+ 0x43A9)
         let colors = NamedColor.allCases
-        let foreground = colors[generator.integer(below: colors.count)]
+        var foregroundIndex = generator.integer(below: colors.count)
+        // A held-out pair moves to the next colour that is not held out for this item
+        // (the draws that follow are unchanged, so every other example stays as it was).
+        var moves = 0
+        while moves < colors.count && heldOutPairs.contains(ColoredItem(color: colors[foregroundIndex], label: label)) {
+            foregroundIndex = (foregroundIndex + 1) % colors.count
+            moves += 1
+        }
+        let foreground = colors[foregroundIndex]
         var backgroundIndex = generator.integer(below: colors.count - 1)
         if backgroundIndex >= colors.firstIndex(of: foreground)! { backgroundIndex += 1 }
         let background = colors[backgroundIndex]

@@ -52,6 +52,8 @@ public final class UNetDownBlock: Module {
     public let resnets: [ResnetBlock2D]
     /// Empty, or one `Downsample2D` or downsampling `ResnetBlock2D`.
     public let downsamplers: [Module]
+    /// Checkpoint each resnet (and transformer block) while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false
     /// Which diffusers block this is.
     public let type: UNet2DConfiguration.DownBlockType
 
@@ -88,7 +90,7 @@ public final class UNetDownBlock: Module {
     public func callAsFunction(_ input: Tensor, timeEmbedding: Tensor?, residuals: inout [Tensor]) -> Tensor {
         var hidden = input
         for (index, resnet) in resnets.enumerated() {
-            hidden = resnet(hidden, timeEmbedding: timeEmbedding)
+            hidden = resnet(hidden, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
             if !attentions.isEmpty { hidden = attentions[index](hidden) }
             residuals.append(hidden)
         }
@@ -112,6 +114,8 @@ public final class UNetUpBlock: Module {
     public let resnets: [ResnetBlock2D]
     /// Empty, or one `Upsample2D` or upsampling `ResnetBlock2D`.
     public let upsamplers: [Module]
+    /// Checkpoint each resnet while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false
     /// Which diffusers block this is.
     public let type: UNet2DConfiguration.UpBlockType
 
@@ -152,7 +156,8 @@ public final class UNetUpBlock: Module {
         var hidden = input
         for (index, resnet) in resnets.enumerated() {
             // The joined tensor is a temporary, released once the resnet has used it.
-            hidden = resnet(Self.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding)
+            hidden = resnet(Self.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding,
+                            checkpointed: gradientCheckpointing)
             if !attentions.isEmpty { hidden = attentions[index](hidden) }
         }
         if let upsampler = upsamplers.first {
@@ -183,6 +188,8 @@ public final class UNetUpBlock: Module {
 public final class UNetMidBlock2D: Module {
     public let attentions: [Attention]
     public let resnets: [ResnetBlock2D]
+    /// Checkpoint each resnet (and transformer block) while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false
 
     /// - Parameters:
     ///   - attentionGroups: groups of the attention's group norm, nil for none.
@@ -203,10 +210,10 @@ public final class UNetMidBlock2D: Module {
     }
 
     public func callAsFunction(_ input: Tensor, timeEmbedding: Tensor?) -> Tensor {
-        var hidden = resnets[0](input, timeEmbedding: timeEmbedding)
+        var hidden = resnets[0](input, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
         for (index, resnet) in resnets.dropFirst().enumerated() {
             if !attentions.isEmpty { hidden = attentions[index](hidden) }
-            hidden = resnet(hidden, timeEmbedding: timeEmbedding)
+            hidden = resnet(hidden, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
         }
         return hidden
     }

@@ -13,6 +13,8 @@ import Foundation
 /// inpainting; `Clip skip` in the web UI's counting (diffusers' `clip_skip` + 1); `Batch size` /
 /// `Batch pos` when several images come from one run (they share the seed's generator).
 public struct StableDiffusionInfotext: Equatable, Sendable {
+    public static func == (first: Self, second: Self) -> Bool { first.text == second.text }
+
     /// The key of the PNG text chunk.
     public static let key = "parameters"
 
@@ -36,6 +38,10 @@ public struct StableDiffusionInfotext: Equatable, Sendable {
     public var eta: Double?
     public var batchSize = 1
     public var batchPosition = 0
+    /// LoRA files and their scales (`LoRA: "style.safetensors:0.8, detail.safetensors:1"`; the file names only).
+    public var loras: [(name: String, scale: Float)] = []
+    /// CLIP guidance in latent space (`CLIP guidance: "scale 100, 4 cut-outs, model clip-vit-base-patch32"`).
+    public var clipGuidance: String?
 
     public init(prompt: String, negativePrompt: String? = nil, steps: Int, sampler: String, guidanceScale: Double, seed: UInt64,
                 width: Int, height: Int, model: String) {
@@ -78,6 +84,8 @@ public struct StableDiffusionInfotext: Equatable, Sendable {
         if let guidanceRescale, guidanceRescale > 0 { fields.append(("CFG rescale", Self.number(guidanceRescale))) }
         if let eta, eta > 0 { fields.append(("Eta", Self.number(eta))) }
         if batchSize > 1 { fields += [("Batch size", "\(batchSize)"), ("Batch pos", "\(batchPosition)")] }
+        if !loras.isEmpty { fields.append(("LoRA", loras.map { "\($0.name):\($0.scale == $0.scale.rounded() ? String(Int($0.scale)) : String($0.scale))" }.joined(separator: ", "))) }
+        if let clipGuidance { fields.append(("CLIP guidance", clipGuidance)) }
         lines.append(fields.map { "\($0): \(Self.quoted($1))" }.joined(separator: ", "))
         return lines.joined(separator: "\n")
     }

@@ -29,16 +29,21 @@ extension StableDiffusionRun {
     public static func generate(_ request: StableDiffusionRequest, pipeline: StableDiffusionPipeline, initImage: PixelImage? = nil,
                                 mask: PixelImage? = nil, log: ((String) -> Void)? = nil,
                                 onStep: ((StableDiffusionStep) throws -> Void)? = nil) throws -> StableDiffusionImages {
+        try generate(request, inputs: check(request, initImage: initImage, mask: mask), pipeline: pipeline,
+                     preview: preview(for: request, pipeline: pipeline), log: log, onStep: onStep)
+    }
+
+    /// The generation of a checked request (``run(_:progressOutput:log:onStep:)`` checks before loading the pipeline).
+    static func generate(_ request: StableDiffusionRequest, inputs: Inputs, pipeline: StableDiffusionPipeline, preview: StableDiffusionPreview?,
+                         log: ((String) -> Void)?, onStep: ((StableDiffusionStep) throws -> Void)?) throws -> StableDiffusionImages {
         let start = Date()
-        let inputs = try check(request, initImage: initImage, mask: mask)
-        let kind = inputs.kind
         var parameters = try makeParameters(request, inputs: inputs, pipeline: pipeline)
-        parameters.preview = try preview(for: request, pipeline: pipeline)
+        parameters.preview = preview
         var generator = RandomGenerator(seed: request.seed)
         let output = try pipeline.generate(parameters, generator: &generator, onStep: onStep)
         output.warnings.forEach { log?("warning: " + $0) }
         return StableDiffusionImages(images: StableDiffusionImageProcessor.pixelImages(output.images),
-                                     schedulerName: type(of: try pipeline.makeScheduler(kind)).className,
+                                     schedulerName: type(of: try pipeline.makeScheduler(inputs.kind)).className,
                                      steps: output.timesteps.count, seconds: Date().timeIntervalSince(start), warnings: output.warnings)
     }
 }

@@ -127,35 +127,29 @@ public enum StableDiffusionRun {
         try applyLoRAs(request, to: pipeline, log: log)
         let preview = try self.preview(for: request, pipeline: pipeline)
         let loadSeconds = Date().timeIntervalSince(loadStart)
-        let start = Date()
-        var parameters = try makeParameters(request, inputs: inputs, pipeline: pipeline)
-        parameters.preview = preview
-        var generator = RandomGenerator(seed: request.seed)
-        let total = try pipeline.timesteps(for: parameters).count
-        let traceEvery = request.trace ? (request.traceEvery.map { Swift.max($0, 1) } ?? Swift.max(1, total / 10)) : nil
         var frames: [(latents: Tensor, predictedOriginal: Tensor)] = []
-        let bar = progressOutput.map { ProgressBar(total: total, label: "generate", output: $0) }
-        let output = try pipeline.generate(parameters, generator: &generator) { step in
+        var bar: ProgressBar?
+        let generated = try generate(request, inputs: inputs, pipeline: pipeline, preview: preview, log: log) { step in
+            if bar == nil, let progressOutput { bar = ProgressBar(total: step.count, label: "generate", output: progressOutput) }
             bar?.update(step: step.index + 1)
-            if let traceEvery, let preview, let x0 = step.preview, step.index % traceEvery == 0 || step.index == step.count - 1 {
+            let traceEvery = request.traceEvery.map { Swift.max($0, 1) } ?? Swift.max(1, step.count / 10)
+            if request.trace, let preview, let x0 = step.preview, step.index % traceEvery == 0 || step.index == step.count - 1 {
                 frames.append((preview.images(step.latents), x0))
             }
             try onStep?(step)
         }
         bar?.finish()
-        output.warnings.forEach { log?("warning: " + $0) }
-        let pictures = StableDiffusionImageProcessor.pixelImages(output.images)
+        let pictures = generated.images
         let paths = outputPaths(request.output, count: pictures.count)
-        let schedulerName = type(of: try pipeline.makeScheduler(inputs.kind)).className
         for (position, (picture, path)) in zip(pictures, paths).enumerated() {
-            let infotext = self.infotext(for: request, schedulerName: schedulerName, width: picture.width, height: picture.height,
+            let infotext = self.infotext(for: request, schedulerName: generated.schedulerName, width: picture.width, height: picture.height,
                                          fromImage: inputs.picture != nil, position: position, count: pictures.count)
             try FileManager.default.createDirectory(at: URL(fileURLWithPath: path).deletingLastPathComponent(), withIntermediateDirectories: true)
             try PNG.write(picture, to: path, text: [(StableDiffusionInfotext.key, infotext.text)])
         }
-        var outcome = StableDiffusionOutcome(paths: paths, schedulerName: schedulerName + (request.karras ? " (Karras sigmas)" : ""),
-                                             steps: output.timesteps.count, loadSeconds: loadSeconds,
-                                             generateSeconds: Date().timeIntervalSince(start), warnings: output.warnings,
+        var outcome = StableDiffusionOutcome(paths: paths, schedulerName: generated.schedulerName + (request.karras ? " (Karras sigmas)" : ""),
+                                             steps: generated.steps, loadSeconds: loadSeconds,
+                                             generateSeconds: generated.seconds, warnings: generated.warnings,
                                              componentsNotRun: pipeline.componentsNotRun)
         if let strip = StableDiffusionPreview.traceStrip(frames) {
             let path = request.traceOutput ?? SampleRun.defaultTracePath(request.output)

@@ -46,6 +46,13 @@ extension StableDiffusionRun {
         infotext.eta = schedulerName == SchedulerKind.ddim.rawValue ? request.eta : nil
         infotext.batchSize = count
         infotext.batchPosition = position
+        infotext.loras = request.loras.map { (URL(fileURLWithPath: $0.path).lastPathComponent, $0.scale) }
+        if let clip = request.clipGuidance {
+            infotext.clipGuidance = "scale \(StableDiffusionInfotext.number(clip.scale)), "
+                + (clip.useCutouts ? "\(clip.cutouts) cut-outs" : "no cut-outs")
+                + (clip.throughUNet ? "" : ", through the VAE only")
+                + ", model \(URL(fileURLWithPath: clip.model).standardizedFileURL.lastPathComponent)"
+        }
         return infotext
     }
 

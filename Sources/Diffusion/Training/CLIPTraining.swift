@@ -40,7 +40,8 @@ public enum CLIPTraining {
     /// The training (or test) data of `options`: the built-in captioned dataset or an image folder with captions.
     public static func openDataset(_ options: CLIPTrainingOptions, training: Bool) throws -> Dataset {
         if options.usesBuiltInDataset {
-            return try CaptionedTintedDataset.fashionMNIST(training: training, limit: training ? options.datasetLimit : nil, seed: options.seed)
+            return try CaptionedTintedDataset.fashionMNIST(training: training, limit: training ? options.datasetLimit : nil, seed: options.seed,
+                                                           heldOutPairs: training ? Set(options.heldOutPairs ?? []) : [])
         }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: options.dataset, isDirectory: &isDirectory), isDirectory.boolValue else {

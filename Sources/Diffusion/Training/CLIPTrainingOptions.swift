@@ -40,6 +40,8 @@ public struct CLIPTrainingOptions: Codable, Equatable, Sendable {
     public var dataset = CaptionedTintedDataset.name
     /// Use only the first N training examples.
     public var datasetLimit: Int?
+    /// Foreground colour–item pairs the built-in captioned dataset never shows (nil: none).
+    public var heldOutPairs: [CaptionedTintedDataset.ColoredItem]?
     /// Checkpoints, logs, and at the end the transformers `CLIPModel` folder with its tokenizer.
     public var outputDir = "output/clip"
     /// The model's size.

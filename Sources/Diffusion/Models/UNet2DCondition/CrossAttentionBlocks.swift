@@ -58,6 +58,10 @@ public final class CrossAttnDownBlock2D: Module {
     public let attentions: [Transformer2DModel]
     public let resnets: [ResnetBlock2D]
     public let downsamplers: [Downsample2D]
+    /// Checkpoint each resnet (and transformer block) while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false {
+        didSet { attentions.forEach { $0.gradientCheckpointing = gradientCheckpointing } }
+    }
 
     public init(layers: Int, inChannels: Int, outChannels: Int, settings: ResnetSettings, transformer: TransformerSettings,
                 addDownsample: Bool, downsamplePadding: Int) {
@@ -72,7 +76,7 @@ public final class CrossAttnDownBlock2D: Module {
                                residuals: inout [Tensor]) -> Tensor {
         var hidden = input
         for (resnet, attention) in zip(resnets, attentions) {
-            hidden = resnet(hidden, timeEmbedding: timeEmbedding)
+            hidden = resnet(hidden, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
             hidden = attention(hidden, context: context.states, contextMask: context.mask)
             residuals.append(hidden)
         }
@@ -91,6 +95,10 @@ public final class CrossAttnUpBlock2D: Module {
     public let attentions: [Transformer2DModel]
     public let resnets: [ResnetBlock2D]
     public let upsamplers: [Upsample2D]
+    /// Checkpoint each resnet (and transformer block) while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false {
+        didSet { attentions.forEach { $0.gradientCheckpointing = gradientCheckpointing } }
+    }
 
     /// - Parameters:
     ///   - inChannels: channels of the skip connection taken by the last resnet.
@@ -111,7 +119,8 @@ public final class CrossAttnUpBlock2D: Module {
                                residuals: inout [Tensor]) -> Tensor {
         var hidden = input
         for (resnet, attention) in zip(resnets, attentions) {
-            hidden = resnet(UNet2DConditionModel.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding)
+            hidden = resnet(UNet2DConditionModel.joined(hidden, skip: residuals.popLast()), timeEmbedding: timeEmbedding,
+                            checkpointed: gradientCheckpointing)
             hidden = attention(hidden, context: context.states, contextMask: context.mask)
         }
         if let upsampler = upsamplers.first {
@@ -127,6 +136,10 @@ public final class CrossAttnUpBlock2D: Module {
 public final class UNetMidBlock2DCrossAttn: Module {
     public let attentions: [Transformer2DModel]
     public let resnets: [ResnetBlock2D]
+    /// Checkpoint each resnet (and transformer block) while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false {
+        didSet { attentions.forEach { $0.gradientCheckpointing = gradientCheckpointing } }
+    }
 
     public init(channels: Int, settings: ResnetSettings, transformer: TransformerSettings, layers: Int = 1) {
         resnets = (0...layers).map { _ in settings.resnet(channels, channels) }
@@ -135,10 +148,10 @@ public final class UNetMidBlock2DCrossAttn: Module {
     }
 
     public func callAsFunction(_ input: Tensor, timeEmbedding: Tensor?, context: CrossAttentionContext) -> Tensor {
-        var hidden = resnets[0](input, timeEmbedding: timeEmbedding)
+        var hidden = resnets[0](input, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
         for (attention, resnet) in zip(attentions, resnets.dropFirst()) {
             hidden = attention(hidden, context: context.states, contextMask: context.mask)
-            hidden = resnet(hidden, timeEmbedding: timeEmbedding)
+            hidden = resnet(hidden, timeEmbedding: timeEmbedding, checkpointed: gradientCheckpointing)
         }
         return hidden
     }

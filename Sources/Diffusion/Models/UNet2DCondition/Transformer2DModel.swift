@@ -13,6 +13,8 @@ public final class Transformer2DModel: Module {
     public let transformerBlocks: [BasicTransformerBlock]
     /// A 1×1 `Conv2d` or a `Linear`.
     public let projOut: Module
+    /// Checkpoint each transformer block while recording gradients (diffusers' `gradient_checkpointing`).
+    public var gradientCheckpointing = false
 
     public override class var stateDictKeys: [String: String] {
         ["projIn": "proj_in", "transformerBlocks": "transformer_blocks", "projOut": "proj_out"]
@@ -57,7 +59,7 @@ public final class Transformer2DModel: Module {
         var hidden = norm(input).permuted(0, 2, 3, 1).reshaped([batch, height * width, channels])
         hidden = Self.project(hidden, projIn)
         for block in transformerBlocks {
-            hidden = block(hidden, context: context, contextMask: contextMask)
+            hidden = block(hidden, context: context, contextMask: contextMask, checkpointed: gradientCheckpointing)
         }
         hidden = Self.project(hidden, projOut)
         // [B, H·W, C] → [B, C, H, W] as a channels-last view.

@@ -43,6 +43,27 @@ public final class UNet2DConditionModel: Module {
     /// What did not match when the weights were loaded by `load(folder:variant:strict:)`.
     public internal(set) var loadReport: StateDictReport?
 
+    /// diffusers' `enable_gradient_checkpointing()`: while gradients are recorded, every
+    /// down, mid and up block runs each resnet and each transformer block through
+    /// `checkpoint(_:parameters:_:)`, keeping only their inputs for backward and
+    /// recomputing the rest there (same gradients, less memory, about one more forward
+    /// pass of time). No effect under `noGrad`.
+    public var gradientCheckpointing = false {
+        didSet {
+            for block in downBlocks + upBlocks + (midBlock.map { [$0] } ?? []) {
+                switch block {
+                case let block as CrossAttnDownBlock2D: block.gradientCheckpointing = gradientCheckpointing
+                case let block as CrossAttnUpBlock2D: block.gradientCheckpointing = gradientCheckpointing
+                case let block as UNetMidBlock2DCrossAttn: block.gradientCheckpointing = gradientCheckpointing
+                case let block as UNetDownBlock: block.gradientCheckpointing = gradientCheckpointing
+                case let block as UNetUpBlock: block.gradientCheckpointing = gradientCheckpointing
+                case let block as UNetMidBlock2D: block.gradientCheckpointing = gradientCheckpointing
+                default: break
+                }
+            }
+        }
+    }
+
     /// Builds a randomly initialised model. Throws `UNet2DConditionConfigurationError`
     /// naming the key when the configuration cannot build a model.
     public init(configuration: UNet2DConditionConfiguration) throws {
