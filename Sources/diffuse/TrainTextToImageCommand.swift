@@ -109,6 +109,7 @@ struct TrainTextToImage: ParsableCommand {
     }
 
     func run() throws {
+        DistributedLaunch.installIfLaunched()
         try CommandFailure.report {
             let trainer = try TextToImageTrainer(options: try options())
             if noProgress { trainer.progressOutput = nil }

@@ -62,6 +62,7 @@ struct TrainVAE: ParsableCommand {
     @Flag(help: "No progress line.") var noProgress = false
 
     func run() throws {
+        DistributedLaunch.installIfLaunched()
         try CommandFailure.report {
             var options = VAETrainingOptions()
             options.dataset = dataset
