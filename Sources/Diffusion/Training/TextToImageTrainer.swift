@@ -161,7 +161,8 @@ public final class TextToImageTrainer {
                    ProgressBar.monotonicSeconds() - started))
 
         let loader = DataLoader(dataset: TextToImageIndexDataset(captions: captions), batchSize: options.trainBatchSize, shuffle: true,
-                                seed: options.seed, dropLast: false, prefetchBatches: 0)
+                                seed: options.seed, dropLast: false, prefetchBatches: 0,
+                                shard: DataLoaderShard(rank: group.rank, count: group.size))
         self.loader = loader
         let accumulation = options.gradientAccumulationSteps
         let stepsPerEpoch = (loader.batchesPerEpoch + accumulation - 1) / accumulation

@@ -118,7 +118,8 @@ public final class VAETrainer {
         let transform: ImageTransform? = first.shape == [channels, options.resolution, options.resolution] && !options.randomFlip
             ? nil : ImageTransforms.standard(size: options.resolution, channels: channels, randomFlip: options.randomFlip)
         loader = DataLoader(dataset: dataset, batchSize: options.batchSize, shuffle: true, seed: options.seed, dropLast: true,
-                            transform: transform, prefetchBatches: options.prefetchBatches)
+                            transform: transform, prefetchBatches: options.prefetchBatches,
+                            shard: DataLoaderShard(rank: group.rank, count: group.size))
         guard loader.batchesPerEpoch > 0 else {
             throw TrainingError.data("the dataset has \(dataset.count) images, fewer than one batch of \(options.batchSize)")
         }
