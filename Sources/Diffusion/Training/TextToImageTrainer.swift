@@ -25,6 +25,15 @@ import Tensors
 ///
 /// Every random draw comes from generators seeded by `seed` and kept in checkpoints, so a run
 /// resumed after `kill -9` computes the losses of a run never stopped.
+///
+/// Data parallel (``DataParallelGroup``, e.g. under `mpirun`): the trainable parameters are
+/// broadcast from rank 0; each rank loads its rows of every global batch of
+/// `train_batch_size × ranks` (`DataLoader`'s shard) and draws the random numbers of the whole
+/// global batch, keeping its rows (``DataParallelShard``), so N ranks draw what one process with
+/// the global batch draws and every rank's generator stays in the same state; the gradients of
+/// the local mean losses are averaged (the local batches are equal, so their mean is the global
+/// mean's gradient); the logged loss and a stop request are averaged once per step; rank 0 alone
+/// writes files.
 public final class TextToImageTrainer {
     public let options: TextToImageTrainingOptions
     /// The pipeline being trained (its UNet, or adapters on it and on the text encoder).
@@ -188,15 +197,16 @@ public final class TextToImageTrainer {
     public func run() throws -> TrainingSummary {
         let start = Date()
         try prepareOutputFolder()
-        let log = try TrainingLog(outputDir: outputDir, progressOutput: group.isWriter ? progressOutput : nil, message: message)
+        // Rank 0 alone writes the logs (the others' messages are their own).
+        let log = group.isWriter ? try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message) : nil
         self.log = log
-        defer { log.finish(); self.log = nil; loader.stop() }
+        defer { log?.finish(); self.log = nil; loader.stop() }
         if handleSignals { interruption.install() }
         defer { if handleSignals { interruption.uninstall() } }
         let precision = MixedPrecisionScope(options.mixedPrecision)
         defer { precision.end() }
-        describeRun(log)
-        log.startProgress(total: totalSteps, step: step)
+        if let log { describeRun(log) }
+        log?.startProgress(total: totalSteps, step: step)
 
         var lastLoss: Float?
         var interrupted = false
@@ -234,45 +244,56 @@ public final class TextToImageTrainer {
         return TrainingSummary(
             step: step, totalSteps: totalSteps, interrupted: interrupted, finalLoss: lastLoss, outputDir: outputDir,
             pipelinePath: outputs.first, lastCheckpoint: lastCheckpoint?.path, sampleImages: sampleImages,
-            logDirectory: log.directory, seconds: Date().timeIntervalSince(start))
+            logDirectory: log?.directory ?? (outputDir as NSString).appendingPathComponent("logs"), seconds: Date().timeIntervalSince(start))
     }
 
     // MARK: One step
 
     /// Forward and backward of one micro-batch of the loader; returns its (unscaled) loss.
+    ///
+    /// Every random draw (flips, caption dropout, posterior samples, noise, noise offset,
+    /// timesteps) is made for the whole global batch and this rank's rows are kept
+    /// (``DataParallelShard``): one process with the global batch draws the same numbers for
+    /// the same examples, in the same order.
     func microStep(_ batch: Batch, scale: Float) throws -> Float {
         let indices = batch.indices
-        let flipped = options.randomFlip ? indices.map { _ in generator.uniform() < 0.5 } : Array(repeating: false, count: indices.count)
+        let shard = group.shard(localCount: indices.count)
+        let flipped = options.randomFlip ? shard.draw { generator.uniform() < 0.5 } : Array(repeating: false, count: indices.count)
         let prompts = drawPrompts(indices)
         let latents = sampleLatents(indices, flipped: flipped)
-        var noise = Tensor.randn(latents.shape, generator: &generator)
+        var noise = shard.randn(Array(latents.shape.dropFirst()), generator: &generator)
         if options.noiseOffset != 0 {
-            let offset = Tensor.randn([latents.shape[0], latents.shape[1], 1, 1], generator: &generator)
+            let offset = shard.randn([latents.shape[1], 1, 1], generator: &generator)
             noise = noGrad { noise + offset * Float(options.noiseOffset) }
         }
-        let timesteps = indices.map { _ in Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
+        let timesteps = shard.draw { Float(generator.integer(below: noiseScheduler.trainTimesteps)) }
         let context = try encoderHiddenStates(prompts)
         let loss = self.loss(latents: latents, noise: noise, timesteps: timesteps, encoderHiddenStates: context)
         let value = loss.item
-        guard value.isFinite else { throw nonFinite(value) }
+        // With several ranks the averaged loss is checked in `optimizerStep`, on every rank alike.
+        guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
         (scale == 1 ? loss : loss * scale).backward()
         return value
     }
 
-    /// The captions of examples `indices`, each replaced by the empty prompt with probability
-    /// `caption_dropout` (a draw of the trainer's generator per example when it is above 0).
+    /// The captions of examples `indices` (this rank's rows of a global batch), each replaced by the
+    /// empty prompt with probability `caption_dropout` (a draw of the trainer's generator per
+    /// example of the global batch when it is above 0; this rank's rows kept).
     public func drawPrompts(_ indices: [Int]) -> [String] {
         let dropout = Float(options.captionDropout)
-        return indices.map { index in dropout > 0 && generator.uniform() < dropout ? "" : captions[index] }
+        guard dropout > 0 else { return indices.map { captions[$0] } }
+        let dropped = group.shard(localCount: indices.count).draw { generator.uniform() < dropout }
+        return zip(indices, dropped).map { index, drop in drop ? "" : captions[index] }
     }
 
-    /// The scaled latents of examples `indices`: their cached posterior sampled with the trainer's
-    /// generator (or its mean without `sampleLatents`), times the VAE's `scaling_factor`.
+    /// The scaled latents of examples `indices` (this rank's rows of a global batch): their cached
+    /// posterior sampled with the trainer's generator (the global batch's noise, this rank's rows),
+    /// or its mean without `sampleLatents`, times the VAE's `scaling_factor`.
     public func sampleLatents(_ indices: [Int], flipped: [Bool]) -> Tensor {
         let posterior = latentCache.posterior(indices, flipped: flipped)
         let scaling = Float(pipeline.vae.configuration.scalingFactor)
         guard options.sampleLatents else { return noGrad { posterior.mean * scaling } }
-        let noise = Tensor.randn(posterior.mean.shape, generator: &generator)
+        let noise = group.shard(localCount: indices.count).randn(Array(posterior.mean.shape.dropFirst()), generator: &generator)
         return latents(posterior, noise: noise)
     }
 
@@ -324,8 +345,13 @@ public final class TextToImageTrainer {
 
     /// Steps, logs, checkpoints, validates; returns true when a signal asks to stop.
     func optimizerStep(loss: Float, epoch: Int, images: Int, started: Double) throws -> Bool {
+        // The mean of the ranks' losses (checked before the step, so that every rank stops alike) and
+        // whether any rank was asked to stop (Ctrl-C, SIGTERM), so that all stop after the same step.
+        let numbers = try group.average([loss, interruption.isRequested ? 1 : 0])
+        let averaged = numbers[0]
+        let stopRequested = numbers[1] > 0
+        guard averaged.isFinite else { throw nonFinite(averaged) }
         let (norm, rate) = try applyGradients()
-        let averaged = try group.average([loss])[0]
         let seconds = Swift.max(ProgressBar.monotonicSeconds() - started, 1e-9)
         if group.isWriter {
             try log?.record(.init(step: step, epoch: epoch, loss: averaged, learningRate: rate, gradientNorm: norm,
@@ -336,7 +362,8 @@ public final class TextToImageTrainer {
             try saveValidationGrid()
         }
         onStep?(step)
-        if interruption.isRequested {
+        // One process also stops for a request made during `onStep`; ranks only for one every rank knows of.
+        if group.isDistributed ? stopRequested : interruption.isRequested {
             if lastCheckpoint?.step != step { try saveCheckpoint() }
             log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume-from-checkpoint latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
             return true

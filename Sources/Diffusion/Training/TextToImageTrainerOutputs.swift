@@ -11,14 +11,20 @@ extension TextToImageTrainer {
     /// The LoRA factors in a checkpoint (instead of `model.safetensors`).
     static let adaptersFile = "lora.safetensors"
 
-    /// Resumes from `resume_from_checkpoint`, or checks (with `overwrite_output_dir`, clears) the output folder.
+    /// Resumes from `resume_from_checkpoint`, or checks (with `overwrite_output_dir`, clears) the output folder:
+    /// rank 0 first (the others wait, then restore the same checkpoint).
     func prepareOutputFolder() throws {
-        _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: options.resumeFromCheckpoint, overwrite: options.overwriteOutputDir && group.isWriter,
-                                                       artifacts: Self.runArtifacts, restore: { path in
+        try group.writerOnly {
+            _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: options.resumeFromCheckpoint, overwrite: options.overwriteOutputDir,
+                                                           artifacts: Self.runArtifacts, restore: { path in
+                try restore(from: path)
+                message("resuming from \(path) at step \(step) (data \(loader.position))")
+            }, message: message)
+        }
+        if !group.isWriter, let specification = options.resumeFromCheckpoint,
+           let path = try TrainingCheckpoint.resolve(specification, outputDir: outputDir) {
             try restore(from: path)
-            message("resuming from \(path) at step \(step) (data \(loader.position))")
-        }, message: message)
-        try group.barrier()
+        }
     }
 
     /// The UNet's weights, or the adapters' factors (`unet.<layer>.lora_A.weight`, …) of a LoRA run.

@@ -26,9 +26,13 @@ import Tensors
 /// `gridEvery` steps and at the end; then `vae/` in diffusers' layout with
 /// `scaling_factor` measured (``measureScalingFactor(images:)``).
 ///
-/// Data parallel: parameters are broadcast from rank 0 after they are built, gradients
-/// averaged after the last micro-batch's backward, files written by the writer rank only,
-/// each write followed by a barrier (``DataParallel``).
+/// Data parallel: parameters are broadcast from rank 0 after they are built; each rank loads
+/// its rows of every global batch (`DataLoader`'s shard) and draws the posterior noise of the
+/// whole global batch from the generator every rank shares, keeping its rows
+/// (``DataParallelShard``), so N ranks with batch B draw what one process with batch N·B draws;
+/// gradients of the local mean losses are averaged after the last micro-batch's backward
+/// (the mean of equal-sized local means is the global mean); files written by the writer rank
+/// only, each write followed by a barrier (``DataParallel``).
 public final class VAETrainer {
     public let options: VAETrainingOptions
     public let model: AutoencoderKL
@@ -85,6 +89,8 @@ public final class VAETrainer {
     var log: TrainingLog?
     var lastCheckpoint: (step: Int, path: String)?
     var lastGridStep = -1
+    /// Whether a rank was asked to stop (Ctrl-C / SIGTERM) by the last step.
+    var stopRequested = false
     var gridPaths: [String] = []
 
     /// Builds the model (PyTorch's default initialisation from `seed`), the loader and the optimizer.
@@ -189,7 +195,8 @@ public final class VAETrainer {
             let result = try trainingStep()
             last = result
             onStep?(result)
-            if interruption.isRequested {
+            // One process also stops for a request made during `onStep`; ranks only for one every rank knows of.
+            if group.isDistributed ? stopRequested : interruption.isRequested {
                 if lastCheckpoint?.step != step { try saveCheckpoint() }
                 log?.event("interrupted", step: step, text: "interrupted at step \(step); resume with --resume latest (checkpoint \(lastCheckpoint?.path ?? "?"))")
                 interrupted = true
@@ -219,10 +226,13 @@ public final class VAETrainer {
         guard images.rank == 4, images.shape[1] == channels else {
             throw TrainingError.data("a batch has shape \(images.shape); the model takes \(channels)-channel images")
         }
-        let noise = Tensor.randn(latentShape(of: images), generator: &generator)
+        // The posterior noise of the whole global batch, this rank's rows kept (one process: the batch's own).
+        let shard = group.shard(localCount: images.shape[0])
+        let noise = shard.randn(Array(latentShape(of: images).dropFirst()), generator: &generator)
         let terms = Self.loss(model: model, images: images, noise: noise, reconstruction: options.reconstructionLoss, klWeight: options.klWeight)
         let value = terms.loss.item
-        guard value.isFinite else { throw nonFinite(value) }
+        // With several ranks the averaged loss is checked in `trainingStep`, on every rank alike.
+        guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
         (scale == 1 ? terms.loss : terms.loss * scale).backward()
         return (value, terms.reconstruction.item, terms.kl.item)
     }
@@ -244,7 +254,10 @@ public final class VAETrainer {
             images += batch.count
         }
         try group.averageGradients(of: parameters)
-        let means = try group.average(sums.map { $0 / Float(accumulation) })
+        // The ranks' mean losses, and whether any rank was asked to stop (all stop after the same step).
+        let means = try group.average(sums.map { $0 / Float(accumulation) } + [interruption.isRequested ? 1 : 0])
+        stopRequested = means[3] > 0
+        guard means[0].isFinite else { throw nonFinite(means[0]) }
         let maximumNorm = options.maxGradNorm.flatMap { $0 > 0 ? Float($0) : nil } ?? .infinity
         let norm = clipGradientNorm(parameters, maximumNorm: maximumNorm)
         guard norm.isFinite else { throw nonFinite(norm) }
