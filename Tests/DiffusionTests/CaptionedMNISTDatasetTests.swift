@@ -49,9 +49,16 @@ final class CaptionedMNISTDatasetTests: XCTestCase {
             XCTAssertEqual(zip(values, expected).map { abs($0 - $1) }.max()!, 0, accuracy: 1e-5)
             // The bar of label l covers rows 4+2l ..< 8+2l of 28: at 32 its centre moves by 32/28.
             let label = index % 10
-            let rows = (0..<32).map { y in (0..<32).reduce(Float(0)) { $0 + (values[y * 32 + $1] + 1) / 2 } }
-            let centre = rows.enumerated().reduce(Float(0)) { $0 + Float($1.offset) * $1.element } / rows.reduce(0, +)
-            XCTAssertEqual(centre + 0.5, (Float(6 + 2 * label)) * 32 / 28, accuracy: 0.05)
+            var mass: Float = 0, moment: Float = 0
+            for y in 0..<32 {
+                for x in 0..<32 {
+                    let level: Float = (values[y * 32 + x] + 1) / 2
+                    mass += level
+                    moment += Float(y) * level
+                }
+            }
+            let expectedCentre = Float(6 + 2 * label) * 32 / 28
+            XCTAssertEqual(moment / mass + 0.5, expectedCentre, accuracy: 0.05)
         }
         XCTAssertEqual(try CaptionedMNISTDataset(base: base, size: 28).example(at: 3).image.shape, [3, 28, 28])
     }
