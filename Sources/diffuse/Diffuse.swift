@@ -8,7 +8,7 @@ struct Diffuse: AsyncParsableCommand {
         commandName: "diffuse",
         abstract: "Train, fine-tune, guide and sample diffusion models, natively in Swift.",
         version: DiffuseVersion.string,
-        subcommands: [Info.self, Demo.self, Train.self, TrainClassifier.self, TrainCLIP.self, TrainVAE.self, TrainTextToImage.self, Sample.self, Generate.self, Serve.self, Measure.self, Toy.self, Inspect.self, Tokenize.self, Convert.self]
+        subcommands: [Info.self, Demo.self, Train.self, TrainClassifier.self, TrainCLIP.self, TrainVAE.self, TrainTextToImage.self, EvaluateLoRADigits.self, Sample.self, Generate.self, Serve.self, Measure.self, Toy.self, Inspect.self, Tokenize.self, Convert.self]
     )
 }
 

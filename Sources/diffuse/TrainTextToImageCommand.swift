@@ -32,7 +32,7 @@ struct TrainTextToImage: ParsableCommand {
     @Option(help: "LoRA alpha (default: the rank).") var loraAlpha: Double?
     @Flag(help: "Also train LoRA adapters on the text encoder's q/k/v/out projections.") var trainTextEncoderLora = false
 
-    @Option(help: "captioned-tinted-fashion-mnist, or an image folder with a metadata.jsonl of captions.")
+    @Option(help: "captioned-tinted-fashion-mnist, captioned-mnist, or an image folder with a metadata.jsonl of captions.")
     var dataset = CaptionedTintedDataset.name
     @Option(help: "Use only the first N examples.") var maxTrainSamples: Int?
     @Option(help: "Image side (default: the UNet's sample_size × the VAE's factor; 32 from scratch).") var resolution: Int?

@@ -134,32 +134,47 @@ public enum CaptionedTintedEvaluation {
         let total = prompts.count * guidanceScales.count
         for (scaleIndex, scale) in guidanceScales.enumerated() {
             let start = Date()
-            var pixels: [Float] = []
-            var shape: [Int] = []
             var result = Result(guidanceScale: scale, samples: Tensor.zeros([1]), seconds: 0)
-            for (promptIndex, prompt) in prompts.enumerated() {
-                var single = request
-                single.prompt = prompt.text
-                single.count = samplesPerPrompt
-                single.guidanceScale = scale
-                // The same noise for a prompt at every scale; different prompts, different noise.
-                single.seed = request.seed &+ UInt64(promptIndex) &* 1_000_003
-                let images = try StableDiffusionRun.generate(single, pipeline: pipeline).images.map { $0.tensor() }
-                shape = images[0].shape
-                let batch = Tensor(images.flatMap { $0.toArray() }, shape: [images.count] + shape)
+            let samples = try samples(prompts.map(\.text), samplesPerPrompt: samplesPerPrompt, guidanceScale: scale, request: request,
+                                      pipeline: pipeline) { promptIndex, batch in
+                let prompt = prompts[promptIndex]
                 for verdict in judge(batch, classifier: classifier) {
                     result.overall.add(verdict, for: prompt)
                     if prompt.heldOut { result.heldOut.add(verdict, for: prompt) } else { result.seen.add(verdict, for: prompt) }
                     result.perItem[prompt.label].add(verdict, for: prompt)
                 }
-                pixels += batch.toArray()
                 progress?(scaleIndex * prompts.count + promptIndex + 1, total)
             }
-            result.samples = Tensor(pixels, shape: [prompts.count * samplesPerPrompt] + shape)
+            result.samples = samples
             result.seconds = Date().timeIntervalSince(start)
             results.append(result)
         }
         return results
+    }
+
+    /// Generates `samplesPerPrompt` images of every prompt at one guidance scale, the same noise for a prompt at
+    /// every scale (prompt `i` is seeded with `request.seed + i · 1,000,003`), different noise for different prompts.
+    /// - Parameters:
+    ///   - request: the generation settings (steps, scheduler, size, seed); its prompt, count and scale are set here.
+    ///   - onPrompt: called after every prompt with its index and its images `[samplesPerPrompt, 3, H, W]` in [-1, 1].
+    /// - Returns: every sample, `[prompts × samplesPerPrompt, 3, H, W]`, prompt-major.
+    public static func samples(_ prompts: [String], samplesPerPrompt: Int, guidanceScale: Double, request: StableDiffusionRequest,
+                               pipeline: StableDiffusionPipeline, onPrompt: ((Int, Tensor) throws -> Void)? = nil) throws -> Tensor {
+        var pixels: [Float] = []
+        var shape: [Int] = []
+        for (promptIndex, prompt) in prompts.enumerated() {
+            var single = request
+            single.prompt = prompt
+            single.count = samplesPerPrompt
+            single.guidanceScale = guidanceScale
+            single.seed = request.seed &+ UInt64(promptIndex) &* 1_000_003
+            let images = try StableDiffusionRun.generate(single, pipeline: pipeline).images.map { $0.tensor() }
+            shape = images[0].shape
+            let batch = Tensor(images.flatMap { $0.toArray() }, shape: [images.count] + shape)
+            try onPrompt?(promptIndex, batch)
+            pixels += batch.toArray()
+        }
+        return Tensor(pixels, shape: [prompts.count * samplesPerPrompt] + shape)
     }
 }
 

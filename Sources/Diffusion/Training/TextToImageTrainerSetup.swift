@@ -65,11 +65,14 @@ enum TextToImageSetup {
         throw TrainingError.data("no tokenizer files (vocab.json, merges.txt) in \(textFolder) or beside it; give --tokenizer FOLDER")
     }
 
-    /// The training data by name or folder.
+    /// The training data by name (`captioned-tinted-fashion-mnist`, `captioned-mnist`, the named datasets) or folder.
     static func dataset(_ options: TextToImageTrainingOptions) throws -> Dataset {
         if [CaptionedTintedDataset.name, "captioned_tinted_fashion_mnist"].contains(options.dataset.lowercased()) {
             return try CaptionedTintedDataset.fashionMNIST(training: true, limit: options.maxTrainSamples, seed: options.seed,
                                                            heldOutPairs: Set(options.heldOutPairs))
+        }
+        if CaptionedMNISTDataset.isNamed(options.dataset) {
+            return try CaptionedMNISTDataset.mnist(training: true, limit: options.maxTrainSamples, size: options.resolution ?? 32)
         }
         let dataset = try Datasets.open(options.dataset, training: true, limit: options.maxTrainSamples)
         if let limit = options.maxTrainSamples, limit < dataset.count { return PrefixDataset(base: dataset, count: limit) }
