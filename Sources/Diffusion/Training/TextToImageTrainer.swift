@@ -102,6 +102,9 @@ public final class TextToImageTrainer {
         self.pipeline = pipeline
         var noiseConfiguration = pipeline.scheduler.configuration
         noiseConfiguration.className = SchedulerKind.ddpm.rawValue
+        // Another scheduler's configuration may hold `variance_type: null` (DPM-Solver's); training only adds
+        // noise, and diffusers' DDPMScheduler takes its default then, as here.
+        if noiseConfiguration["variance_type"] == .null { noiseConfiguration.removeValue(forKey: "variance_type") }
         let noiseScheduler = try DDPMScheduler(configuration: noiseConfiguration)
         self.noiseScheduler = noiseScheduler
         let predictionType = options.predictionType ?? noiseConfiguration.predictionType ?? .epsilon
