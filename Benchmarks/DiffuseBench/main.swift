@@ -245,6 +245,11 @@ workloads += textToImageTrainingWorkloads
 
 var prepared: [String: () -> Void] = [:]
 setvbuf(stdout, nil, _IOLBF, 0)
+if let flag = CommandLine.arguments.firstIndex(of: "--write-bf16-pipeline"), flag + 1 < CommandLine.arguments.count {
+    // A child process of `mappedBFloat16Pipeline()`: writes the files, so the measured process never holds the drawn model.
+    do { try writeBFloat16Pipeline(to: URL(fileURLWithPath: CommandLine.arguments[flag + 1])) } catch { fatalError("\(error)") }
+    exit(0)
+}
 if CommandLine.arguments.contains("--list") {
     for workload in workloads { print(workload.name) }
     for name in memoryRows { print(name) }

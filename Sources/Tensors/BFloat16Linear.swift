@@ -47,7 +47,9 @@ enum BFloat16Linear {
         let offset: Int
         let words: UnsafeMutablePointer<UInt16>
         let count: Int
-        private let ownsWords: Bool
+        /// The rounded copy when the weight is not bfloat16 already, from the buffer pool (so the
+        /// pool's high-water mark counts it, as the convolutions' copies).
+        private let copy: Storage?
 
         init(_ weight: Tensor) {
             storage = weight.storage
@@ -55,16 +57,17 @@ enum BFloat16Linear {
             count = weight.count
             if weight.dataType == .bfloat16 && weight.isContiguous {
                 words = weight.storage.halfWords + weight.offset
-                ownsWords = false
+                copy = nil
             } else {
                 let dense = weight.contiguousData()
-                words = UnsafeMutablePointer<UInt16>.allocate(capacity: count)
-                ownsWords = true
+                let made = Storage(count: count, dataType: .bfloat16)
+                copy = made
+                words = made.halfWords
                 BFloat16Linear.round(UnsafePointer(dense.floatPointer), into: words, count: count)
+                // The rounded copy is what runs from now on: a mapped original's pages go back to the system.
+                withExtendedLifetime(dense) { MappedPages.release(weight) }
             }
         }
-
-        deinit { if ownsWords { words.deallocate() } }
     }
 
     private nonisolated(unsafe) static var primitives: [ShapeKey: MatmulPrimitive] = [:]

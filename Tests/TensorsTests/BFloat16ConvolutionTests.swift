@@ -77,4 +77,27 @@ final class BFloat16ConvolutionTests: XCTestCase {
         let after = noGrad { input.conv2d(weight: weight, padding: 1) }.contiguous().toArray()
         for (first, second) in zip(before, after) { XCTAssertEqual(second, 2 * first, accuracy: 1e-4 * max(1, abs(first))) }
     }
+
+    /// A weight mapped from a file: once reordered into oneDNN's layout, its pages leave the process
+    /// (`MappedPages`); the results stay those of the same weight in ordinary memory, also after the
+    /// copies are released (`ComputeMode.releaseWeightCopies`, as the pipeline does before decoding) and made again.
+    func testMappedWeightPagesAreReleasedAfterPacking() throws {
+        var generator = RandomGenerator(seed: 7)
+        let input = Tensor.randn([1, 64, 8, 8], generator: &generator)
+        let values = Tensor.randn([64, 64, 3, 3], generator: &generator).toArray()  // 144 KB: whole pages inside
+        let file = try MappedPagesTests.MappedFile(values)
+        let mapped = file.tensor(count: values.count).reshaped([64, 64, 3, 3])
+        let ordinary = Tensor(values, shape: [64, 64, 3, 3])
+        ComputeMode.precision = .bfloat16
+        Convolution.preferBFloat16 = true
+        let expected = noGrad { input.conv2d(weight: ordinary, padding: 1) }.contiguous().toArray()
+        _ = mapped.toArray()
+        XCTAssertGreaterThan(MappedPages.residentPages(file.bytes, byteCount: file.byteCount), 30)
+        let first = noGrad { input.conv2d(weight: mapped, padding: 1) }.contiguous().toArray()
+        XCTAssertLessThanOrEqual(MappedPages.residentPages(file.bytes, byteCount: file.byteCount), 2, "only the partial pages at the ends may stay")
+        ComputeMode.releaseWeightCopies()
+        let second = noGrad { input.conv2d(weight: mapped, padding: 1) }.contiguous().toArray()
+        XCTAssertEqual(first, expected)
+        XCTAssertEqual(second, expected)
+    }
 }

@@ -111,6 +111,8 @@ extension StableDiffusionPipeline {
                                                predictedOriginal: result.predOriginalSample, preview: preview))
             }
         }
+        // The UNet's bfloat16 weight copies would stay resident under the decode's activations.
+        ComputeMode.releaseWeightCopies()
         let images = noGrad { decodeLatents(latents) }
         return StableDiffusionOutput(images: images, latents: latents, timesteps: timesteps, embeddings: embeddings)
     }
