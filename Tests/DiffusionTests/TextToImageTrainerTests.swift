@@ -141,17 +141,17 @@ final class TextToImageTrainerTests: XCTestCase {
     /// A pipeline saved with DPM-Solver++ (whose configuration holds `variance_type: null`, as the text demo's does)
     /// fine-tunes: the training DDPMScheduler takes its default variance type, as diffusers' does.
     func testFineTunesAPipelineWhoseSchedulerConfigurationHasANullVarianceType() throws {
-        let folder = try Self.temporaryFolder(self)
+        let folder = try TextToImageFixtures.temporaryFolder(self)
         let copy = URL(fileURLWithPath: folder).appendingPathComponent("pipeline")
-        try FileManager.default.copyItem(at: URL(fileURLWithPath: Self.tiny), to: copy)
+        try FileManager.default.copyItem(at: URL(fileURLWithPath: TextToImageFixtures.tiny), to: copy)
         let schedulerFile = copy.appendingPathComponent("scheduler/scheduler_config.json")
         var configuration = try JSONSerialization.jsonObject(with: Data(contentsOf: schedulerFile)) as! [String: Any]
         configuration["_class_name"] = "DPMSolverMultistepScheduler"
         configuration["variance_type"] = NSNull()
         try JSONSerialization.data(withJSONObject: configuration).write(to: schedulerFile)
-        var options = Self.options(outputDir: (folder as NSString).appendingPathComponent("out"), steps: 1)
+        var options = TextToImageFixtures.options(outputDir: (folder as NSString).appendingPathComponent("out"), steps: 1)
         options.from = copy.path
-        let trainer = try Self.trainer(options)
+        let trainer = try TextToImageFixtures.trainer(options)
         XCTAssertTrue(trainer.noiseScheduler is DDPMScheduler)
     }
 }
