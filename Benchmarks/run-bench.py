@@ -72,8 +72,9 @@ def main():
 
     environment = dict(os.environ, DIFFUSE_NUM_THREADS="2", OMP_NUM_THREADS="2")
     names = subprocess.run([arguments.binary, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    if "," in arguments.only and all(part in names for part in arguments.only.split(",")):
-        selected = arguments.only.split(",")  # exact names, e.g. the timing rows without their -rss rows
+    exact = [part for part in arguments.only.split(",") if part]
+    if "," in arguments.only and all(part in names for part in exact):
+        selected = exact  # exact names ("NAME," for one), e.g. the timing rows without their -rss rows
     else:
         selected = [name for name in names if name.startswith(arguments.only)]
     if not selected and ":" in arguments.only:

@@ -14,17 +14,11 @@ extension TextToImageTrainer {
     /// Resumes from `resume_from_checkpoint`, or checks (with `overwrite_output_dir`, clears) the output folder:
     /// rank 0 first (the others wait, then restore the same checkpoint).
     func prepareOutputFolder() throws {
-        try group.writerOnly {
-            _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: options.resumeFromCheckpoint, overwrite: options.overwriteOutputDir,
-                                                           artifacts: Self.runArtifacts, restore: { path in
-                try restore(from: path)
-                message("resuming from \(path) at step \(step) (data \(loader.position))")
-            }, message: message)
-        }
-        if !group.isWriter, let specification = options.resumeFromCheckpoint,
-           let path = try TrainingCheckpoint.resolve(specification, outputDir: outputDir) {
+        try TrainingCheckpoint.prepareOutputFolder(outputDir, group: group, resume: options.resumeFromCheckpoint, overwrite: options.overwriteOutputDir,
+                                                   artifacts: Self.runArtifacts, restore: { path in
             try restore(from: path)
-        }
+            if group.isWriter { message("resuming from \(path) at step \(step) (data \(loader.position))") }
+        }, message: message)
     }
 
     /// The UNet's weights, or the adapters' factors (`unet.<layer>.lora_A.weight`, …) of a LoRA run.

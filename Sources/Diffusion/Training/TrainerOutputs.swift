@@ -13,17 +13,11 @@ extension Trainer {
     /// With several ranks, rank 0 prepares the folder (and restores) first; then the others
     /// restore from the same checkpoint (`output_dir` must be visible to every rank).
     func prepareOutputFolder() throws {
-        try group.writerOnly {
-            _ = try TrainingCheckpoint.prepareOutputFolder(outputDir, resume: configuration.resumeFromCheckpoint, overwrite: configuration.overwriteOutputDir,
-                                                           artifacts: Self.runArtifacts, restore: { path in
-                try restore(from: path)
-                message("resuming from \(path) at step \(step) (data \(loader.position))")
-            }, message: message)
-        }
-        if !group.isWriter, let resume = configuration.resumeFromCheckpoint,
-           let path = try TrainingCheckpoint.resolve(resume, outputDir: outputDir) {
+        try TrainingCheckpoint.prepareOutputFolder(outputDir, group: group, resume: configuration.resumeFromCheckpoint, overwrite: configuration.overwriteOutputDir,
+                                                   artifacts: Self.runArtifacts, restore: { path in
             try restore(from: path)
-        }
+            if group.isWriter { message("resuming from \(path) at step \(step) (data \(loader.position))") }
+        }, message: message)
     }
 
     /// The dropout layers of the model, by module name.

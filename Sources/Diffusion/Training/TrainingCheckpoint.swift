@@ -59,6 +59,19 @@ public struct TrainerState: Codable, Equatable, Sendable {
 /// `trainer_state.json` (``TrainerState``) and `train_config.json`.
 public enum TrainingCheckpoint {
 
+    /// ``prepareOutputFolder(_:resume:overwrite:artifacts:restore:message:)`` on a data-parallel run: the
+    /// writer prepares the folder (and restores) first while the others wait; then they restore the same
+    /// checkpoint (`outputDir` must be visible to every rank).
+    static func prepareOutputFolder(_ outputDir: String, group: any DataParallelGroup, resume: String?, overwrite: Bool,
+                                    artifacts: [String], restore: (String) throws -> Void, message: (String) -> Void) throws {
+        try group.writerOnly {
+            _ = try prepareOutputFolder(outputDir, resume: resume, overwrite: overwrite, artifacts: artifacts, restore: restore, message: message)
+        }
+        if !group.isWriter, let resume, let path = try resolve(resume, outputDir: outputDir) {
+            try restore(path)
+        }
+    }
+
     /// Prepares `outputDir` for a run: resumes from `resume` (a checkpoint name, `latest` or
     /// a path) through `restore` and returns true, or checks that no checkpoint nor any of
     /// `artifacts` is there (removing them when `overwrite`; else throwing) and returns false.
