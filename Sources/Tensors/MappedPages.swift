@@ -51,38 +51,45 @@ public enum MappedPages {
     /// True when every resident page in `[first, end)` (page-aligned) is a file page, by
     /// `/proc/self/pagemap`: bit 63 present, bit 62 swapped, bit 61 file page or shared anonymous.
     static func onlyFilePages(from first: Int, to end: Int) -> Bool {
+        var onlyFiles = true
+        let complete = forEachPagemapEntry(from: first, to: end) { entry in
+            let present = entry & (1 << 63) != 0, swapped = entry & (1 << 62) != 0, file = entry & (1 << 61) != 0
+            if swapped || (present && !file) { onlyFiles = false }
+            return onlyFiles
+        }
+        return complete && onlyFiles
+    }
+
+    /// How many pages in `[start, start + byteCount)` this process has resident (for tests; -1 when
+    /// `/proc/self/pagemap` cannot be read).
+    public static func residentPages(_ start: UnsafeRawPointer, byteCount: Int) -> Int {
+        let first = Int(bitPattern: start) / pageSize * pageSize
+        let end = (Int(bitPattern: start) + byteCount + pageSize - 1) / pageSize * pageSize
+        var resident = 0
+        let complete = forEachPagemapEntry(from: first, to: end) { entry in
+            if entry & (1 << 63) != 0 { resident += 1 }
+            return true
+        }
+        return complete ? resident : -1
+    }
+
+    /// Calls `body` with the `/proc/self/pagemap` entry of every page in `[first, end)` (page-aligned),
+    /// read 4,096 at a time, until it returns false; false when the file could not be read.
+    private static func forEachPagemapEntry(from first: Int, to end: Int, _ body: (UInt64) -> Bool) -> Bool {
         let descriptor = open("/proc/self/pagemap", O_RDONLY)
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
         let pages = (end - first) / pageSize
-        let chunk = 4096
-        var entries = [UInt64](repeating: 0, count: chunk)
+        var entries = [UInt64](repeating: 0, count: Swift.min(4096, pages))
         var page = 0
         while page < pages {
-            let count = Swift.min(chunk, pages - page)
+            let count = Swift.min(entries.count, pages - page)
             let offset = off_t((first / pageSize + page) * 8)
             let read = entries.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, count * 8, offset) }
             guard read == count * 8 else { return false }
-            for entry in entries[0..<count] {
-                let present = entry & (1 << 63) != 0, swapped = entry & (1 << 62) != 0, file = entry & (1 << 61) != 0
-                if swapped || (present && !file) { return false }
-            }
+            for entry in entries[0..<count] where !body(entry) { return true }
             page += count
         }
         return true
-    }
-
-    /// How many pages in `[start, start + byteCount)` this process has resident (for tests).
-    public static func residentPages(_ start: UnsafeRawPointer, byteCount: Int) -> Int {
-        let first = Int(bitPattern: start) / pageSize * pageSize
-        let end = (Int(bitPattern: start) + byteCount + pageSize - 1) / pageSize * pageSize
-        let descriptor = open("/proc/self/pagemap", O_RDONLY)
-        guard descriptor >= 0 else { return -1 }
-        defer { close(descriptor) }
-        let pages = (end - first) / pageSize
-        var entries = [UInt64](repeating: 0, count: pages)
-        let read = entries.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, pages * 8, off_t(first / pageSize * 8)) }
-        guard read == pages * 8 else { return -1 }
-        return entries.filter { $0 & (1 << 63) != 0 }.count
     }
 }
