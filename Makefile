@@ -23,7 +23,8 @@ deps:
 bench-deps:
 	@python3 -c "import torch" 2>/dev/null || { \
 		if [ -n "$(TORCH_WHEEL)" ]; then pip install -q "$(TORCH_WHEEL)"; else pip install -q torch; fi; }
-	@python3 -c "import diffusers" 2>/dev/null || pip install -q diffusers
+	@for module in diffusers transformers peft safetensors; do \
+		python3 -c "import $$module" 2>/dev/null || pip install -q $$module; done
 
 build: deps
 	swift build
