@@ -23,8 +23,8 @@ extension Tensor {
             return result
         }
         let algorithm = Convolution.algorithm(for: geometry)
-        // The Winograd passes read a row-major input as it is; the other paths want it channels-last.
-        let readsRowMajor = algorithm == .winograd && isContiguous && dataType == .float32
+        // The Winograd and small-image passes read a row-major input as it is; the others want it channels-last.
+        let readsRowMajor = (algorithm == .winograd || algorithm == .smallImage) && isContiguous && dataType == .float32
         let input = readsRowMajor ? self : Convolution.channelsLast(self)
         let weightData = weight.layerWeightData()
         let biasData = bias?.contiguousData()
@@ -125,12 +125,23 @@ enum ConvolutionAlgorithm: Equatable {
     case im2col
     /// Winograd F(m×m, 3×3) (m = `Convolution.winogradTile`) for 3×3 stride-1 kernels.
     case winograd
+    /// Few output pixels: patches in the weight's order, products that read the weight in place
+    /// (`ConvolutionSmallImage.swift`).
+    case smallImage
 }
 
 /// The convolution kernels (forward and backward).
 enum Convolution {
-    /// Forces an algorithm where it applies (for tests and measurements); nil chooses.
-    nonisolated(unsafe) static var preferredAlgorithm: ConvolutionAlgorithm?
+    /// Forces an algorithm where it applies (for tests and measurements; `DIFFUSE_CONV_ALGORITHM=im2col`,
+    /// `winograd` or `small-image` sets it from the environment); nil chooses.
+    nonisolated(unsafe) static var preferredAlgorithm: ConvolutionAlgorithm? = {
+        switch ProcessInfo.processInfo.environment["DIFFUSE_CONV_ALGORITHM"] {
+        case "im2col": return .im2col
+        case "winograd": return .winograd
+        case "small-image": return .smallImage
+        default: return nil
+        }
+    }()
     /// Output tile of the Winograd forward and data-gradient passes (2 or 4).
     nonisolated(unsafe) static var winogradTile = 4
     /// Size of the patch matrix of one block of rows in the im2col passes.
@@ -221,9 +232,11 @@ enum Convolution {
         case .im2col?: return .im2col
         case .winograd? where geometry.suitsWinograd: return .winograd
         case .pointwise? where geometry.isPointwise: return .pointwise
+        case .smallImage?: return .smallImage
         default: break
         }
         if geometry.isPointwise { return .pointwise }
+        if suitsSmallImage(geometry) { return .smallImage }
         // Few channels leave the Winograd GEMMs too small to pay for the transforms.
         if geometry.suitsWinograd && geometry.inChannels >= 8 && geometry.outChannels >= 8 { return .winograd }
         return .im2col

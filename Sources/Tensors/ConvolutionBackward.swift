@@ -58,6 +58,8 @@ struct ConvolutionBackward: BackwardContext {
                 inputGradient = Convolution.channelsLastTensor(geometry.inputShape)
                 Winograd.convolve(input: upstream.floatPointer, inputIsChannelsLast: true, plan: plan, schedule: schedule,
                                   transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)
+            case .smallImage:
+                inputGradient = Convolution.smallImageDataGradient(gradient: upstream.floatPointer, weight: weight.floatPointer, geometry: geometry)
             case .pointwise, .im2col:
                 inputGradient = Convolution.im2colDataGradient(gradient: upstream.floatPointer, weight: Convolution.weightMatrix(weight, geometry), geometry: geometry)
             }
@@ -73,6 +75,9 @@ struct ConvolutionBackward: BackwardContext {
                                                                 blockBytes: Convolution.weightGradientBlockBytes)
                 result[1] = Winograd.weightGradient(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast,
                                                     gradient: upstream.floatPointer, plan: plan, schedule: schedule)
+            case .smallImage:
+                result[1] = Convolution.smallImageWeightGradient(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast,
+                                                                 gradient: upstream.floatPointer, geometry: geometry)
             case .pointwise, .im2col:
                 result[1] = Convolution.im2colWeightGradient(input: input.floatPointer, gradient: upstream.floatPointer, geometry: geometry)
             }

@@ -33,6 +33,9 @@ extension Convolution {
                     for pixel in pixels { (target + pixel * stride).update(from: source + pixel * width, count: width) }
                 }
             }
+        case .smallImage:
+            smallImageForward(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, weight: weight.floatPointer, bias: biasPointer,
+                              geometry: geometry, output: output.floatPointer)
         case .pointwise, .im2col:
             precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
             im2colForward(input: input.floatPointer, weight: weightMatrix(weight, geometry), bias: biasPointer, geometry: geometry, output: output.floatPointer)

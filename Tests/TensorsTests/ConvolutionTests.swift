@@ -46,6 +46,7 @@ final class ConvolutionTests: XCTestCase {
         Path(algorithm: .pointwise, tile: 4, smallBlocks: false),
         Path(algorithm: .im2col, tile: 4, smallBlocks: true),
         Path(algorithm: .pointwise, tile: 4, smallBlocks: true),
+        Path(algorithm: .smallImage, tile: 4, smallBlocks: false),
         Path(algorithm: .winograd, tile: 2, smallBlocks: false),
         Path(algorithm: .winograd, tile: 4, smallBlocks: false),
         Path(algorithm: .winograd, tile: 2, smallBlocks: true),
@@ -138,6 +139,16 @@ final class ConvolutionTests: XCTestCase {
         XCTAssertEqual(choice(32, 3, stride: 2, padding: 1), .im2col)
         XCTAssertEqual(choice(32, 1, stride: 1, padding: 0), .pointwise)
         XCTAssertEqual(choice(32, 5, stride: 1, padding: 2), .im2col)
+        // Few output pixels against the weight, or 2×2 images: the weight is read in place.
+        func pixels(_ batch: Int, _ channels: Int, _ size: Int) -> ConvolutionAlgorithm {
+            Convolution.algorithm(for: ConvolutionGeometry(input: [batch, channels, size, size], weight: [channels, channels, 3, 3],
+                                                           bias: nil, stride: 1, padding: 1))
+        }
+        XCTAssertEqual(pixels(1, 1280, 4), .smallImage)
+        XCTAssertEqual(pixels(1, 1280, 8), .smallImage)
+        XCTAssertEqual(pixels(32, 128, 2), .smallImage)
+        XCTAssertEqual(pixels(32, 128, 4), .winograd)
+        XCTAssertEqual(pixels(2, 320, 64), .winograd)
         Convolution.preferredAlgorithm = .winograd
         XCTAssertEqual(choice(32, 5, stride: 1, padding: 2), .im2col, "Winograd only applies to 3×3 stride 1")
     }
