@@ -40,6 +40,10 @@ int diffuse_mpi_start_sum_floats(float *values, int count, diffuse_mpi_request *
     return MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, (MPI_Request *)request);
 }
 
+int diffuse_mpi_start_gather_floats(float *values, int count, diffuse_mpi_request *request) {
+    return MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, values, count, MPI_FLOAT, MPI_COMM_WORLD, (MPI_Request *)request);
+}
+
 int diffuse_mpi_start_sum_doubles(double *values, int count, diffuse_mpi_request *request) {
     return MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, (MPI_Request *)request);
 }

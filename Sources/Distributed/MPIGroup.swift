@@ -183,6 +183,52 @@ public final class MPIGroup: DataParallelGroup {
         return sums.map { Float($0 / Double(size)) }
     }
 
+    public func allGather(_ tensors: [Tensor]) throws -> [Tensor] {
+        guard size > 1, !tensors.isEmpty else { return tensors }
+        // One block per rank: this rank's tensors, flattened one after the other.
+        let block = tensors.reduce(0) { $0 + $1.count }
+        precondition(block * size < Int(Int32.max), "allGather: \(block) floats per rank is more than one MPI call carries")
+        var values = [Float](repeating: 0, count: block * size)
+        var offset = rank * block
+        for tensor in tensors {
+            values.replaceSubrange(offset..<(offset + tensor.count), with: tensor.toArray())
+            offset += tensor.count
+        }
+        try values.withUnsafeMutableBufferPointer { buffer in
+            try collective("the all-gather of \(tensors.count) tensor\(tensors.count == 1 ? "" : "s")", timeout: timeout) { request in
+                diffuse_mpi_start_gather_floats(buffer.baseAddress!, Int32(block), &request)
+            }
+        }
+        var start = 0
+        return tensors.map { tensor in
+            var gathered: [Float] = []
+            gathered.reserveCapacity(tensor.count * size)
+            for source in 0..<size {
+                let first = source * block + start
+                gathered.append(contentsOf: values[first..<(first + tensor.count)])
+            }
+            start += tensor.count
+            let rows = tensor.shape.first ?? 1
+            return Tensor(gathered, shape: [rows * size] + tensor.shape.dropFirst())
+        }
+    }
+
+    public func sum(_ tensors: [Tensor]) throws -> [Tensor] {
+        guard size > 1, !tensors.isEmpty else { return tensors }
+        var values = tensors.flatMap { $0.toArray() }
+        precondition(values.count < Int(Int32.max), "sum: \(values.count) floats is more than one MPI call carries")
+        try values.withUnsafeMutableBufferPointer { buffer in
+            try collective("the sum of \(tensors.count) tensor\(tensors.count == 1 ? "" : "s")", timeout: timeout) { request in
+                diffuse_mpi_start_sum_floats(buffer.baseAddress!, Int32(buffer.count), &request)
+            }
+        }
+        var start = 0
+        return tensors.map { tensor in
+            defer { start += tensor.count }
+            return Tensor(Array(values[start..<(start + tensor.count)]), shape: tensor.shape)
+        }
+    }
+
     public func barrier() throws {
         guard size > 1 else { return }
         try collective("the barrier after rank 0's files", timeout: writerTimeout) { request in

@@ -28,6 +28,9 @@ void diffuse_mpi_error_text(int code, char *buffer, int capacity);
 
 /// Non-blocking in-place sum of count floats over every process (MPI_Iallreduce, MPI_IN_PLACE).
 int diffuse_mpi_start_sum_floats(float *values, int count, diffuse_mpi_request *request);
+/// Non-blocking in-place all-gather (MPI_Iallgather, MPI_IN_PLACE): values holds size × count floats,
+/// this rank's count at values + rank × count; afterwards every rank's block is in place.
+int diffuse_mpi_start_gather_floats(float *values, int count, diffuse_mpi_request *request);
 /// Non-blocking in-place sum of count doubles over every process.
 int diffuse_mpi_start_sum_doubles(double *values, int count, diffuse_mpi_request *request);
 /// Non-blocking broadcast of count bytes from root (MPI_Ibcast).

@@ -17,10 +17,10 @@ import Tensors
 /// model.safetensors), the tokenizer's files and `preprocessor_config.json`.
 ///
 /// Data-parallel under `mpirun` (``group``): `batchSize` pairs per rank, gradients averaged
-/// before clipping, rank 0 alone writes. The contrastive loss of each rank uses its own
-/// batch's pairs as negatives (the features are not gathered across ranks), so N ranks train
-/// like one process with `batchSize` pairs per contrastive batch and N× the pairs per step,
-/// not like one process with N × `batchSize`.
+/// before clipping, rank 0 alone writes. The ranks gather their features, so every rank's
+/// contrastive loss has the whole global batch's pairs as negatives and N ranks train like one
+/// process with N × `batchSize` pairs, up to the order of floating-point sums
+/// (`CLIPTrainerDataParallel.swift`). The model has no dropout, so no random draw is made per pair.
 public final class CLIPTrainer {
     public let options: CLIPTrainingOptions
     public let model: CLIPModel
@@ -176,13 +176,18 @@ public final class CLIPTrainer {
             }
             captions.append(caption)
         }
-        let (loss, accuracy) = loss(images: batch.images, captions: captions)
-        var value = loss.item, batchAccuracy = accuracy
-        guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
-        loss.backward()
+        var value: Float, batchAccuracy: Float
+        if group.isDistributed {
+            (value, batchAccuracy) = try distributedBackward(images: batch.images, captions: captions)
+        } else {
+            let (loss, accuracy) = loss(images: batch.images, captions: captions)
+            (value, batchAccuracy) = (loss.item, accuracy)
+            guard value.isFinite else { throw nonFinite(value) }
+            loss.backward()
+        }
         try group.averageGradients(of: optimizer.parameters)
         if group.isDistributed {
-            let averaged = try group.average([value, accuracy])
+            let averaged = try group.average([value, batchAccuracy])
             (value, batchAccuracy) = (averaged[0], averaged[1])
             guard value.isFinite else { throw nonFinite(value) }
         }

@@ -12,7 +12,8 @@ import Tensors
 ///    global batch from the generator every rank shares, and each rank keeps its rows
 ///    (``DataParallelShard``), so N ranks draw exactly what one process with the global batch draws;
 /// 4. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
-///    ``averageGradients(of:)``;
+///    ``averageGradients(of:)``; a loss that couples the examples of a batch (CLIP's contrastive
+///    loss) gathers what it needs with ``allGather(_:)`` and sums its gradient with ``sum(_:)``;
 /// 5. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``
 ///    on every rank.
 ///
@@ -32,6 +33,14 @@ public protocol DataParallelGroup: AnyObject {
     func averageGradients(of parameters: [Tensor]) throws
     /// The mean of `values` over processes (losses and other numbers for the log).
     func average(_ values: [Float]) throws -> [Float]
+    /// Every process's `tensors` stacked along axis 0 in rank order: a tensor of shape
+    /// `[n] + rest` on each of N processes gives `[N × n] + rest` on every process, rank r's
+    /// rows at `r × n ..< (r + 1) × n` (the shapes must be the same on every process). New
+    /// tensors, outside any graph (CLIP gathers its features this way).
+    func allGather(_ tensors: [Tensor]) throws -> [Tensor]
+    /// The element-wise sum over processes of each of `tensors` (the same shapes on every
+    /// process), the same values on every process. New tensors, outside any graph.
+    func sum(_ tensors: [Tensor]) throws -> [Tensor]
     /// Returns when every process has called it (the others wait here while the writer writes).
     func barrier() throws
 }
@@ -45,6 +54,18 @@ extension DataParallelGroup {
     /// This rank's rows of a global batch of `size × localCount` examples.
     public func shard(localCount: Int) -> DataParallelShard {
         DataParallelShard(rank: rank, size: size, localCount: localCount)
+    }
+
+    /// One process: `tensors` themselves. More: a group that does not implement the call throws.
+    public func allGather(_ tensors: [Tensor]) throws -> [Tensor] {
+        guard !isDistributed else { throw DataParallelError.communication(operation: "the all-gather", reason: "\(type(of: self)) cannot gather") }
+        return tensors
+    }
+
+    /// One process: `tensors` themselves. More: a group that does not implement the call throws.
+    public func sum(_ tensors: [Tensor]) throws -> [Tensor] {
+        guard !isDistributed else { throw DataParallelError.communication(operation: "the sum", reason: "\(type(of: self)) cannot sum") }
+        return tensors
     }
 
     /// True when any process passes true (a stop request, a failure seen by one rank):
@@ -158,6 +179,8 @@ public final class SingleProcessGroup: DataParallelGroup {
     public func broadcast(_ tensors: [Tensor], from root: Int) throws {}
     public func averageGradients(of parameters: [Tensor]) throws {}
     public func average(_ values: [Float]) throws -> [Float] { values }
+    public func allGather(_ tensors: [Tensor]) throws -> [Tensor] { tensors }
+    public func sum(_ tensors: [Tensor]) throws -> [Tensor] { tensors }
     public func barrier() throws {}
 }
 
