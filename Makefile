@@ -75,7 +75,7 @@ test-browser:
 	python3 Scripts/serve-browser-test.py --diffuse .build/debug/diffuse && echo "browser test: passed"
 
 ## Diffuse beside PyTorch, same machine, same run: `make bench ONLY=conv` runs rows starting with "conv".
-bench: deps bench-deps
+bench: deps bench-deps clip-vocab
 	swift build -c release --product diffuse-bench
 	python3 Benchmarks/run-bench.py .build/release/diffuse-bench --only "$(ONLY)" --results Benchmarks/RESULTS.md
 
