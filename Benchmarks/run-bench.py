@@ -66,6 +66,8 @@ def main():
     parser.add_argument("--only", default="")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--results", default="")
+    parser.add_argument("--pause", type=float, default=0.3,
+                        help="seconds between one side's run and the other's, for the other side's threads to go idle")
     parser.add_argument("--warmups", type=int, default=1,
                         help="untimed runs before the timed ones (0 for the minutes-long whole-generation rows)")
     arguments = parser.parse_args()
@@ -105,7 +107,10 @@ def main():
                     worker.ask(f"run {name}")  # warm-up
             for _ in range(arguments.repeats):
                 for side, worker in (("diffuse", diffuse), ("pytorch", pytorch)):
-                    time.sleep(0.05)  # let the other side's threads go idle
+                    # Let the other side's threads go idle: PyTorch's OpenMP workers (GNU libgomp) spin for tens of
+                    # milliseconds after each parallel region and took a core from Diffuse's next run with 0.05 s here
+                    # (a 2 ms gemm-512 measured 6–10 ms on Zen 3).
+                    time.sleep(arguments.pause)
                     timings[side].append(float(worker.ask(f"run {name}")))
         finally:
             diffuse.close()
@@ -152,29 +157,59 @@ def measure_memory(name, diffuse_command, pytorch_command, environment, steps=3)
             f"ratio={peaks['diffuse'] / peaks['pytorch']:.2f}")
 
 
+def machine_kind():
+    """The kind of CPU the rows describe (the model name alone says "AMD EPYC" for Zen 3 and Zen 4 alike):
+    the vector extensions Diffuse's kernels can use, or the forced AVX2 set."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    model = machine_description().split(",")[0]
+    if "avx512f" in flags:
+        isa = "AVX-512" + (" + AVX512-BF16" if "avx512_bf16" in flags else "")
+        if os.environ.get("DIFFUSE_ISA", "").lower() == "avx2":
+            isa += ", AVX2 kernels forced (DIFFUSE_ISA=avx2)"
+    else:
+        isa = "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{model}, {isa}"
+
+
+def is_row(line):
+    return line.startswith("    ") and (" diffuse_ms=" in line or " diffuse_mb=" in line)
+
+
 def write_results(path, rows, repeats):
-    """Keeps the newest row per workload in the results table."""
-    existing = {}
-    if os.path.exists(path):
-        with open(path) as results:
-            for line in results:
-                if line.startswith("    ") and (" diffuse_ms=" in line or " diffuse_mb=" in line):
-                    existing[line.split()[0]] = line.strip()
+    """Merges the rows into the results file's section for this kind of machine (`## Rows on KIND`), keeping the
+    newest row per workload and every other line of the file (the notes beside the tables) as it is."""
+    import torch  # only for its version string
+    lines = open(path).read().splitlines() if os.path.exists(path) else ["# Benchmark results", ""]
+    heading = f"## Rows on {machine_kind()}"
+    header = [f"- {datetime.date.today().isoformat()}: {machine_description()}; PyTorch {torch.__version__}; "
+              f"medians of {repeats} repetitions; rows in fresh processes, 2 threads each; ratio = Diffuse / PyTorch", ""]
+    if heading not in lines:
+        lines += ["", heading, ""] + header
+    start = lines.index(heading) + 1
+    end = next((index for index in range(start, len(lines)) if lines[index].startswith("## ")), len(lines))
+    section = lines[start:end]
+    existing = {line.split()[0]: line.strip() for line in section if is_row(line)}
     for row in rows:
         existing[row.split()[0]] = row
-    import torch  # only for its version string
-    today = datetime.date.today().isoformat()
+    table = [f"    {existing[name]}" for name in sorted(existing)]
+    # The section: the run's line, its table, then the notes kept from before.
+    notes = [line for line in section if not is_row(line) and not (line.startswith("- ") and "medians of" in line and "; PyTorch " in line)]
+    while notes and not notes[0].strip():
+        notes.pop(0)
+    while notes and not notes[-1].strip():
+        notes.pop()
+    section = [""] + header + table + ([""] + notes if notes else []) + [""]
+    lines[start:end] = section
     with open(path, "w") as results:
-        results.write("# Benchmark results\n\n")
-        results.write("Diffuse beside PyTorch on the same machine, in the same run, interleaved, "
-                      f"median of {repeats} repetitions after a warm-up; 2 threads each. "
-                      "ratio = Diffuse time / PyTorch time (below 1 means Diffuse is faster); "
-                      "each row runs in a fresh process on each side; "
-                      "`-rss` rows compare peak resident memory in MB.\n\n")
-        results.write(f"- date: {today}\n- machine: {machine_description()}\n")
-        results.write(f"- PyTorch {torch.__version__}; regenerate with `make bench`\n\n")
-        for name in sorted(existing):
-            results.write(f"    {existing[name]}\n")
+        results.write("\n".join(lines).rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
