@@ -122,7 +122,7 @@ extension StableDiffusionRun {
             try onStep?(StableDiffusionBatchStep(index: index, count: timesteps.count, timestep: timestep, latents: latents,
                                                  predictedOriginal: result.predOriginalSample, rows: rows))
         }
-        ComputeMode.releaseWeightCopies()  // as `generate`: not under the decode's activations
+        pipeline.releaseDenoisingMemory()  // as `generate`: not under the decode's activations
         let pictures = StableDiffusionImageProcessor.pixelImages(pipeline.decodeLatents(latents))
         let schedulerName = type(of: scheduler).className
         let seconds = Date().timeIntervalSince(start)
