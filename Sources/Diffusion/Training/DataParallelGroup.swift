@@ -12,7 +12,8 @@ import Tensors
 ///    global batch from the generator every rank shares, and each rank keeps its rows
 ///    (``DataParallelShard``), so N ranks draw exactly what one process with the global batch draws;
 /// 4. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
-///    ``averageGradients(of:)``; a loss that couples the examples of a batch (CLIP's contrastive
+///    ``averageGradients(of:)`` (or, started before that backward pass, ``startAveragingGradients(of:)``,
+///    whose buckets travel while the backward pass runs, finished there); a loss that couples the examples of a batch (CLIP's contrastive
 ///    loss) gathers what it needs with ``allGather(_:)`` and sums its gradient with ``sum(_:)``;
 /// 5. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``
 ///    on every rank.
