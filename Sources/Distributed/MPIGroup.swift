@@ -8,7 +8,9 @@ import Tensors
 ///
 /// - Gradients are averaged by `MPI_Iallreduce` in buckets of ``bucketBytes``, filled
 ///   in the parameters' order (the same on every rank); while one bucket is on the
-///   wire the next is packed and the finished ones unpacked (``overlap``).
+///   wire the next is packed and the finished ones unpacked (``overlap``). With
+///   ``backwardOverlap`` the trainer starts them during the last micro-batch's backward pass
+///   instead (``startAveragingGradients(of:)``, ``MPIGradientAverage``): the same buckets, sums and results.
 /// - Every collective call is watched: all calls are non-blocking and polled against a
 ///   deadline. Each call also sends its sequence number to every other rank, so when the
 ///   deadline passes the message names the ranks that never arrived (dead or hung), and a
@@ -33,6 +35,9 @@ public final class MPIGroup: DataParallelGroup {
     public var bucketBytes: Int
     /// Start the next bucket's all-reduce before the previous finished (`DIFFUSE_MPI_OVERLAP`, 1).
     public var overlap: Bool
+    /// Start the buckets during the backward pass of the last micro-batch, and how they
+    /// progress there (`DIFFUSE_MPI_BACKWARD_OVERLAP`: `test`, `end`, or `0`, the default: it measured no faster here).
+    public var backwardOverlap: BackwardOverlap
     /// Time and volume of the gradient all-reduces so far.
     public private(set) var statistics = CommunicationStatistics()
     /// The first failure of a collective call (then ``finish()`` aborts the job).
@@ -51,6 +56,12 @@ public final class MPIGroup: DataParallelGroup {
         if let value = environment["DIFFUSE_MPI_WRITER_TIMEOUT"].flatMap(Double.init), value > 0 { group.writerTimeout = value }
         if let value = environment["DIFFUSE_MPI_BUCKET_MB"].flatMap(Double.init), value >= 0 { group.bucketBytes = Int(value * 1_048_576) }
         if let value = environment["DIFFUSE_MPI_OVERLAP"] { group.overlap = value != "0" }
+        if let value = environment["DIFFUSE_MPI_BACKWARD_OVERLAP"] {
+            guard let mode = BackwardOverlap(environmentValue: value) else {
+                throw DataParallelError.communication(operation: "DIFFUSE_MPI_BACKWARD_OVERLAP", reason: "\(value) is not one of test, end, 0")
+            }
+            group.backwardOverlap = mode
+        }
         return group
     }
 
@@ -61,6 +72,7 @@ public final class MPIGroup: DataParallelGroup {
         writerTimeout = 1800
         bucketBytes = 25 * 1_048_576
         overlap = true
+        backwardOverlap = .off
     }
 
     /// `MPI_Finalize`, or `MPI_Abort` (ending every rank) after a failed call. Idempotent.
@@ -124,52 +136,41 @@ public final class MPIGroup: DataParallelGroup {
         try arrive(operation: "the gradient all-reduce", timeout: timeout) { watch in
             var requests = [diffuse_mpi_request?](repeating: nil, count: plan.buckets.count)
             var unpacked = 0
-            /// Copies the mean of a finished bucket into the gradients.
-            func unpack(_ index: Int) {
-                let bucket = plan.buckets[index]
-                let buffer = buffers[index]
-                do {
-                    for member in bucket.members {
-                        let parameter = parameters[member.parameter]
-                        let gradient = parameter.grad.flatMap { $0.isContiguous && $0.dataType == .float32 && $0.shape == parameter.shape ? $0 : nil }
-                            ?? Tensor.zeros(parameter.shape)
-                        let target = gradient.floatPointer
-                        let source = buffer.baseAddress! + member.offset
-                        for element in 0..<member.count { target[member.start + element] = source[element] * scale }
-                        parameter.grad = gradient
-                    }
-                }
-            }
             for index in plan.buckets.indices {
-                let bucket = plan.buckets[index]
-                let buffer = buffers[index]
-                do {
-                    for member in bucket.members {
-                        let destination = buffer.baseAddress! + member.offset
-                        guard let gradient = parameters[member.parameter].grad else { continue }
-                        let source = gradient.isContiguous && gradient.dataType == .float32 ? gradient : gradient.contiguousCopy()
-                        destination.update(from: source.floatPointer + member.start, count: member.count)
-                    }
-                }
-                let status = diffuse_mpi_start_sum_floats(buffer.baseAddress!, Int32(buffer.count), &requests[index])
+                plan.pack(index, of: parameters, into: buffers[index])
+                let status = diffuse_mpi_start_sum_floats(buffers[index].baseAddress!, Int32(buffers[index].count), &requests[index])
                 guard status == 0 else { throw DataParallelError.communication(operation: "the gradient all-reduce", reason: Self.text(of: status)) }
                 if !overlap {
                     try watch(&requests[index])
-                    unpack(index)
+                    plan.unpack(index, of: parameters, from: buffers[index], scale: scale)
                     unpacked = index + 1
                 } else {
                     // Unpack the buckets that are already done while the later ones travel.
-                    while unpacked < index, try watch.poll(&requests[unpacked]) { unpack(unpacked); unpacked += 1 }
+                    while unpacked < index, try watch.poll(&requests[unpacked]) {
+                        plan.unpack(unpacked, of: parameters, from: buffers[unpacked], scale: scale)
+                        unpacked += 1
+                    }
                 }
             }
             while unpacked < plan.buckets.count {
                 try watch(&requests[unpacked])
-                unpack(unpacked)
+                plan.unpack(unpacked, of: parameters, from: buffers[unpacked], scale: scale)
                 unpacked += 1
             }
         }
         completed = true
         statistics.record(seconds: diffuse_mpi_seconds() - started, floats: plan.floatCount, buckets: plan.buckets.count)
+    }
+
+    /// With ``backwardOverlap`` and more than one rank: the buckets start during the backward pass.
+    public func startAveragingGradients(of parameters: [Tensor]) throws -> (any GradientAveraging)? {
+        guard size > 1, backwardOverlap != .off else { return nil }
+        return try MPIGradientAverage(group: self, parameters: parameters, bucketFloats: bucketBytes / 4, progress: backwardOverlap)
+    }
+
+    /// Counts one finished gradient average that started during the backward pass.
+    func recordAverage(seconds: Double, hookSeconds: Double, floats: Int, buckets: Int) {
+        statistics.record(seconds: seconds, floats: floats, buckets: buckets, hookSeconds: hookSeconds)
     }
 
     public func average(_ values: [Float]) throws -> [Float] {
@@ -252,22 +253,38 @@ public final class MPIGroup: DataParallelGroup {
     /// ``Watch`` it is given) after telling every other rank that this rank reached call number
     /// `sequence`; a wait that passes the deadline names the ranks whose arrival never came.
     private func arrive(operation: String, timeout: Double, _ body: (Watch) throws -> Void) throws {
-        if let failure { throw failure }
-        let number = sequence
-        sequence += 1
-        let peers = (0..<size).filter { $0 != rank }
-        let sent = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
-        let received = UnsafeMutablePointer<Int64>.allocate(capacity: size)
-        sent.pointee = number
-        received.initialize(repeating: -1, count: size)
-        // Pointers, not arrays: the deadline check reads the receives while a wait holds one of them.
-        let sends = UnsafeMutablePointer<diffuse_mpi_request?>.allocate(capacity: size)
-        let receives = UnsafeMutablePointer<diffuse_mpi_request?>.allocate(capacity: size)
-        sends.initialize(repeating: nil, count: size)
-        receives.initialize(repeating: nil, count: size)
-        let watch = Watch(group: self, operation: "\(operation) (collective call #\(number))", deadline: diffuse_mpi_seconds() + timeout, timeout: timeout)
-        defer {
-            // A failed call leaves requests pending; MPI_Abort follows, so only free what can be freed.
+        let arrival = try beginArrival(operation: operation, timeout: timeout)
+        try complete(arrival, body)
+    }
+
+    /// One watched collective call between ``beginArrival(operation:timeout:)`` and ``complete(_:_:)``:
+    /// this rank's call number on its way to every other rank, theirs on the way here.
+    final class Arrival {
+        let operation: String
+        let number: Int64
+        let peers: [Int]
+        let watch: Watch
+        // Pointers, not arrays: MPI writes them after the calls return, and the deadline check
+        // reads the receives while a wait holds one of them.
+        let sent: UnsafeMutablePointer<Int64>
+        let received: UnsafeMutablePointer<Int64>
+        let sends: UnsafeMutablePointer<diffuse_mpi_request?>
+        let receives: UnsafeMutablePointer<diffuse_mpi_request?>
+
+        init(operation: String, number: Int64, size: Int, peers: [Int], watch: Watch) {
+            (self.operation, self.number, self.peers, self.watch) = (operation, number, peers, watch)
+            sent = .allocate(capacity: 1)
+            received = .allocate(capacity: size)
+            sends = .allocate(capacity: size)
+            receives = .allocate(capacity: size)
+            sent.pointee = number
+            received.initialize(repeating: -1, count: size)
+            sends.initialize(repeating: nil, count: size)
+            receives.initialize(repeating: nil, count: size)
+        }
+
+        /// Frees the buffers, or after a failure (MPI_Abort follows) cancels the receives and leaks them.
+        func release() {
             if watch.failed {
                 for peer in peers { diffuse_mpi_cancel(&receives[peer]) }
             } else {
@@ -277,28 +294,56 @@ public final class MPIGroup: DataParallelGroup {
                 receives.deallocate()
             }
         }
+    }
+
+    /// Takes the next call number and sends it to every other rank (the start of a watched call).
+    func beginArrival(operation: String, timeout: Double) throws -> Arrival {
+        if let failure { throw failure }
+        let number = sequence
+        sequence += 1
+        let peers = (0..<size).filter { $0 != rank }
+        let watch = Watch(group: self, operation: "\(operation) (collective call #\(number))", deadline: diffuse_mpi_seconds() + timeout, timeout: timeout)
+        let arrival = Arrival(operation: operation, number: number, size: size, peers: peers, watch: watch)
         do {
             for peer in peers {
                 let tag = Int32(MPIGroup.arrivalTag)
-                var status = diffuse_mpi_start_send_integer(sent, Int32(peer), tag, &sends[peer])
-                if status == 0 { status = diffuse_mpi_start_receive_integer(received + peer, Int32(peer), tag, &receives[peer]) }
+                var status = diffuse_mpi_start_send_integer(arrival.sent, Int32(peer), tag, &arrival.sends[peer])
+                if status == 0 { status = diffuse_mpi_start_receive_integer(arrival.received + peer, Int32(peer), tag, &arrival.receives[peer]) }
                 guard status == 0 else { throw DataParallelError.communication(operation: watch.operation, reason: Self.text(of: status)) }
             }
-            watch.arrivals = {
-                peers.filter { peer in
-                    var done: Int32 = 0
-                    if receives[peer] == nil { return false }
-                    if diffuse_mpi_test(&receives[peer], &done) != 0 { return true }
-                    if done != 0 { receives[peer] = nil }
-                    return done == 0
-                }
+        } catch let error as DataParallelError {
+            watch.failed = true
+            failure = failure ?? error
+            arrival.release()
+            throw error
+        }
+        let receives = arrival.receives
+        watch.arrivals = {
+            peers.filter { peer in
+                var done: Int32 = 0
+                if receives[peer] == nil { return false }
+                if diffuse_mpi_test(&receives[peer], &done) != 0 { return true }
+                if done != 0 { receives[peer] = nil }
+                return done == 0
             }
+        }
+        return arrival
+    }
+
+    /// Runs `body` (the waits of the call, watched from now for the call's timeout), then waits
+    /// for every other rank's call number and checks that it is this rank's.
+    func complete(_ arrival: Arrival, _ body: (Watch) throws -> Void) throws {
+        let watch = arrival.watch
+        watch.deadline = diffuse_mpi_seconds() + watch.timeout
+        defer { arrival.release() }
+        do {
+            if let failure { throw failure }
             try body(watch)
-            for peer in peers {
-                try watch(&receives[peer])
-                try watch(&sends[peer])
-                if received[peer] != number {
-                    throw DataParallelError.outOfStep(rank: peer, operation: operation, expected: Int(number), found: Int(received[peer]))
+            for peer in arrival.peers {
+                try watch(&arrival.receives[peer])
+                try watch(&arrival.sends[peer])
+                if arrival.received[peer] != arrival.number {
+                    throw DataParallelError.outOfStep(rank: peer, operation: arrival.operation, expected: Int(arrival.number), found: Int(arrival.received[peer]))
                 }
             }
         } catch let error as DataParallelError {
@@ -306,6 +351,11 @@ public final class MPIGroup: DataParallelGroup {
             failure = failure ?? error
             throw error
         }
+    }
+
+    /// Records a failure seen outside a watched wait (a bucket that could not start during the backward pass).
+    func recordFailure(_ error: DataParallelError) {
+        failure = failure ?? error
     }
 
     /// Tag of the arrival messages (the collective calls use their own context).
@@ -322,7 +372,7 @@ public final class MPIGroup: DataParallelGroup {
     final class Watch {
         unowned let group: MPIGroup
         let operation: String
-        let deadline: Double
+        var deadline: Double
         let timeout: Double
         var failed = false
         var arrivals: () -> [Int] = { [] }
@@ -376,10 +426,17 @@ public struct CommunicationStatistics: Sendable {
     public private(set) var seconds: Double = 0
     /// Floats reduced per call, and buckets per call.
     public private(set) var floats = 0, buckets = 0
+    /// Calls whose buckets started during the backward pass, and the seconds their
+    /// gradient-ready calls took inside it (packing, starting, testing; not in ``seconds``).
+    public private(set) var overlappedCalls = 0, hookSeconds: Double = 0
 
-    mutating func record(seconds: Double, floats: Int, buckets: Int) {
+    mutating func record(seconds: Double, floats: Int, buckets: Int, hookSeconds: Double? = nil) {
         calls += 1
         self.seconds += seconds
+        if let hookSeconds {
+            overlappedCalls += 1
+            self.hookSeconds += hookSeconds
+        }
         self.floats = floats
         self.buckets = buckets
     }
@@ -389,5 +446,7 @@ public struct CommunicationStatistics: Sendable {
         guard calls > 0 else { return "gradient all-reduce: none" }
         return "gradient all-reduce: \(calls) calls, " + String(format: "%.1f ms each (%.2f MB in ", seconds / Double(calls) * 1000, Double(floats * 4) / 1_048_576)
             + "\(buckets) bucket\(buckets == 1 ? "" : "s")), " + String(format: "%.1f s in all", seconds)
+            + (overlappedCalls == 0 ? "" : String(format: "; %d started during the backward pass (%.1f ms each in its hooks)",
+                                                  overlappedCalls, hookSeconds / Double(overlappedCalls) * 1000))
     }
 }

@@ -82,7 +82,13 @@ extension Tensor {
     ///   - gradient: d loss / d self; defaults to 1 for a one-element tensor.
     ///   - retainGraph: keep the graph for another backward pass. By default the
     ///     graph (and every activation it saved) is freed.
-    public func backward(_ gradient: Tensor? = nil, retainGraph: Bool = false) {
+    ///   - gradientReady: called once for every leaf the graph reaches, as soon as no
+    ///     recorded op can add to its gradient any more, with the leaf's `grad` already
+    ///     final (also when nothing flowed into it). A data-parallel trainer starts the
+    ///     all-reduce of a bucket of gradients from here while the rest of the backward
+    ///     pass runs. Without it the gradients are written at the end of the pass (the
+    ///     same values).
+    public func backward(_ gradient: Tensor? = nil, retainGraph: Bool = false, gradientReady: ((Tensor) -> Void)? = nil) {
         guard needsGradient else {
             fatalError("backward: tensor of shape \(shape) does not require gradients (no input had requiresGrad = true)")
         }
@@ -99,7 +105,7 @@ extension Tensor {
             seed = Tensor.ones(shape)
         }
         noGrad {
-            Autograd.run(root: self, seed: seed, retainGraph: retainGraph)
+            Autograd.run(root: self, seed: seed, retainGraph: retainGraph, gradientReady: gradientReady)
         }
     }
 }
@@ -120,7 +126,7 @@ enum Autograd {
     /// A stand-in passed to backward rules for "this input needs a gradient".
     static let needed = Tensor.zeros([0])
 
-    static func run(root: Tensor, seed: Tensor, retainGraph: Bool) {
+    static func run(root: Tensor, seed: Tensor, retainGraph: Bool, gradientReady: ((Tensor) -> Void)? = nil) {
         var leafGradients: [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)] = [:]
         // How many times each gradient storage was handed out. A leaf adopts its
         // gradient without copying only when nothing else can see that memory
@@ -128,21 +134,62 @@ enum Autograd {
         var storageUses: [ObjectIdentifier: Int] = [ObjectIdentifier(seed.storage): 2]
 
         if let rootNode = root.gradientNode {
-            propagate(from: rootNode, seed: seed, retainGraph: retainGraph, storageUses: &storageUses, leafGradients: &leafGradients)
+            if let gradientReady {
+                var readiness: LeafReadiness? = LeafReadiness(gradientReady)
+                propagate(from: rootNode, seed: seed, retainGraph: retainGraph, storageUses: &storageUses,
+                          leafGradients: &leafGradients, oldestSequence: 0, readiness: &readiness)
+            } else {
+                propagate(from: rootNode, seed: seed, retainGraph: retainGraph, storageUses: &storageUses, leafGradients: &leafGradients)
+            }
             if !retainGraph { root.gradientNode = nil }
         } else if root.requiresGrad {
             leafGradients[ObjectIdentifier(root)] = (root, seed)
         }
 
         for (_, entry) in leafGradients {
-            let (leaf, gradient) = entry
-            let shaped = gradient.shape == leaf.shape ? gradient : gradient.reshapedView(leaf.shape)
-            if let existing = leaf.grad {
-                leaf.grad = existing + shaped
-            } else if shaped.isContiguous && shaped.dataType == .float32 && storageUses[ObjectIdentifier(shaped.storage)] == 1 {
-                leaf.grad = shaped
-            } else {
-                leaf.grad = shaped.contiguousCopy()
+            accumulate(entry.gradient, into: entry.leaf, storageUses: storageUses)
+            gradientReady?(entry.leaf)
+        }
+    }
+
+    /// Adds `gradient` into `leaf.grad` (adopting its memory when nothing else can see it).
+    static func accumulate(_ gradient: Tensor, into leaf: Tensor, storageUses: [ObjectIdentifier: Int]) {
+        let shaped = gradient.shape == leaf.shape ? gradient : gradient.reshapedView(leaf.shape)
+        if let existing = leaf.grad {
+            leaf.grad = existing + shaped
+        } else if shaped.isContiguous && shaped.dataType == .float32 && storageUses[ObjectIdentifier(shaped.storage)] == 1 {
+            leaf.grad = shaped
+        } else {
+            leaf.grad = shaped.contiguousCopy()
+        }
+    }
+
+    /// For a backward pass with a gradient-ready hook: how many recorded ops that have not
+    /// run yet still point at each leaf. A leaf whose count reaches zero is final.
+    struct LeafReadiness {
+        let gradientReady: (Tensor) -> Void
+        var remaining: [ObjectIdentifier: Int] = [:]
+        init(_ gradientReady: @escaping (Tensor) -> Void) { self.gradientReady = gradientReady }
+
+        /// Counts the leaf edges of the nodes about to run.
+        mutating func count(_ order: [GradientNode]) {
+            for node in order {
+                for case let .leaf(tensor)? in node.edges { remaining[ObjectIdentifier(tensor), default: 0] += 1 }
+            }
+        }
+
+        /// A node with these edges ran or was skipped: its leaves that no other node points at are written and reported.
+        mutating func finished(_ edges: [GradientEdge?], storageUses: [ObjectIdentifier: Int],
+                               leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)]) {
+            for case let .leaf(tensor)? in edges {
+                let id = ObjectIdentifier(tensor)
+                guard let count = remaining[id] else { continue }
+                if count > 1 { remaining[id] = count - 1; continue }
+                remaining[id] = nil
+                if let entry = leafGradients.removeValue(forKey: id) {
+                    Autograd.accumulate(entry.gradient, into: tensor, storageUses: storageUses)
+                }
+                gradientReady(tensor)
             }
         }
     }
@@ -155,6 +202,16 @@ enum Autograd {
                           storageUses: inout [ObjectIdentifier: Int],
                           leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)],
                           oldestSequence: Int = 0) -> [ObjectIdentifier: Tensor] {
+        var noHook: LeafReadiness?
+        return propagate(from: rootNode, seed: seed, retainGraph: retainGraph, storageUses: &storageUses,
+                         leafGradients: &leafGradients, oldestSequence: oldestSequence, readiness: &noHook)
+    }
+
+    /// The backward pass; with `readiness`, each leaf's gradient is written and reported as soon as it is final.
+    static func propagate(from rootNode: GradientNode, seed: Tensor, retainGraph: Bool,
+                          storageUses: inout [ObjectIdentifier: Int],
+                          leafGradients: inout [ObjectIdentifier: (leaf: Tensor, gradient: Tensor)],
+                          oldestSequence: Int, readiness: inout LeafReadiness?) -> [ObjectIdentifier: Tensor] {
         // Topological order of the nodes by iterative depth-first search (deep
         // graphs must not overflow the stack).
         var order: [GradientNode] = []
@@ -169,8 +226,12 @@ enum Autograd {
             }
         }
 
+        readiness?.count(order)
         var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(rootNode): seed]
         for node in order.reversed() {
+            // With a hook, a node that is skipped or has run releases its leaves (nothing without one).
+            let edges = readiness == nil ? nil : node.edges
+            defer { if let edges { readiness?.finished(edges, storageUses: storageUses, leafGradients: &leafGradients) } }
             guard let gradient = pending.removeValue(forKey: ObjectIdentifier(node)) else { continue }
             if node.isReleased {
                 fatalError("backward: this graph was already freed by an earlier backward(); pass retainGraph: true to the first call to run backward twice")

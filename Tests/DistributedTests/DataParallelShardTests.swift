@@ -55,3 +55,49 @@ final class DataParallelShardTests: XCTestCase {
         XCTAssertTrue(DataParallelError.unresponsive(ranks: [2, 3], operation: "x", seconds: 1).description.hasPrefix("ranks 2, 3 did not reach x"))
     }
 }
+
+/// The order in which buckets start during the backward pass: reverse bucket order, each
+/// only once all its parameters are ready and the later buckets started, whatever the
+/// order of the readiness calls.
+final class BucketStartOrderTests: XCTestCase {
+    // Parameters 0…3 of 3, 10, 2, 1 floats in buckets of 4: [0 0 0 1] [1 1 1 1] [1 1 1 1] [1 2 2 3].
+    private let plan = GradientBuckets(counts: [3, 10, 2, 1], bucketFloats: 4)
+
+    func testBucketsStartInReverseOrderWhenCompleteAndTheLaterOnesStarted() {
+        XCTAssertEqual(plan.buckets.count, 4)
+        var order = BucketStartOrder(plan, parameterCount: 4)
+        XCTAssertEqual(order.ready(0), [], "bucket 0 waits for parameter 1 and for buckets 3…1")
+        XCTAssertEqual(order.ready(3), [], "bucket 3 waits for parameters 1 and 2")
+        XCTAssertEqual(order.ready(2), [])
+        XCTAssertEqual(order.ready(2), [], "a repeated report changes nothing")
+        XCTAssertEqual(order.ready(1), [3, 2, 1, 0])
+        XCTAssertEqual(order.rest(), [])
+    }
+
+    func testEveryReadinessOrderStartsTheSameSequence() {
+        var sequences = Set<[Int]>()
+        for permutation in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 2, 0], [2, 0, 3, 1]] {
+            var order = BucketStartOrder(plan, parameterCount: 4)
+            var started: [Int] = []
+            for parameter in permutation { started += order.ready(parameter) }
+            sequences.insert(started)
+        }
+        XCTAssertEqual(sequences, [[3, 2, 1, 0]])
+    }
+
+    func testUnreachedParametersLeaveTheirBucketsToTheEnd() {
+        let plan = GradientBuckets(counts: [4, 4, 4], bucketFloats: 4)
+        var order = BucketStartOrder(plan, parameterCount: 3)
+        XCTAssertEqual(order.ready(2), [2])
+        XCTAssertEqual(order.ready(0), [], "bucket 0 waits behind bucket 1, whose parameter was not reached")
+        XCTAssertEqual(order.rest(), [1, 0])
+        XCTAssertEqual(order.rest(), [])
+    }
+
+    func testEnvironmentValues() {
+        XCTAssertEqual(BackwardOverlap(environmentValue: "0"), .off)
+        XCTAssertEqual(BackwardOverlap(environmentValue: "test"), .polling)
+        XCTAssertEqual(BackwardOverlap(environmentValue: "END"), .startOnly)
+        XCTAssertNil(BackwardOverlap(environmentValue: "sometimes"))
+    }
+}

@@ -19,6 +19,46 @@ final class TrainerHookTests: XCTestCase {
         func barrier() throws { calls.append("barrier") }
     }
 
+    /// A group that overlaps: records when the trainer starts and finishes an average and
+    /// which parameters the backward pass reported before the finish.
+    final class OverlappingGroup: DataParallelGroup {
+        final class Averaging: GradientAveraging {
+            unowned let group: OverlappingGroup
+            let parameters: [Tensor]
+            var reported: Set<ObjectIdentifier> = []
+            init(group: OverlappingGroup, parameters: [Tensor]) { (self.group, self.parameters) = (group, parameters) }
+            func gradientReady(_ parameter: Tensor) {
+                XCTAssertNotNil(parameter.grad, "reported without a gradient")
+                reported.insert(ObjectIdentifier(parameter))
+            }
+            func finish() throws {
+                group.calls.append("finish")
+                XCTAssertEqual(reported, Set(parameters.map(ObjectIdentifier.init)), "every trainable parameter reported by the backward pass")
+            }
+        }
+        let rank = 1, size = 2
+        var calls: [String] = []
+        func broadcast(_ tensors: [Tensor], from root: Int) throws {}
+        func averageGradients(of parameters: [Tensor]) throws { calls.append("gradients") }
+        func startAveragingGradients(of parameters: [Tensor]) throws -> (any GradientAveraging)? {
+            calls.append("start")
+            return Averaging(group: self, parameters: parameters)
+        }
+        func average(_ values: [Float]) throws -> [Float] { values }
+        func barrier() throws {}
+    }
+
+    func testAnOverlappingGroupStartsOnTheLastMicroBatchAndFinishesBeforeTheStep() throws {
+        let folder = try temporaryFolder()
+        let group = OverlappingGroup()
+        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
+        trainer.handleSignals = false
+        trainer.progressOutput = nil
+        XCTAssertEqual(try trainer.run().step, 3)
+        XCTAssertEqual(group.calls, ["start", "finish", "start", "finish", "start", "finish"],
+                       "2 micro-batches per step: started during the second one's backward pass only, never averaged again")
+    }
+
     private func temporaryFolder() throws -> String {
         let folder = NSTemporaryDirectory() + "diffuse-hooks-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)

@@ -12,7 +12,8 @@ import Tensors
 ///    global batch from the generator every rank shares, and each rank keeps its rows
 ///    (``DataParallelShard``), so N ranks draw exactly what one process with the global batch draws;
 /// 4. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
-///    ``averageGradients(of:)``; a loss that couples the examples of a batch (CLIP's contrastive
+///    ``averageGradients(of:)`` (or, started before that backward pass, ``startAveragingGradients(of:)``,
+///    whose buckets travel while the backward pass runs, finished there); a loss that couples the examples of a batch (CLIP's contrastive
 ///    loss) gathers what it needs with ``allGather(_:)`` and sums its gradient with ``sum(_:)``;
 /// 5. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``
 ///    on every rank.
@@ -31,6 +32,12 @@ public protocol DataParallelGroup: AnyObject {
     /// Replaces every parameter's `grad` with the mean over processes (a missing
     /// gradient counts as zeros), in the same order on every rank.
     func averageGradients(of parameters: [Tensor]) throws
+    /// Starts averaging the gradients of `parameters` during the backward pass of the last
+    /// micro-batch: pass the result's ``GradientAveraging/gradientReady(_:)`` to
+    /// `backward(gradientReady:)`, then call ``GradientAveraging/finish()`` where
+    /// ``averageGradients(of:)`` would be called; the gradients are the same. Nil when the
+    /// group does not overlap (then call ``averageGradients(of:)`` as usual).
+    func startAveragingGradients(of parameters: [Tensor]) throws -> (any GradientAveraging)?
     /// The mean of `values` over processes (losses and other numbers for the log).
     func average(_ values: [Float]) throws -> [Float]
     /// Every process's `tensors` stacked along axis 0 in rank order: a tensor of shape
@@ -55,6 +62,9 @@ extension DataParallelGroup {
     public func shard(localCount: Int) -> DataParallelShard {
         DataParallelShard(rank: rank, size: size, localCount: localCount)
     }
+
+    /// No overlap: the caller averages after the backward pass.
+    public func startAveragingGradients(of parameters: [Tensor]) throws -> (any GradientAveraging)? { nil }
 
     /// One process: `tensors` themselves. More: a group that does not implement the call throws.
     public func allGather(_ tensors: [Tensor]) throws -> [Tensor] {
@@ -88,6 +98,16 @@ extension DataParallelGroup {
             throw failure ?? DataParallelError.writerFailed("rank 0 could not write its files (see its message)")
         }
     }
+}
+
+/// An average of gradients over the ranks that travels while the backward pass runs
+/// (``DataParallelGroup/startAveragingGradients(of:)``).
+public protocol GradientAveraging: AnyObject {
+    /// Called by `backward(gradientReady:)` when `parameter`'s gradient is final (other leaves are ignored).
+    func gradientReady(_ parameter: Tensor)
+    /// Waits for every bucket and replaces each parameter's `grad` with the mean over the
+    /// ranks, as ``DataParallelGroup/averageGradients(of:)`` does. Call it once.
+    func finish() throws
 }
 
 /// Which rows of a global batch belong to this rank: rank `r` of `n` with `localCount`

@@ -77,6 +77,8 @@ public final class Trainer {
     /// The loss of the last optimizer step as logged (the mean over the ranks).
     var lastStepLoss: Float?
     var sampleImages: [String] = []
+    /// The average started during the last micro-batch's backward pass, finished by `optimizerStep`.
+    var gradientAveraging: (any GradientAveraging)?
 
     /// Builds the model, data loader and optimizer of `configuration`.
     /// - Parameters:
@@ -187,7 +189,7 @@ public final class Trainer {
             unet.train()
             while step < totalSteps {
                 guard let batch = try loader.nextBatch() else { epochFinished = true; break }
-                summedLoss += try microStep(batch, scale: 1 / Float(accumulation))
+                summedLoss += try microStep(batch, scale: 1 / Float(accumulation), isLast: microBatches + 1 == accumulation)
                 microBatches += 1
                 images += batch.count
                 if microBatches == accumulation {
@@ -223,11 +225,14 @@ public final class Trainer {
             seconds: Date().timeIntervalSince(start))
     }
 
-    /// Forward and backward of one micro-batch; returns its (unscaled) loss.
+    /// Forward and backward of one micro-batch; returns its (unscaled) loss. On the last
+    /// micro-batch of an accumulation (`isLast`) the group may start averaging the gradients
+    /// during the backward pass (``DataParallelGroup/startAveragingGradients(of:)``);
+    /// `optimizerStep` finishes it.
     ///
     /// The random draws are made for the whole global batch (this rank's rows are kept, see
     /// ``DataParallelShard``): one process draws exactly the same numbers for the same examples.
-    func microStep(_ batch: Batch, scale: Float) throws -> Float {
+    func microStep(_ batch: Batch, scale: Float, isLast: Bool = false) throws -> Float {
         let clean = batch.images
         let count = clean.shape[0]
         let shard = group.shard(localCount: count)
@@ -264,7 +269,9 @@ public final class Trainer {
         let value = loss.item
         // With several ranks the averaged loss is checked in `optimizerStep`, on every rank alike.
         guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
-        (scale == 1 ? loss : loss * scale).backward()
+        let averaging = isLast ? try group.startAveragingGradients(of: trainableParameters) : nil
+        (scale == 1 ? loss : loss * scale).backward(gradientReady: averaging.map { averaging in { averaging.gradientReady($0) } })
+        gradientAveraging = averaging
         return value
     }
 
@@ -288,7 +295,13 @@ public final class Trainer {
     /// Averages the gradients over the ranks, clips, steps the optimizer and EMA, logs,
     /// checkpoints; returns true when a signal asks to stop (on any rank: all stop together).
     func optimizerStep(loss localLoss: Float, epoch: Int, images localImages: Int, started: Double) throws -> Bool {
-        try group.averageGradients(of: trainableParameters)
+        if let averaging = gradientAveraging {
+            gradientAveraging = nil
+            try averaging.finish()
+        } else {
+            // Also the epoch's last, partial accumulation (its last micro-batch was not known as such).
+            try group.averageGradients(of: trainableParameters)
+        }
         var loss = localLoss, stopRequested = interruption.isRequested
         if group.isDistributed {
             let averaged = try group.average([localLoss, stopRequested ? 1 : 0])
