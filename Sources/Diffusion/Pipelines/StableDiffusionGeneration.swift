@@ -113,6 +113,8 @@ extension StableDiffusionPipeline {
         }
         releaseDenoisingMemory()
         let images = noGrad { decodeLatents(latents) }
+        // The decode's freed activations would otherwise stay cached under the next image's UNet weights.
+        BufferPool.shared.drain()
         return StableDiffusionOutput(images: images, latents: latents, timesteps: timesteps, embeddings: embeddings)
     }
 
