@@ -124,6 +124,7 @@ extension StableDiffusionRun {
         }
         pipeline.releaseDenoisingMemory()  // as `generate`: not under the decode's activations
         let pictures = StableDiffusionImageProcessor.pixelImages(pipeline.decodeLatents(latents))
+        BufferPool.shared.drain()  // as `generate`: the decode's activations not cached under the next batch's UNet
         let schedulerName = type(of: scheduler).className
         let seconds = Date().timeIntervalSince(start)
         return zip(rows, embeddings).map { range, embedding in
