@@ -122,9 +122,7 @@ extension StableDiffusionRun {
             try onStep?(StableDiffusionBatchStep(index: index, count: timesteps.count, timestep: timestep, latents: latents,
                                                  predictedOriginal: result.predOriginalSample, rows: rows))
         }
-        pipeline.releaseDenoisingMemory()  // as `generate`: not under the decode's activations
-        let pictures = StableDiffusionImageProcessor.pixelImages(pipeline.decodeLatents(latents))
-        BufferPool.shared.drain()  // as `generate`: the decode's activations not cached under the next batch's UNet
+        let pictures = StableDiffusionImageProcessor.pixelImages(pipeline.decodeAfterDenoising(latents))
         let schedulerName = type(of: scheduler).className
         let seconds = Date().timeIntervalSince(start)
         return zip(rows, embeddings).map { range, embedding in

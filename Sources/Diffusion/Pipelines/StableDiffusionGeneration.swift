@@ -111,10 +111,7 @@ extension StableDiffusionPipeline {
                                                predictedOriginal: result.predOriginalSample, preview: preview))
             }
         }
-        releaseDenoisingMemory()
-        let images = noGrad { decodeLatents(latents) }
-        // The decode's freed activations would otherwise stay cached under the next image's UNet weights.
-        BufferPool.shared.drain()
+        let images = decodeAfterDenoising(latents)
         return StableDiffusionOutput(images: images, latents: latents, timesteps: timesteps, embeddings: embeddings)
     }
 
@@ -270,5 +267,14 @@ extension StableDiffusionPipeline {
     public func releaseDenoisingMemory() -> Int {
         ComputeMode.releaseWeightCopies()
         return (unet.parameters() + textEncoder.parameters()).reduce(0) { $0 + MappedPages.release($1) }
+    }
+
+    /// The decode that ends a generation (`generate` and the server's batched run): the denoising
+    /// memory given back first, and the decode's freed activations returned to the system after it, so
+    /// that they do not stay cached under the next image's UNet weights.
+    public func decodeAfterDenoising(_ latents: Tensor) -> Tensor {
+        releaseDenoisingMemory()
+        defer { BufferPool.shared.drain() }
+        return decodeLatents(latents)
     }
 }
