@@ -24,7 +24,7 @@ struct Demo: ParsableCommand {
     @Flag(help: "No live progress line.") var noProgress = false
 
     @Flag(help: "The text-to-image demo: a small Stable Diffusion from scratch (CLIP, VAE, UNet).") var text = false
-    @Option(help: "--text: CLIP steps (batches of 256).") var clipSteps: Int?
+    @Option(help: "--text: CLIP steps (batches of 128).") var clipSteps: Int?
     @Option(help: "--text: VAE steps (batches of 32).") var vaeSteps: Int?
     @Option(help: "--text: UNet steps (batches of 64).") var unetSteps: Int?
     @Flag(help: "--text: train a Fashion-MNIST judge (when absent) and score the samples.") var evaluate = false

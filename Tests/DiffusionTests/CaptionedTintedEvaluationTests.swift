@@ -1,4 +1,5 @@
 import Foundation
+import NN
 import Tensors
 import XCTest
 
@@ -6,7 +7,7 @@ import XCTest
 
 final class CaptionedTintedEvaluationTests: XCTestCase {
     /// 400 grey 8×8 images with labels 0…9: a bright square on black, a different square per label.
-    private func greyBase() -> InMemoryDataset {
+    func greyBase() -> InMemoryDataset {
         let count = 400, side = 8
         var values = [Float](repeating: -1, count: count * side * side)
         for index in 0..<count {
@@ -69,5 +70,37 @@ final class CaptionedTintedEvaluationTests: XCTestCase {
         XCTAssertTrue(prompts.allSatisfy { $0.foreground != $0.background })
         XCTAssertEqual(prompts.first { $0.label == 7 && $0.foreground == .red }?.text, "a red sneaker on a green background")
         XCTAssertTrue(prompts.first { $0.label == 7 && $0.foreground == .red }!.heldOut)
+    }
+}
+
+extension CaptionedTintedEvaluationTests {
+    /// The reference judges each real image against its own colours and label: with no jitter every colour is
+    /// right; a random VAE's reconstructions lose them (so the two rows are computed from different images).
+    func testReferenceScoresRealImagesAgainstTheirOwnDescriptions() throws {
+        let dataset = CaptionedTintedDataset(base: greyBase(), seed: 5, colorJitter: 0, itemNames: CaptionedTintedDataset.itemNames)
+        var classifierConfiguration = NoiseAwareClassifierConfiguration()
+        classifierConfiguration.inChannels = 1
+        classifierConfiguration.sampleSize = 28
+        classifierConfiguration.blockOutChannels = [8, 16]
+        classifierConfiguration.normGroupCount = 4
+        classifierConfiguration.classNames = CaptionedTintedDataset.itemNames
+        Initialization.seed(3)
+        let classifier = try NoiseAwareClassifier(configuration: classifierConfiguration)
+        var vaeConfiguration = AutoencoderKLConfiguration()
+        vaeConfiguration.blockOutChannels = [8, 16]
+        vaeConfiguration.downBlockTypes = [.downEncoderBlock, .downEncoderBlock]
+        vaeConfiguration.upBlockTypes = [.upDecoderBlock, .upDecoderBlock]
+        vaeConfiguration.normGroupCount = 4
+        let vae = try AutoencoderKL(configuration: vaeConfiguration)
+        let reference = try CaptionedTintedEvaluation.reference(classifier: classifier, vae: vae, resolution: 8, dataset: dataset,
+                                                                batchSize: 64)
+        XCTAssertEqual(reference.testImages.count, 400)
+        XCTAssertEqual(reference.reconstructions.count, 400)
+        XCTAssertEqual(reference.testImages.foregroundRate, 1)
+        XCTAssertEqual(reference.testImages.backgroundRate, 1)
+        XCTAssertLessThan(reference.reconstructions.backgroundRate, 0.5, "a random VAE cannot keep the colours")
+        let rows = CaptionedTintedEvaluation.tableRows(reference)
+        XCTAssertEqual(rows.count, 2)
+        XCTAssertTrue(rows[0].contains("| real test images | 400 |") && rows[0].contains("100.0%"), rows[0])
     }
 }

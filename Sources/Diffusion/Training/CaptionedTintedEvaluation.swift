@@ -199,13 +199,13 @@ extension CaptionedTintedEvaluation {
     }
 
     /// The results as JSON (rates by scale and group, per item, and the prompts).
-    public static func json(_ results: [Result], prompts: [Prompt]) throws -> String {
+    public static func json(_ results: [Result], prompts: [Prompt], reference: Reference? = nil) throws -> String {
         func score(_ score: Score) -> [String: Any] {
             ["count": score.count, "item": score.itemRate.isNaN ? 0 : score.itemRate,
              "foreground": score.foregroundRate.isNaN ? 0 : score.foregroundRate,
              "background": score.backgroundRate.isNaN ? 0 : score.backgroundRate, "all": score.allRate.isNaN ? 0 : score.allRate]
         }
-        let object: [String: Any] = [
+        var object: [String: Any] = [
             "prompts": prompts.map { ["text": $0.text, "held_out": $0.heldOut] },
             "results": results.map { result in
                 ["guidance_scale": result.guidanceScale, "seconds": result.seconds, "overall": score(result.overall),
@@ -213,6 +213,7 @@ extension CaptionedTintedEvaluation {
                  "per_item": Dictionary(uniqueKeysWithValues: result.perItem.enumerated().map { (CaptionedTintedDataset.itemNames[$0.offset], score($0.element)) })]
             },
         ]
+        if let reference { object["reference"] = jsonObject(reference) }
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self) + "\n"
     }

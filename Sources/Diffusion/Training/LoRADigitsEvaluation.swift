@@ -77,7 +77,7 @@ public enum LoRADigitsEvaluation {
 
         /// What to tell a person (Markdown tables).
         public var reportLines: [String] {
-            var lines = phases.map { String(format: "%-22@ %6.0f s", $0.name as NSString, $0.seconds) }
+            var lines = phases.map { $0.name.padding(toLength: 22, withPad: " ", startingAt: 0) + String(format: " %6.0f s", $0.seconds) }
             for reading in HandwrittenDigitEvaluation.Reading.allCases {
                 if let score = reference[reading] {
                     lines.append("judge on \(score.count) real MNIST test digits at 32×32 RGB, \(reading.rawValue) reading: "

@@ -21,12 +21,13 @@ public enum TextDemoRun {
         /// Where everything goes: `clip/`, `vae/`, `pipeline/`, grids, `evaluation.json`.
         public var outputDir = "output/demo-text"
         /// CLIP steps (batches of `clipBatchSize`).
-        public var clipSteps = 400
-        public var clipBatchSize = 256
+        public var clipSteps = 800
+        public var clipBatchSize = 128
+        public var clipLearningRate = 5e-4
         /// VAE steps (batches of 32).
-        public var vaeSteps = 1100
+        public var vaeSteps = 800
         /// UNet steps (batches of `unetBatchSize`).
-        public var unetSteps = 1200
+        public var unetSteps = 1000
         public var unetBatchSize = 64
         /// Pairs no training set shows.
         public var heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs
@@ -44,6 +45,8 @@ public enum TextDemoRun {
         public var trainJudge = false
         /// Images per prompt in the evaluation.
         public var evaluationSamples = 16
+        /// Test images (and their VAE reconstructions) the judges score as the evaluation's reference.
+        public var referenceCount = 1000
         /// Continue interrupted phases from their checkpoints.
         public var resume = false
         public var seed: UInt64 = 0
@@ -69,13 +72,15 @@ public enum TextDemoRun {
         public var grids: [String] = []
         /// The evaluation at every scale (nil without a judge).
         public var evaluation: [CaptionedTintedEvaluation.Result]?
+        /// The judges on real test images and their VAE reconstructions (nil without a judge).
+        public var reference: CaptionedTintedEvaluation.Reference?
         public var evaluationPath: String?
         /// Set when a phase was interrupted.
         public var interruptedPhase: String?
 
         /// What to tell a person.
         public var reportLines: [String] {
-            var lines = phases.map { String(format: "%-12@ %6.0f s", $0.name as NSString, $0.seconds) }
+            var lines = phases.map { $0.name.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: " %6.0f s", $0.seconds) }
             let training = phases.filter { ["clip", "vae", "unet"].contains($0.name) }.reduce(0) { $0 + $1.seconds }
             lines.append(String(format: "training     %6.0f s in all (CLIP, VAE and UNet)", training))
             if let interruptedPhase {
@@ -87,6 +92,7 @@ public enum TextDemoRun {
             if let evaluation {
                 lines.append("")
                 lines += CaptionedTintedEvaluation.table(evaluation)
+                if let reference { lines += CaptionedTintedEvaluation.tableRows(reference) }
             }
             if let evaluationPath { lines.append("evaluation:  \(evaluationPath)") }
             return lines
@@ -107,6 +113,8 @@ public enum TextDemoRun {
             clip.steps = options.clipSteps
             clip.batchSize = options.clipBatchSize
             clip.patchSize = 7
+            // Batches of 128 at lr 5e-4 learn the items fastest per second on two cores (Benchmarks/text-to-image-demo.md).
+            clip.learningRate = options.clipLearningRate
             clip.seed = options.seed
             clip.heldOutPairs = heldOut
             clip.evaluationCount = 2000
@@ -183,23 +191,10 @@ public enum TextDemoRun {
         request.seed = options.seed &+ 1
         let gridStart = Date()
         for scale in options.guidanceScales {
-            var pixels: [Float] = []
-            var shape: [Int] = []
-            for (index, prompt) in prompts.enumerated() {
-                var single = request
-                single.prompt = prompt.text
-                single.count = options.gridSamples
-                single.guidanceScale = scale
-                single.seed = request.seed &+ UInt64(index)
-                for image in try StableDiffusionRun.generate(single, pipeline: pipeline).images {
-                    let tensor = image.tensor()
-                    shape = tensor.shape
-                    pixels += tensor.toArray()
-                }
-            }
+            let images = try CaptionedTintedEvaluation.samples(prompts.map(\.text), samplesPerPrompt: options.gridSamples,
+                                                               guidanceScale: scale, request: request, pipeline: pipeline)
             let path = options.path(String(format: "grid-scale-%@.png", CaptionedTintedEvaluation.scaleName(scale)))
-            let grid = makeGrid(images: Tensor(pixels, shape: [pixels.count / shape.reduce(1, *)] + shape),
-                                columns: options.colors.count * options.gridSamples)
+            let grid = makeGrid(images: images, columns: options.colors.count * options.gridSamples)
             try PNG.write(grid, to: path)
             outcome.grids.append(path)
         }
@@ -224,12 +219,15 @@ public enum TextDemoRun {
         if options.judge != nil || options.trainJudge {
             let start = Date()
             let classifier = try NoiseAwareClassifier.load(folder: URL(fileURLWithPath: options.judgeFolder))
+            let reference = try CaptionedTintedEvaluation.reference(classifier: classifier, vae: pipeline.vae,
+                                                                    resolution: pipeline.defaultSize.height, count: options.referenceCount)
+            outcome.reference = reference
             let results = try CaptionedTintedEvaluation.run(
                 pipeline: pipeline, classifier: classifier, prompts: prompts, samplesPerPrompt: options.evaluationSamples,
                 guidanceScales: options.guidanceScales, request: request)
             outcome.evaluation = results
             let path = options.path("evaluation.json")
-            try CaptionedTintedEvaluation.json(results, prompts: prompts).write(toFile: path, atomically: true, encoding: .utf8)
+            try CaptionedTintedEvaluation.json(results, prompts: prompts, reference: reference).write(toFile: path, atomically: true, encoding: .utf8)
             for result in results {
                 let grid = makeGrid(images: result.samples, columns: options.evaluationSamples)
                 try PNG.write(grid, to: options.path("evaluation-scale-\(CaptionedTintedEvaluation.scaleName(result.guidanceScale)).png"))
