@@ -52,7 +52,8 @@ test: deps clip-vocab
 	@$(MAKE) --no-print-directory test-browser
 
 ## Data-parallel training on 2 ranks (`mpirun -np 2 diffuse train`, `train-text-to-image`, `train-vae`, `train-clip`)
-## against one process, and each one's 2-rank checkpoint resumed by 1 process (Scripts/mpi-parity-test). Open MPI (openmpi-bin) is
+## against one process, each one's 2-rank checkpoint resumed by 1 process, and each one's (and `train-classifier`'s) 2 ranks with
+## the all-reduce overlapped with the backward pass, exactly equal to the 2 ranks without (Scripts/mpi-parity-test). Open MPI (openmpi-bin) is
 ## installed when missing; skipped with a message (not failed) only when it cannot be. MPI_TEST=0 skips it.
 test-mpi:
 	@if [ "$${MPI_TEST:-1}" = "0" ]; then echo "mpi test: skipped (MPI_TEST=0)"; exit 0; fi; \

@@ -22,6 +22,11 @@ public final class Dropout: Module, UnaryLayer {
     public let probability: Float
     /// The generator for the masks.
     public var generator: RandomGenerator
+    /// Which rows of the global batch this layer's input holds in data-parallel training: part
+    /// `part` of `parts` equal parts stacked along axis 0 (rank r of N). The mask is drawn for the
+    /// whole global batch and this part's rows kept, so N ranks draw one process's masks.
+    /// `(0, 1)`, the default: the input is the whole batch.
+    public var batchPart: (part: Int, parts: Int) = (0, 1)
 
     public init(_ probability: Float = 0.5, seed: UInt64 = 0) {
         self.probability = probability
@@ -31,7 +36,18 @@ public final class Dropout: Module, UnaryLayer {
 
     public func callAsFunction(_ input: Tensor) -> Tensor {
         guard isTraining && probability > 0 else { return input }
-        return input.dropout(probability: probability, training: true, generator: &generator)
+        return input.dropout(probability: probability, training: true, generator: &generator, part: batchPart.part, of: batchPart.parts)
+    }
+}
+
+extension Module {
+    /// Sets ``Dropout/batchPart`` of every dropout layer in this module's tree: its inputs are
+    /// part `part` of `parts` of the global batch (axis 0).
+    public func setDropoutBatchPart(_ part: Int, of parts: Int) {
+        precondition(parts >= 1 && part >= 0 && part < parts, "setDropoutBatchPart: part \(part) of \(parts)")
+        for (_, module) in namedModules() {
+            if let dropout = module as? Dropout { dropout.batchPart = (part, parts) }
+        }
     }
 }
 

@@ -45,17 +45,26 @@ extension Tensor {
     /// The keep/drop draws come from `generator` in row-major order, one
     /// uniform number per element (dropped when `uniform() < p`), so a seed
     /// gives the same mask on every run. `probability` must be in `[0, 1)`.
-    public func dropout(probability: Float, training: Bool = true, generator: inout RandomGenerator) -> Tensor {
+    ///
+    /// With `parts` > 1 this tensor is part `part` of a larger one stacked along axis 0 from
+    /// `parts` equal parts (a data-parallel rank's rows of the global batch): the draws are
+    /// those of the whole larger tensor, and this part's mask is its rows, so `parts` ranks
+    /// together draw one process's mask and every rank's generator ends in the same state.
+    public func dropout(probability: Float, training: Bool = true, generator: inout RandomGenerator,
+                        part: Int = 0, of parts: Int = 1) -> Tensor {
         guard probability >= 0 && probability < 1 else {
             fatalError("dropout: probability \(probability) must be in [0, 1) (input shape \(shape))")
         }
+        precondition(parts >= 1 && part >= 0 && part < parts, "dropout: part \(part) of \(parts)")
         if !training || probability == 0 { return self }
         let keep = 1 / (1 - probability)
         let mask = Tensor(uninitializedShape: shape)
         let pointer = mask.floatPointer
         let count = count
         RandomReplay.draw(&generator) { generator in
+            for _ in 0..<(part * count) { _ = generator.uniform() }
             for index in 0..<count { pointer[index] = generator.uniform() < probability ? 0 : keep }
+            for _ in 0..<((parts - part - 1) * count) { _ = generator.uniform() }
         }
         return self * mask
     }

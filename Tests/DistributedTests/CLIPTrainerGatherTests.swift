@@ -81,10 +81,10 @@ final class CLIPTrainerGatherTests: XCTestCase {
         XCTAssertEqual(ranks[0].result.map(\.loss), ranks[1].result.map(\.loss), "every rank logs the same averaged loss")
     }
 
-    /// Where `logit_scale`'s gradient sits in the concatenated gradients of the trainer's parameters.
+    /// Where `logit_scale`'s gradient sits in the concatenated gradients of the parameters the trainer averages.
     private func temperatureIndex(in trainer: CLIPTrainer) -> Int? {
         var offset = 0
-        for parameter in trainer.optimizer.parameters {
+        for parameter in trainer.gradientAverage.parameters {
             if parameter === trainer.model.logitScale { return offset }
             offset += parameter.count
         }

@@ -20,6 +20,10 @@ final class LockstepGroup: DataParallelGroup {
     private(set) var averages: [[Float]] = []
     /// The operations called, in order ("allGather", "sum", …).
     private(set) var calls: [String] = []
+    /// Whether ``startAveragingGradients(of:)`` starts an average (``OverlapCheck``) instead of returning nil.
+    private(set) var overlapping = false
+    /// One entry per average started during a backward pass, when it finished.
+    private(set) var overlapChecks: [OverlapCheck] = []
     private let hub: Hub
 
     private init(rank: Int, hub: Hub) {
@@ -30,9 +34,13 @@ final class LockstepGroup: DataParallelGroup {
     /// Runs `body` as every rank of `size`, each on its own thread and one at a time; returns
     /// the ranks' groups (in rank order) and results once all are done. The first error of a
     /// rank is rethrown (and stops the others at their next collective call).
-    static func run<Result>(size: Int, _ body: @escaping (LockstepGroup) throws -> Result) throws -> [(group: LockstepGroup, result: Result)] {
+    /// With `overlapping`, the groups start an average during the last micro-batch's backward pass
+    /// as an overlapping MPI group does, and check it (``OverlapCheck``).
+    static func run<Result>(size: Int, overlapping: Bool = false,
+                            _ body: @escaping (LockstepGroup) throws -> Result) throws -> [(group: LockstepGroup, result: Result)] {
         let hub = Hub(size: size)
         let groups = (0..<size).map { LockstepGroup(rank: $0, hub: hub) }
+        for group in groups { group.overlapping = overlapping }
         let lock = NSLock()
         var results = [Result?](repeating: nil, count: size)
         var failure: Error?
@@ -72,6 +80,11 @@ final class LockstepGroup: DataParallelGroup {
 
     func averageGradients(of parameters: [Tensor]) throws {
         calls.append("averageGradients")
+        try exchangeMean(of: parameters)
+    }
+
+    /// Replaces every parameter's gradient with the ranks' mean (zeros for a missing one).
+    private func exchangeMean(of parameters: [Tensor]) throws {
         let local = parameters.flatMap { $0.grad?.toArray() ?? [Float](repeating: 0, count: $0.count) }
         let mean = Self.summed(try hub.exchange(rank: rank, local)).map { $0 * (1 / Float(size)) }
         var offset = 0
@@ -80,6 +93,62 @@ final class LockstepGroup: DataParallelGroup {
             offset += parameter.count
         }
         averagedGradients.append(mean)
+    }
+
+    func startAveragingGradients(of parameters: [Tensor]) throws -> (any GradientAveraging)? {
+        guard overlapping else { return nil }
+        calls.append("startAveragingGradients")
+        return OverlapAverage(group: self, parameters: parameters)
+    }
+
+    /// What one average started during a backward pass saw: which parameters were reported as
+    /// final, and which of them changed after the report (an overlap that is not exact).
+    struct OverlapCheck {
+        /// Parameters (indices) reported as final, in report order; reported more than once.
+        var reported: [Int] = []
+        var repeated: [Int] = []
+        /// Reported parameters whose gradient changed between the report and the finish.
+        var changedAfterReport: [Int] = []
+        /// Parameters with a gradient at the finish that were never reported (their buckets would start after the pass).
+        var neverReported: [Int] = []
+    }
+
+    /// Keeps each reported gradient's values; at the finish compares them with the final ones,
+    /// then averages over the ranks as ``averageGradients(of:)`` does.
+    private final class OverlapAverage: GradientAveraging {
+        unowned let group: LockstepGroup
+        let parameters: [Tensor]
+        let indices: [ObjectIdentifier: Int]
+        var snapshots: [Int: [Float]] = [:]
+        var check = OverlapCheck()
+
+        init(group: LockstepGroup, parameters: [Tensor]) {
+            self.group = group
+            self.parameters = parameters
+            var indices: [ObjectIdentifier: Int] = [:]
+            for (index, parameter) in parameters.enumerated() { indices[ObjectIdentifier(parameter)] = index }
+            self.indices = indices
+        }
+
+        func gradientReady(_ parameter: Tensor) {
+            guard let index = indices[ObjectIdentifier(parameter)] else { return }
+            if snapshots[index] != nil { check.repeated.append(index) }
+            check.reported.append(index)
+            snapshots[index] = parameter.grad?.toArray() ?? []
+        }
+
+        func finish() throws {
+            for (index, parameter) in parameters.enumerated() {
+                if let snapshot = snapshots[index] {
+                    if (parameter.grad?.toArray() ?? []) != snapshot { check.changedAfterReport.append(index) }
+                } else if parameter.grad != nil {
+                    check.neverReported.append(index)
+                }
+            }
+            group.overlapChecks.append(check)
+            group.calls.append("finish")
+            try group.exchangeMean(of: parameters)
+        }
     }
 
     func average(_ values: [Float]) throws -> [Float] {

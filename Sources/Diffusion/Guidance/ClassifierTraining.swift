@@ -116,6 +116,7 @@ public enum ClassifierTraining {
         let loader = DataLoader(dataset: dataset, batchSize: options.batchSize, shuffle: true, seed: options.seed, dropLast: true,
                                 transform: transform, shard: DataLoaderShard(rank: group.rank, count: group.size))
         try group.broadcast(model.parameters(), from: 0)
+        group.shardDropout(in: [model])
         guard loader.batchesPerEpoch > 0 else {
             throw GuidanceError("the dataset has \(dataset.count) examples, fewer than one batch of \(options.batchSize)")
         }
@@ -123,6 +124,8 @@ public enum ClassifierTraining {
                                    weightDecay: Float(options.weightDecay))
         let schedule = LearningRateSchedule(.cosine, warmupSteps: Swift.min(50, options.steps / 10), trainingSteps: options.steps)
         var generator = RandomGenerator(seed: options.seed &+ 0xC1A5_51F1)
+        // One micro-batch per step: its backward pass is the last, the average may start during it.
+        let gradientAverage = StepGradientAverage(group: group, parameters: model.trainableParameters())
         var runningLoss = 0.0, runningCorrect = 0, runningCount = 0
         var lastLoss: Float = .nan
         for step in 0..<options.steps {
@@ -143,9 +146,9 @@ public enum ClassifierTraining {
             optimizer.learningRate = schedule.learningRate(step: step, baseLearningRate: Float(options.learningRate))
             let logits = model(input, timesteps: timesteps)
             let loss = Tensor.crossEntropy(logits: logits, targets: labels)
-            loss.backward()
-            try group.averageGradients(of: model.trainableParameters())
-            _ = clipGradientNorm(model.trainableParameters(), maximumNorm: 1)
+            try gradientAverage.backward(loss, isLast: true)
+            try gradientAverage.finish()
+            _ = clipGradientNorm(gradientAverage.parameters, maximumNorm: 1)
             optimizer.step()
             optimizer.zeroGradients()
             let predicted = noGrad { logits.detach().argmax(axis: 1).toArray() }

@@ -59,6 +59,11 @@ public final class CLIPTrainer {
         public var learningRate: Float
     }
 
+    /// The gradient average of each step (with an overlapping group, started during the backward
+    /// passes through the towers; see `distributedBackward`). Its parameters are the optimizer's,
+    /// ordered text tower, image tower, the rest (the temperature): the buckets start in reverse
+    /// order, so the temperature's and the image tower's can travel during the text tower's pass.
+    public let gradientAverage: StepGradientAverage
     var generator: RandomGenerator
     var log: TrainingLog?
     var lastCheckpoint: (step: Int, path: String)?
@@ -89,6 +94,13 @@ public final class CLIPTrainer {
         optimizer = GroupedAdamW(module: model, learningRate: Float(options.learningRate), beta1: Float(options.adamBeta1),
                                  beta2: Float(options.adamBeta2), epsilon: Float(options.adamEpsilon), weightDecay: Float(options.weightDecay))
         schedule = LearningRateSchedule(.cosine, warmupSteps: options.resolvedWarmupSteps, trainingSteps: options.steps)
+        let towers = [model.textModel.parameters() + model.textProjection.parameters(),
+                      model.visionModel.parameters() + model.visualProjection.parameters()]
+            .map { Set($0.map(ObjectIdentifier.init)) }
+        func tower(_ parameter: Tensor) -> Int { towers.firstIndex { $0.contains(ObjectIdentifier(parameter)) } ?? towers.count }
+        let averaged = optimizer.parameters.enumerated()
+            .sorted { (tower($0.element), $0.offset) < (tower($1.element), $1.offset) }.map(\.element)
+        gradientAverage = StepGradientAverage(group: self.group, parameters: averaged)
         generator = RandomGenerator(seed: options.seed &+ 0xC11F_7EA1)
     }
 
@@ -104,6 +116,7 @@ public final class CLIPTrainer {
             try restore(from: path)
         }
         try group.broadcast(model.parameters(), from: 0)
+        group.shardDropout(in: [model])
         let log = group.isWriter ? try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message) : nil
         self.log = log
         defer { log?.finish(); self.log = nil; loader.stop() }
@@ -183,9 +196,9 @@ public final class CLIPTrainer {
             let (loss, accuracy) = loss(images: batch.images, captions: captions)
             (value, batchAccuracy) = (loss.item, accuracy)
             guard value.isFinite else { throw nonFinite(value) }
-            loss.backward()
+            try gradientAverage.backward(loss, isLast: true)
         }
-        try group.averageGradients(of: optimizer.parameters)
+        try gradientAverage.finish()
         if group.isDistributed {
             let averaged = try group.average([value, batchAccuracy])
             (value, batchAccuracy) = (averaged[0], averaged[1])

@@ -21,10 +21,16 @@ import Tensors
 // Every parameter's gradient on rank r is then N × rank r's part of the one-process gradient,
 // and the temperature's N × its share; `averageGradients` divides the sum over ranks by N, which
 // gives the one-process gradient for both — the temperature counted once, not N times.
+//
+// With an overlapping group (`DIFFUSE_MPI_BACKWARD_OVERLAP`) the average starts after step 5 (no other
+// collective call may come between its start and its wait): the temperature's gradient is final after
+// step 4 (the towers do not use it), and each tower's after its own backward pass in step 6 (the towers
+// share no parameter), so their buckets start during those passes and the sums are the same.
 extension CLIPTrainer {
     /// Forward and backward of this rank's pairs of a data-parallel step (see above): the
     /// parameters' `grad` hold N × this rank's part of the global batch's gradient, to be
-    /// averaged by ``DataParallelGroup/averageGradients(of:)``. Returns this rank's share of the
+    /// averaged by the trainer's ``StepGradientAverage`` (started here, before the towers' backward
+    /// passes, when the group overlaps). Returns this rank's share of the
     /// loss (the ranks' mean is the global batch's loss) and the accuracy of its images.
     func distributedBackward(images: Tensor, captions: [String]) throws -> (loss: Float, accuracy: Float) {
         let tokens = tokenizer.encode(captions)
@@ -42,8 +48,10 @@ extension CLIPTrainer {
         loss.backward()
         let summed = try group.sum([allImageFeatures.grad ?? Tensor.zeros(allImageFeatures.shape),
                                     allTextFeatures.grad ?? Tensor.zeros(allTextFeatures.shape)])
-        imageFeatures.backward(shard.slice(summed[0]))
-        textFeatures.backward(shard.slice(summed[1]))
+        try gradientAverage.start()
+        gradientAverage.gradientsAreFinal([model.logitScale])
+        gradientAverage.backward(imageFeatures, gradient: shard.slice(summed[0]))
+        gradientAverage.backward(textFeatures, gradient: shard.slice(summed[1]))
         return (value, Float(correct) / Float(Swift.max(1, captions.count)))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NN
 import Tensors
 
 /// The processes of a data-parallel training run, as every trainer sees them.
@@ -11,9 +12,11 @@ import Tensors
 /// 3. random draws per example (noise, timesteps, condition dropout) are made for the whole
 ///    global batch from the generator every rank shares, and each rank keeps its rows
 ///    (``DataParallelShard``), so N ranks draw exactly what one process with the global batch draws;
+///    the model's dropout layers too (``shardDropout(in:)``);
 /// 4. after the backward pass of the **last** micro-batch of an accumulation, before clipping:
 ///    ``averageGradients(of:)`` (or, started before that backward pass, ``startAveragingGradients(of:)``,
-///    whose buckets travel while the backward pass runs, finished there); a loss that couples the examples of a batch (CLIP's contrastive
+///    whose buckets travel while the backward pass runs, finished there; every trainer goes through
+///    ``StepGradientAverage``, which takes one or the other); a loss that couples the examples of a batch (CLIP's contrastive
 ///    loss) gathers what it needs with ``allGather(_:)`` and sums its gradient with ``sum(_:)``;
 /// 5. only where ``isWriter`` is true: checkpoints, logs, grids, pipelines; then ``barrier()``
 ///    on every rank.
@@ -61,6 +64,14 @@ extension DataParallelGroup {
     /// This rank's rows of a global batch of `size × localCount` examples.
     public func shard(localCount: Int) -> DataParallelShard {
         DataParallelShard(rank: rank, size: size, localCount: localCount)
+    }
+
+    /// Makes the dropout layers of `modules` draw their masks for the whole global batch and keep
+    /// this rank's rows (``Dropout/batchPart``), as the trainers draw noise (``DataParallelShard``):
+    /// N ranks then draw one process's masks. One process: nothing changes.
+    public func shardDropout(in modules: [Module]) {
+        guard isDistributed else { return }
+        for module in modules { module.setDropoutBatchPart(rank, of: size) }
     }
 
     /// No overlap: the caller averages after the backward pass.

@@ -61,6 +61,9 @@ public final class TextToImageTrainer {
     public let textEncoderAdapters: [(path: String, adapter: LoRAAdapter)]
     /// What the optimizer updates.
     public let trainableParameters: [Tensor]
+    /// The gradient average of each optimizer step (started during the last micro-batch's backward
+    /// pass when the group overlaps), finished before clipping.
+    let gradientAverage: StepGradientAverage
     /// Optimizer steps per epoch and in the whole run; epochs the run covers.
     public let stepsPerEpoch: Int, totalSteps: Int, epochs: Int
     /// The learning rate after `scale_lr`.
@@ -147,6 +150,7 @@ public final class TextToImageTrainer {
         self.unetAdapters = unetAdapters
         self.textEncoderAdapters = textEncoderAdapters
         trainableParameters = trainable
+        gradientAverage = StepGradientAverage(group: group, parameters: trainable)
 
         // Data, encoded once.
         let dataset = try given ?? TextToImageSetup.dataset(options)
@@ -192,6 +196,7 @@ public final class TextToImageTrainer {
         ema = options.useEMA ? ExponentialMovingAverage(parameters: pipeline.unet.parameters(), maximumDecay: options.emaDecay) : nil
         generator = RandomGenerator(seed: options.seed &+ 0x7E47_7015)
         try group.broadcast(trainable, from: 0)
+        group.shardDropout(in: [pipeline.unet, pipeline.textEncoder])
         pipeline.unet.train()
     }
 
@@ -222,7 +227,7 @@ public final class TextToImageTrainer {
             unet.train()
             while step < totalSteps {
                 guard let batch = try loader.nextBatch() else { break }
-                summedLoss += try microStep(batch, scale: 1 / Float(accumulation))
+                summedLoss += try microStep(batch, scale: 1 / Float(accumulation), isLast: microBatches + 1 == accumulation)
                 microBatches += 1
                 images += batch.count
                 if microBatches == accumulation {
@@ -252,13 +257,15 @@ public final class TextToImageTrainer {
 
     // MARK: One step
 
-    /// Forward and backward of one micro-batch of the loader; returns its (unscaled) loss.
+    /// Forward and backward of one micro-batch of the loader; returns its (unscaled) loss. On the
+    /// last micro-batch of an accumulation (`isLast`) the group may start averaging the gradients
+    /// during the backward pass (``StepGradientAverage``); `optimizerStep` finishes it.
     ///
     /// Every random draw (flips, caption dropout, posterior samples, noise, noise offset,
     /// timesteps) is made for the whole global batch and this rank's rows are kept
     /// (``DataParallelShard``): one process with the global batch draws the same numbers for
     /// the same examples, in the same order.
-    func microStep(_ batch: Batch, scale: Float) throws -> Float {
+    func microStep(_ batch: Batch, scale: Float, isLast: Bool = false) throws -> Float {
         let indices = batch.indices
         let shard = group.shard(localCount: indices.count)
         let flipped = options.randomFlip ? shard.draw { generator.uniform() < 0.5 } : Array(repeating: false, count: indices.count)
@@ -275,7 +282,7 @@ public final class TextToImageTrainer {
         let value = loss.item
         // With several ranks the averaged loss is checked in `optimizerStep`, on every rank alike.
         guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
-        (scale == 1 ? loss : loss * scale).backward()
+        try gradientAverage.backward(scale == 1 ? loss : loss * scale, isLast: isLast)
         return value
     }
 
@@ -333,7 +340,12 @@ public final class TextToImageTrainer {
     /// AdamW at the schedule's learning rate and the EMA. Returns the gradient norm and learning rate.
     @discardableResult
     public func applyGradients() throws -> (gradientNorm: Float, learningRate: Float) {
-        try group.averageGradients(of: trainableParameters)
+        try gradientAverage.finish()
+        return try applyAveragedGradients()
+    }
+
+    /// ``applyGradients()`` after the gradients were averaged.
+    func applyAveragedGradients() throws -> (gradientNorm: Float, learningRate: Float) {
         let maximumNorm = options.maxGradNorm > 0 ? Float(options.maxGradNorm) : .infinity
         let norm = clipGradientNorm(trainableParameters, maximumNorm: maximumNorm)
         guard norm.isFinite else { throw nonFinite(norm) }
@@ -348,13 +360,16 @@ public final class TextToImageTrainer {
 
     /// Steps, logs, checkpoints, validates; returns true when a signal asks to stop.
     func optimizerStep(loss: Float, epoch: Int, images: Int, started: Double) throws -> Bool {
+        // First the gradients (also an epoch's last, partial accumulation's): no other collective
+        // call between the buckets started during the backward pass and their wait.
+        try gradientAverage.finish()
         // The mean of the ranks' losses (checked before the step, so that every rank stops alike) and
         // whether any rank was asked to stop (Ctrl-C, SIGTERM), so that all stop after the same step.
         let numbers = try group.average([loss, interruption.isRequested ? 1 : 0])
         let averaged = numbers[0]
         let stopRequested = numbers[1] > 0
         guard averaged.isFinite else { throw nonFinite(averaged) }
-        let (norm, rate) = try applyGradients()
+        let (norm, rate) = try applyAveragedGradients()
         let seconds = Swift.max(ProgressBar.monotonicSeconds() - started, 1e-9)
         if group.isWriter {
             try log?.record(.init(step: step, epoch: epoch, loss: averaged, learningRate: rate, gradientNorm: norm,

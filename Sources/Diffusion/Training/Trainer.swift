@@ -77,8 +77,9 @@ public final class Trainer {
     /// The loss of the last optimizer step as logged (the mean over the ranks).
     var lastStepLoss: Float?
     var sampleImages: [String] = []
-    /// The average started during the last micro-batch's backward pass, finished by `optimizerStep`.
-    var gradientAveraging: (any GradientAveraging)?
+    /// The gradient average of each optimizer step (started during the last micro-batch's backward pass
+    /// when the group overlaps), finished by `optimizerStep`.
+    let gradientAverage: StepGradientAverage
 
     /// Builds the model, data loader and optimizer of `configuration`.
     /// - Parameters:
@@ -120,6 +121,7 @@ public final class Trainer {
         }
         for pattern in configuration.freeze { unet.freeze(matching: pattern) }
         trainableParameters = unet.trainableParameters()
+        gradientAverage = StepGradientAverage(group: group, parameters: trainableParameters)
         guard !trainableParameters.isEmpty else { throw TrainingError.data("every parameter is frozen (freeze: \(configuration.freeze))") }
 
         let transform: ImageTransform? = first.shape == [channels, imageSize, imageSize] && !configuration.randomFlip
@@ -163,6 +165,7 @@ public final class Trainer {
         // Every rank starts from rank 0's weights (the same seed makes them equal already; a
         // pipeline or checkpoint read on every rank too: this is the guarantee).
         try group.broadcast(unet.parameters() + (ema?.shadowParameters ?? []), from: 0)
+        group.shardDropout(in: [unet])
         let log = group.isWriter ? try TrainingLog(outputDir: outputDir, progressOutput: progressOutput, message: message) : nil
         self.log = log
         defer { log?.finish(); self.log = nil; loader.stop() }
@@ -269,9 +272,7 @@ public final class Trainer {
         let value = loss.item
         // With several ranks the averaged loss is checked in `optimizerStep`, on every rank alike.
         guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
-        let averaging = isLast ? try group.startAveragingGradients(of: trainableParameters) : nil
-        (scale == 1 ? loss : loss * scale).backward(gradientReady: averaging.map { averaging in { averaging.gradientReady($0) } })
-        gradientAveraging = averaging
+        try gradientAverage.backward(scale == 1 ? loss : loss * scale, isLast: isLast)
         return value
     }
 
@@ -295,13 +296,8 @@ public final class Trainer {
     /// Averages the gradients over the ranks, clips, steps the optimizer and EMA, logs,
     /// checkpoints; returns true when a signal asks to stop (on any rank: all stop together).
     func optimizerStep(loss localLoss: Float, epoch: Int, images localImages: Int, started: Double) throws -> Bool {
-        if let averaging = gradientAveraging {
-            gradientAveraging = nil
-            try averaging.finish()
-        } else {
-            // Also the epoch's last, partial accumulation (its last micro-batch was not known as such).
-            try group.averageGradients(of: trainableParameters)
-        }
+        // Also the epoch's last, partial accumulation (its last micro-batch was not known as such: averaged now).
+        try gradientAverage.finish()
         var loss = localLoss, stopRequested = interruption.isRequested
         if group.isDistributed {
             let averaged = try group.average([localLoss, stopRequested ? 1 : 0])

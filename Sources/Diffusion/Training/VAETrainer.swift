@@ -85,6 +85,8 @@ public final class VAETrainer {
     }
 
     let parameters: [Tensor]
+    /// The gradient average of each step (started during the last micro-batch's backward pass when the group overlaps).
+    let gradientAverage: StepGradientAverage
     var generator: RandomGenerator
     var log: TrainingLog?
     var lastCheckpoint: (step: Int, path: String)?
@@ -119,7 +121,9 @@ public final class VAETrainer {
         model.train()
         let parameters = model.parameters()
         self.parameters = parameters
+        gradientAverage = StepGradientAverage(group: group, parameters: parameters)
         try group.broadcast(parameters, from: 0)
+        group.shardDropout(in: [model])
 
         let transform: ImageTransform? = first.shape == [channels, options.resolution, options.resolution] && !options.randomFlip
             ? nil : ImageTransforms.standard(size: options.resolution, channels: channels, randomFlip: options.randomFlip)
@@ -221,7 +225,8 @@ public final class VAETrainer {
     }
 
     /// Forward and backward of one micro-batch (loss scaled by `scale`); returns the unscaled numbers.
-    func microStep(_ batch: Batch, scale: Float) throws -> (loss: Float, reconstruction: Float, kl: Float) {
+    /// On the step's last micro-batch (`isLast`) the gradient average may start during the backward pass.
+    func microStep(_ batch: Batch, scale: Float, isLast: Bool = false) throws -> (loss: Float, reconstruction: Float, kl: Float) {
         let images = batch.images
         guard images.rank == 4, images.shape[1] == channels else {
             throw TrainingError.data("a batch has shape \(images.shape); the model takes \(channels)-channel images")
@@ -233,7 +238,7 @@ public final class VAETrainer {
         let value = terms.loss.item
         // With several ranks the averaged loss is checked in `trainingStep`, on every rank alike.
         guard value.isFinite || group.isDistributed else { throw nonFinite(value) }
-        (scale == 1 ? terms.loss : terms.loss * scale).backward()
+        try gradientAverage.backward(scale == 1 ? terms.loss : terms.loss * scale, isLast: isLast)
         return (value, terms.reconstruction.item, terms.kl.item)
     }
 
@@ -244,16 +249,16 @@ public final class VAETrainer {
         let accumulation = options.gradientAccumulationSteps
         var sums: [Float] = [0, 0, 0]
         var images = 0, epoch = loader.position.epoch
-        for _ in 0..<accumulation {
+        for index in 0..<accumulation {
             guard let batch = try loader.nextBatch() ?? loader.nextBatch() else {
                 throw TrainingError.data("the data loader gave no batch at step \(step + 1)")
             }
             epoch = batch.epoch
-            let numbers = try microStep(batch, scale: 1 / Float(accumulation))
+            let numbers = try microStep(batch, scale: 1 / Float(accumulation), isLast: index == accumulation - 1)
             sums[0] += numbers.loss; sums[1] += numbers.reconstruction; sums[2] += numbers.kl
             images += batch.count
         }
-        try group.averageGradients(of: parameters)
+        try gradientAverage.finish()
         // The ranks' mean losses, and whether any rank was asked to stop (all stop after the same step).
         let means = try group.average(sums.map { $0 / Float(accumulation) } + [interruption.isRequested ? 1 : 0])
         stopRequested = means[3] > 0
