@@ -29,6 +29,8 @@ public enum TextDemoRun {
         /// UNet steps (batches of `unetBatchSize`).
         public var unetSteps = 1000
         public var unetBatchSize = 64
+        /// diffusers' `noise_offset` of the UNet training: lets the model move an image's mean colour (the backgrounds).
+        public var unetNoiseOffset = 0.1
         /// Pairs no training set shows.
         public var heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs
         /// Foreground colours of the grid and the evaluation (each item on the next colour of the list).
@@ -166,6 +168,7 @@ public enum TextDemoRun {
             unet.lrScheduler = .cosine
             unet.lrWarmupSteps = 100
             unet.captionDropout = 0.1
+            unet.noiseOffset = options.unetNoiseOffset
             unet.useEMA = true
             unet.emaDecay = 0.999
             unet.seed = options.seed
