@@ -188,33 +188,40 @@ extension CaptionedTintedEvaluation {
     public static func table(_ results: [Result]) -> [String] {
         var lines = ["| guidance | prompts | samples | item (judge) | foreground colour | background colour | all three |",
                      "|---|---|---|---|---|---|---|"]
-        func percent(_ value: Double) -> String { value.isNaN ? "–" : String(format: "%.1f%%", 100 * value) }
         for result in results {
             for (name, score) in [("all", result.overall), ("seen pairs", result.seen), ("held-out pairs", result.heldOut)] where score.count > 0 {
-                lines.append("| \(scaleName(result.guidanceScale)) | \(name) | \(score.count) | \(percent(score.itemRate)) | "
-                             + "\(percent(score.foregroundRate)) | \(percent(score.backgroundRate)) | \(percent(score.allRate)) |")
+                lines.append(tableRow(scaleName(result.guidanceScale), name, score))
             }
         }
         return lines
     }
 
+    /// One row of ``table(_:)``: the first two columns, then the score's count and rates.
+    static func tableRow(_ scale: String, _ name: String, _ score: Score) -> String {
+        func percent(_ value: Double) -> String { value.isNaN ? "–" : String(format: "%.1f%%", 100 * value) }
+        return "| \(scale) | \(name) | \(score.count) | \(percent(score.itemRate)) | "
+            + "\(percent(score.foregroundRate)) | \(percent(score.backgroundRate)) | \(percent(score.allRate)) |"
+    }
+
     /// The results as JSON (rates by scale and group, per item, and the prompts).
     public static func json(_ results: [Result], prompts: [Prompt], reference: Reference? = nil) throws -> String {
-        func score(_ score: Score) -> [String: Any] {
-            ["count": score.count, "item": score.itemRate.isNaN ? 0 : score.itemRate,
-             "foreground": score.foregroundRate.isNaN ? 0 : score.foregroundRate,
-             "background": score.backgroundRate.isNaN ? 0 : score.backgroundRate, "all": score.allRate.isNaN ? 0 : score.allRate]
-        }
         var object: [String: Any] = [
             "prompts": prompts.map { ["text": $0.text, "held_out": $0.heldOut] },
             "results": results.map { result in
-                ["guidance_scale": result.guidanceScale, "seconds": result.seconds, "overall": score(result.overall),
-                 "seen": score(result.seen), "held_out": score(result.heldOut),
-                 "per_item": Dictionary(uniqueKeysWithValues: result.perItem.enumerated().map { (CaptionedTintedDataset.itemNames[$0.offset], score($0.element)) })]
+                ["guidance_scale": result.guidanceScale, "seconds": result.seconds, "overall": jsonScore(result.overall),
+                 "seen": jsonScore(result.seen), "held_out": jsonScore(result.heldOut),
+                 "per_item": Dictionary(uniqueKeysWithValues: result.perItem.enumerated().map { (CaptionedTintedDataset.itemNames[$0.offset], jsonScore($0.element)) })]
             },
         ]
         if let reference { object["reference"] = jsonObject(reference) }
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    /// A score as JSON values (a rate of no samples as 0).
+    static func jsonScore(_ score: Score) -> [String: Any] {
+        func rate(_ value: Double) -> Double { value.isNaN ? 0 : value }
+        return ["count": score.count, "item": rate(score.itemRate), "foreground": rate(score.foregroundRate),
+                "background": rate(score.backgroundRate), "all": rate(score.allRate)]
     }
 }

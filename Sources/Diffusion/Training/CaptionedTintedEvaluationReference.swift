@@ -50,19 +50,11 @@ extension CaptionedTintedEvaluation {
 
     /// The table rows of a reference (same columns as ``table(_:)``).
     public static func tableRows(_ reference: Reference) -> [String] {
-        func percent(_ value: Double) -> String { value.isNaN ? "–" : String(format: "%.1f%%", 100 * value) }
-        return [("real test images", reference.testImages), ("VAE reconstructions", reference.reconstructions)].map { name, score in
-            "| – | \(name) | \(score.count) | \(percent(score.itemRate)) | \(percent(score.foregroundRate)) | "
-                + "\(percent(score.backgroundRate)) | \(percent(score.allRate)) |"
-        }
+        [tableRow("–", "real test images", reference.testImages), tableRow("–", "VAE reconstructions", reference.reconstructions)]
     }
 
     /// The reference as JSON values.
     static func jsonObject(_ reference: Reference) -> [String: Any] {
-        func score(_ score: Score) -> [String: Any] {
-            ["count": score.count, "item": score.itemRate, "foreground": score.foregroundRate,
-             "background": score.backgroundRate, "all": score.allRate]
-        }
-        return ["test_images": score(reference.testImages), "vae_reconstructions": score(reference.reconstructions)]
+        ["test_images": jsonScore(reference.testImages), "vae_reconstructions": jsonScore(reference.reconstructions)]
     }
 }
