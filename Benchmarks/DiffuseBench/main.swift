@@ -285,9 +285,9 @@ while let line = readLine() {
         print(OperationProfile.report())
         OperationProfile.isEnabled = false
     case "pool":
-        // Buffer-pool counters since the start: hits, misses, bytes evicted, bytes cached.
+        // Buffer-pool counters since the start: hits, misses, bytes evicted, bytes cached, larger-block fits.
         let pool = BufferPool.shared
-        print("hits=\(pool.hits) misses=\(pool.misses) evicted_mb=\(pool.evictedBytes >> 20) cached_mb=\(pool.cachedBytes >> 20)")
+        print("hits=\(pool.hits) misses=\(pool.misses) evicted_mb=\(pool.evictedBytes >> 20) cached_mb=\(pool.cachedBytes >> 20) fits=\(pool.fits)")
     case "quit":
         exit(0)
     default:

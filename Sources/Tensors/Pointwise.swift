@@ -83,7 +83,7 @@ enum PointwiseReference {
     }
 }
 
-/// Vectorised versions of the hot functions (exp, sigmoid, SiLU, tanh).
+/// Vectorised versions of the hot functions (exp, sigmoid, SiLU, the exact GELU in `VectorMath+Normal.swift`).
 enum VectorMath {
     typealias Vector = SIMD8<Float>
 
@@ -238,6 +238,7 @@ extension Tensor {
             case .silu: VectorMath.map(input, out, length) { $0 * VectorMath.sigmoid($0) }
             case .quickGelu: VectorMath.map(input, out, length) { $0 * VectorMath.sigmoid(1.702 * $0) }
             case .relu: VectorMath.map(input, out, length) { $0.replacing(with: 0, where: $0 .< 0) }
+            case .geluExact: VectorMath.map(input, out, length) { VectorMath.geluExact($0) }
             default:
                 for index in 0..<length { out[index] = PointwiseReference.value(function, input[index]) }
             }
@@ -271,6 +272,18 @@ extension Tensor {
                 while index < range.upperBound {
                     let s = 1 / (1 + Foundation.exp(-x[index]))
                     out[index] = g[index] * s * (1 + x[index] * (1 - s))
+                    index += 1
+                }
+            case .geluExact:
+                var index = range.lowerBound
+                while index + 8 <= range.upperBound {
+                    let value = UnsafeRawPointer(x + index).loadUnaligned(as: SIMD8<Float>.self)
+                    let upstream = UnsafeRawPointer(g + index).loadUnaligned(as: SIMD8<Float>.self)
+                    UnsafeMutableRawPointer(out + index).storeBytes(of: upstream * VectorMath.geluExactDerivative(value), as: SIMD8<Float>.self)
+                    index += 8
+                }
+                while index < range.upperBound {
+                    out[index] = g[index] * PointwiseReference.derivative(function, x[index], y[index])
                     index += 1
                 }
             case .sigmoid:

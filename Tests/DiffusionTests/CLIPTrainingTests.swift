@@ -46,9 +46,7 @@ final class CLIPTrainingTests: XCTestCase {
 
     static func trainer(_ options: CLIPTrainingOptions, dataset: Dataset) throws -> CLIPTrainer {
         let trainer = try CLIPTrainer(options: options, tokenizer: tokenizer, dataset: dataset)
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
-        trainer.message = { _ in }
+        trainer.silence()
         return trainer
     }
 

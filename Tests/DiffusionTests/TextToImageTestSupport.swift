@@ -71,8 +71,7 @@ enum TextToImageFixtures {
 
     static func trainer(_ options: TextToImageTrainingOptions, dataset: Dataset = dataset()) throws -> TextToImageTrainer {
         let trainer = try TextToImageTrainer(options: options, dataset: dataset, message: { _ in })
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
+        trainer.silence()
         return trainer
     }
 

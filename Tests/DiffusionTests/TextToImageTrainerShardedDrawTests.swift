@@ -15,8 +15,7 @@ final class TextToImageTrainerShardedDrawTests: XCTestCase {
         var options = TextToImageFixtures.options(outputDir: folder, steps: 1)
         options.trainBatchSize = batchSize
         let trainer = try TextToImageTrainer(options: options, dataset: TextToImageFixtures.dataset(), group: group, message: { _ in })
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
+        trainer.silence()
         XCTAssertEqual(trainer.loader.shard, DataLoaderShard(rank: group.rank, count: group.size))
         _ = try trainer.run()
         XCTAssertEqual(group.gradients.count, 1, "one all-reduce for the step's 2 micro-batches")

@@ -58,9 +58,7 @@ enum TrainingFixtures {
     static func trainer(yaml: String, overrides: [(key: String, value: String)] = [], dataset: Dataset = dataset()) throws -> Trainer {
         let configuration = try TrainingConfiguration.load(yaml: yaml, overrides: overrides)
         let trainer = try Trainer(configuration: configuration, dataset: dataset)
-        trainer.handleSignals = false
-        trainer.progressOutput = nil
-        trainer.message = { _ in }
+        trainer.silence()
         return trainer
     }
 

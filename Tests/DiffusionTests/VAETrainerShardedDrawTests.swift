@@ -52,9 +52,7 @@ final class VAETrainerShardedDrawTests: XCTestCase {
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 1)
         options.batchSize = batchSize
         let trainer = try VAETrainer(options: options, dataset: VAETrainerFixtures.dataset(), group: group)
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
-        trainer.message = { _ in }
+        trainer.silence()
         _ = try trainer.run()
         XCTAssertEqual(group.gradients.count, 1, "one all-reduce for the step's 2 micro-batches")
         return (group, folder)

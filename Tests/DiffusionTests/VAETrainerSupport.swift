@@ -56,9 +56,7 @@ enum VAETrainerFixtures {
     /// A quiet trainer without signal handlers.
     static func trainer(_ options: VAETrainingOptions, dataset: Dataset = dataset()) throws -> VAETrainer {
         let trainer = try VAETrainer(options: options, dataset: dataset)
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
-        trainer.message = { _ in }
+        trainer.silence()
         return trainer
     }
 }

@@ -229,9 +229,7 @@ final class VAETrainerDataParallelTests: XCTestCase {
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 4, checkpointing: 2)
         options.gridEvery = 3
         let trainer = try VAETrainer(options: options, dataset: VAETrainerFixtures.dataset(), group: group)
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
-        trainer.message = { _ in }
+        trainer.silence()
         XCTAssertEqual(group.calls, ["broadcast"])
         XCTAssertEqual(group.broadcastCounts, [trainer.model.parameters().count])
         _ = try trainer.run()
@@ -249,9 +247,7 @@ final class VAETrainerDataParallelTests: XCTestCase {
         let group = RecordingGroup(rank: 1, size: 2)
         let trainer = try VAETrainer(options: VAETrainerFixtures.options(outputDir: folder, steps: 3, checkpointing: 1),
                                      dataset: VAETrainerFixtures.dataset(), group: group)
-        trainer.progressOutput = nil
-        trainer.handleSignals = false
-        trainer.message = { _ in }
+        trainer.silence()
         let summary = try trainer.run()
         XCTAssertEqual(summary.step, 3)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])

@@ -9,13 +9,6 @@ import XCTest
 /// (``LockstepGroup``) whose average keeps each reported gradient and compares it at the finish.
 /// The run's averaged gradients and logged numbers are bit-identical to the run without overlap.
 final class BackwardOverlapTrainerTests: XCTestCase {
-    private func temporaryFolder() throws -> String {
-        let folder = NSTemporaryDirectory() + "diffuse-overlap-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
-
     private static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
@@ -62,29 +55,10 @@ final class BackwardOverlapTrainerTests: XCTestCase {
     }
 
     func testThePixelTrainerOverlapsExactly() throws {
-        var generator = RandomGenerator(seed: 1)
-        let dataset = InMemoryDataset(images: Tensor.rand([64, 1, 8, 8], low: -1, high: 1, generator: &generator))
+        let dataset = TinyPixelTraining.dataset()
         try checkOverlap("train", steps: 2) { group, folder in
-            let yaml = """
-            model: tiny
-            image_size: 8
-            train_batch_size: 4
-            eval_batch_size: 2
-            max_train_steps: 2
-            gradient_accumulation_steps: 2
-            lr_warmup_steps: 1
-            save_image_epochs: 100
-            save_model_epochs: 100
-            eval_inference_steps: 2
-            num_train_timesteps: 50
-            output_dir: \(folder)
-            seed: 3
-            """
-            let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml), dataset: dataset, group: group)
-            trainer.handleSignals = false
-            trainer.progressOutput = nil
-            trainer.message = { _ in }
-            _ = try trainer.run()
+            let yaml = TinyPixelTraining.yaml(outputDir: folder, accumulation: 2)
+            _ = try TinyPixelTraining.trainer(yaml: yaml, dataset: dataset, group: group).run()
         }
     }
 
@@ -120,8 +94,7 @@ final class BackwardOverlapTrainerTests: XCTestCase {
             options.captionDropout = 0.2
             options.noiseOffset = 0.05
             let trainer = try TextToImageTrainer(options: options, dataset: dataset, group: group, message: { _ in })
-            trainer.progressOutput = nil
-            trainer.handleSignals = false
+            trainer.silence()
             _ = try trainer.run()
         }
     }
@@ -150,9 +123,7 @@ final class BackwardOverlapTrainerTests: XCTestCase {
             options.evaluationImages = 0
             options.prefetchBatches = 0
             let trainer = try VAETrainer(options: options, dataset: dataset, group: group)
-            trainer.progressOutput = nil
-            trainer.handleSignals = false
-            trainer.message = { _ in }
+            trainer.silence()
             _ = try trainer.run()
         }
     }
@@ -177,9 +148,7 @@ final class BackwardOverlapTrainerTests: XCTestCase {
             options.logEvery = 1000
             options.prefetchBatches = 0
             let trainer = try CLIPTrainer(options: options, tokenizer: tokenizer, dataset: dataset, group: group)
-            trainer.progressOutput = nil
-            trainer.handleSignals = false
-            trainer.message = { _ in }
+            trainer.silence()
             _ = try trainer.run()
             let perStep = group.overlapping ? ["allGather", "sum", "startAveragingGradients", "finish"] : ["allGather", "sum"]
             XCTAssertEqual(group.calls.filter { ["allGather", "sum", "startAveragingGradients", "finish"].contains($0) },

@@ -11,13 +11,6 @@ import XCTest
 /// gradient equal. With each rank's own pairs as its only negatives, as before the gather: step 1 loss
 /// 3.79 against 4.62, gradients 0.33 apart, the temperature's gradient 2.68 against 3.01.)
 final class CLIPTrainerGatherTests: XCTestCase {
-    private func temporaryFolder() throws -> String {
-        let folder = NSTemporaryDirectory() + "diffuse-clip-gather-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
-
     private static let tokenizer = WordTokenizer(words: ["a", "an", "photo", "of", "on", "background"]
                                                  + CaptionedTintedDataset.itemNames.flatMap { $0.split(separator: " ").map(String.init) }
                                                  + NamedColor.allCases.map(\.name))
@@ -45,9 +38,7 @@ final class CLIPTrainerGatherTests: XCTestCase {
             options.logEvery = 1000
             options.prefetchBatches = 0
             let trainer = try CLIPTrainer(options: options, tokenizer: Self.tokenizer, dataset: dataset, group: group)
-            trainer.progressOutput = nil
-            trainer.handleSignals = false
-            trainer.message = { _ in }
+            trainer.silence()
             var results: [CLIPTrainer.StepResult] = []
             trainer.onStep = { results.append($0) }
             _ = try trainer.run()

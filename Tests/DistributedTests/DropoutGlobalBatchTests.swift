@@ -7,40 +7,13 @@ import XCTest
 /// global batch of 2B (every dropout layer draws the global batch's mask and keeps its rank's rows),
 /// so the ranks' averaged gradient is one process's, as without dropout.
 final class DropoutGlobalBatchTests: XCTestCase {
-    private func temporaryFolder() throws -> String {
-        let folder = NSTemporaryDirectory() + "diffuse-dropout-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
-
     /// One step of the tiny UNet with `dropout: 0.3` on `size` simulated ranks of `batchSize` images.
     private func train(size: Int, batchSize: Int) throws -> [(group: LockstepGroup, result: Float?)] {
         let folder = try temporaryFolder()
-        var generator = RandomGenerator(seed: 1)
-        let dataset = InMemoryDataset(images: Tensor.rand([32, 1, 8, 8], low: -1, high: 1, generator: &generator))
+        let dataset = TinyPixelTraining.dataset(count: 32)
         return try LockstepGroup.run(size: size) { group in
-            let yaml = """
-            model:
-              preset: tiny
-              dropout: 0.3
-            image_size: 8
-            train_batch_size: \(batchSize)
-            eval_batch_size: 2
-            max_train_steps: 2
-            lr_warmup_steps: 1
-            save_image_epochs: 100
-            save_model_epochs: 100
-            eval_inference_steps: 2
-            num_train_timesteps: 50
-            output_dir: \(folder)
-            seed: 3
-            """
-            let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml), dataset: dataset, group: group)
-            trainer.handleSignals = false
-            trainer.progressOutput = nil
-            trainer.message = { _ in }
-            return try trainer.run().finalLoss
+            let yaml = TinyPixelTraining.yaml(outputDir: folder, batchSize: batchSize, model: "{preset: tiny, dropout: 0.3}")
+            return try TinyPixelTraining.trainer(yaml: yaml, dataset: dataset, group: group).run().finalLoss
         }
     }
 

@@ -48,54 +48,25 @@ final class TrainerHookTests: XCTestCase {
         func barrier() throws {}
     }
 
+    /// 3 steps of 2 micro-batches of 4, a checkpoint at step 2.
+    private func trainer(folder: String, group: DataParallelGroup) throws -> Trainer {
+        let yaml = TinyPixelTraining.yaml(outputDir: folder, steps: 3, accumulation: 2, checkpointingSteps: 2)
+        return try TinyPixelTraining.trainer(yaml: yaml, dataset: TinyPixelTraining.dataset(), group: group)
+    }
+
     func testAnOverlappingGroupStartsOnTheLastMicroBatchAndFinishesBeforeTheStep() throws {
         let folder = try temporaryFolder()
         let group = OverlappingGroup()
-        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
-        trainer.handleSignals = false
-        trainer.progressOutput = nil
+        let trainer = try self.trainer(folder: folder, group: group)
         XCTAssertEqual(try trainer.run().step, 3)
         XCTAssertEqual(group.calls, ["start", "finish", "start", "finish", "start", "finish"],
                        "2 micro-batches per step: started during the second one's backward pass only, never averaged again")
     }
 
-    private func temporaryFolder() throws -> String {
-        let folder = NSTemporaryDirectory() + "diffuse-hooks-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
-
-    private func yaml(outputDir: String) -> String {
-        """
-        model: tiny
-        image_size: 8
-        train_batch_size: 4
-        eval_batch_size: 2
-        max_train_steps: 3
-        gradient_accumulation_steps: 2
-        lr_warmup_steps: 1
-        save_image_epochs: 100
-        save_model_epochs: 100
-        eval_inference_steps: 2
-        num_train_timesteps: 50
-        checkpointing_steps: 2
-        output_dir: \(outputDir)
-        seed: 3
-        """
-    }
-
-    private func dataset() -> InMemoryDataset {
-        var generator = RandomGenerator(seed: 1)
-        return InMemoryDataset(images: Tensor.rand([64, 1, 8, 8], low: -1, high: 1, generator: &generator))
-    }
-
     func testRankOneCommunicatesOncePerOptimizerStepAndWritesNothing() throws {
         let folder = try temporaryFolder()
         let group = RecordingGroup(rank: 1, size: 2)
-        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
-        trainer.handleSignals = false
-        trainer.progressOutput = nil
+        let trainer = try self.trainer(folder: folder, group: group)
         XCTAssertEqual(trainer.loader.shard, DataLoaderShard(rank: 1, count: 2))
         XCTAssertEqual(trainer.stepsPerEpoch, 4, "64 images in global batches of 2 × 4, 2 per step")
         let summary = try trainer.run()
@@ -115,10 +86,7 @@ final class TrainerHookTests: XCTestCase {
     func testRankZeroWritesTheFilesOfARun() throws {
         let folder = try temporaryFolder()
         let group = RecordingGroup(rank: 0, size: 2)
-        let trainer = try Trainer(configuration: TrainingConfiguration.load(yaml: yaml(outputDir: folder)), dataset: dataset(), group: group)
-        trainer.handleSignals = false
-        trainer.progressOutput = nil
-        trainer.message = { _ in }
+        let trainer = try self.trainer(folder: folder, group: group)
         _ = try trainer.run()
         XCTAssertEqual(TrainingCheckpoint.list(in: folder).map(\.step), [2, 3])
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/logs/train.jsonl"))

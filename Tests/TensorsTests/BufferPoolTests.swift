@@ -8,7 +8,8 @@ final class BufferPoolTests: XCTestCase {
     private var generator = RandomGenerator(seed: 3)
     private var graphRecorded = false
 
-    // The rules below are training's (no slack); whether this process recorded a graph yet
+    // The rules below are training's (the mark; most tests set no slack and no larger-block fits
+    // to test it alone); whether this process recorded a graph yet
     // depends on which tests ran before.
     override func setUp() {
         graphRecorded = BufferPool.graphRecorded
@@ -37,7 +38,7 @@ final class BufferPoolTests: XCTestCase {
     }
 
     func testTheCacheFillsUpToTheHighWaterMarkAndServesTheNextSteps() {
-        let pool = BufferPool()
+        let pool = BufferPool(trainingSlackBytes: 0, fitRatio: 1)
         step(pool)
         // Everything freed is kept, up to the most ever live (the earlier rule kept the
         // cache at whatever it held when it first ran dry).
@@ -54,7 +55,7 @@ final class BufferPoolTests: XCTestCase {
     }
 
     func testAMissFreesCachedBlocksOnlyDownToTheHighWaterMark() {
-        let pool = BufferPool()
+        let pool = BufferPool(trainingSlackBytes: 0, fitRatio: 1)
         let size = 256 * kibibyte
         let a = pool.allocate(byteCount: size), b = pool.allocate(byteCount: size)
         pool.release(a, byteCount: size)
@@ -88,7 +89,7 @@ final class BufferPoolTests: XCTestCase {
     /// evict its own cache every call); after, the next miss evicts back under the mark.
     func testBeforeAGraphIsRecordedTheCacheMayExceedTheMarkByTheSlack() {
         BufferPool.graphRecorded = false
-        let pool = BufferPool()
+        let pool = BufferPool(trainingSlackBytes: 0, fitRatio: 1)
         let size = 256 * kibibyte
         let a = pool.allocate(byteCount: size), b = pool.allocate(byteCount: size)
         pool.release(a, byteCount: size)
@@ -107,6 +108,76 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertGreaterThan(pool.evictedBytes, 0)
         XCTAssertLessThanOrEqual(pool.liveBytes + pool.cachedBytes, pool.peakLiveBytes)
         pool.release(d, byteCount: 192 * kibibyte)
+        pool.drain()
+    }
+
+    func testAMissTakesTheSmallestCachedBlockOfUpToTwiceItsSize() {
+        let pool = BufferPool(trainingSlackBytes: 0, fitRatio: 2)
+        let (large, medium) = (256 * kibibyte, 192 * kibibyte)
+        let a = pool.allocate(byteCount: large), b = pool.allocate(byteCount: medium)
+        pool.release(a, byteCount: large)
+        pool.release(b, byteCount: medium)
+        // 160 KiB: both cached blocks are at most twice as large; the smaller one is taken, nothing is evicted.
+        let c = pool.allocate(byteCount: 160 * kibibyte)
+        XCTAssertEqual(c, b)
+        XCTAssertEqual((pool.fits, pool.misses - 2, pool.evictedBytes), (1, 0, 0))
+        XCTAssertEqual(pool.liveBytes, medium, "the block counts at its own size")
+        // 100 KiB: 256 KiB is more than twice as large, so a miss.
+        let d = pool.allocate(byteCount: 100 * kibibyte)
+        XCTAssertEqual(pool.misses, 3)
+        // Given back, the block returns to its own size class and serves that size again.
+        pool.release(c, byteCount: 160 * kibibyte)
+        XCTAssertEqual(pool.liveBytes, BufferPool.blockSize(for: 100 * kibibyte))
+        let e = pool.allocate(byteCount: medium)
+        XCTAssertEqual(e, b)
+        XCTAssertEqual(pool.hits, 1)
+        pool.release(d, byteCount: 100 * kibibyte)
+        pool.release(e, byteCount: medium)
+        XCTAssertEqual(pool.liveBytes, 0)
+        pool.drain()
+    }
+
+    /// A step whose backward pass asks for sizes its forward pass did not (gradients and kernel
+    /// scratch beside the activations): under the mark alone every step evicts one pass's blocks
+    /// for the other's and misses again; taking a larger cached block ends the misses.
+    func testForwardAndBackwardSizesStopEvictingEachOther() {
+        func misses(fitRatio: Int) -> Int {
+            let pool = BufferPool(trainingSlackBytes: 0, fitRatio: fitRatio)
+            let forward = [400, 300, 200].map { $0 * kibibyte }, backward = [350, 250, 150].map { $0 * kibibyte }
+            func step() {
+                let activations = forward.map { (pool.allocate(byteCount: $0), $0) }
+                for ((block, size), gradientSize) in zip(activations.reversed(), backward.reversed()) {
+                    pool.release(block, byteCount: size)
+                    let gradient = pool.allocate(byteCount: gradientSize)
+                    pool.release(gradient, byteCount: gradientSize)
+                    XCTAssertLessThanOrEqual(pool.liveBytes + pool.cachedBytes, pool.peakLiveBytes)
+                }
+            }
+            for _ in 0..<3 { step() }
+            let before = pool.misses
+            for _ in 0..<3 { step() }
+            defer { pool.drain() }
+            return pool.misses - before
+        }
+        XCTAssertGreaterThan(misses(fitRatio: 1), 0, "the mark alone: the passes evict each other every step")
+        XCTAssertEqual(misses(fitRatio: 2), 0, "with larger-block fits: no miss from the second step on")
+    }
+
+    func testATrainingPoolMayCacheItsSlackAboveTheMark() {
+        let pool = BufferPool(trainingSlackBytes: 256 * kibibyte, fitRatio: 1)
+        let size = 256 * kibibyte
+        let a = pool.allocate(byteCount: size), b = pool.allocate(byteCount: size)
+        pool.release(a, byteCount: size)
+        pool.release(b, byteCount: size)
+        // 128 KiB live + 512 KiB cached is above the 512 KiB mark but within the slack: nothing goes.
+        let c = pool.allocate(byteCount: 128 * kibibyte)
+        XCTAssertEqual(pool.evictedBytes, 0)
+        // 384 KiB more live would pass mark + slack: cached blocks go down to it.
+        let d = pool.allocate(byteCount: 384 * kibibyte)
+        XCTAssertGreaterThan(pool.evictedBytes, 0)
+        XCTAssertLessThanOrEqual(pool.liveBytes + pool.cachedBytes, pool.peakLiveBytes + 256 * kibibyte)
+        pool.release(c, byteCount: 128 * kibibyte)
+        pool.release(d, byteCount: 384 * kibibyte)
         pool.drain()
     }
 

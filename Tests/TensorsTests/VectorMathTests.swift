@@ -40,3 +40,49 @@ final class VectorMathTests: XCTestCase {
         XCTAssertEqual(result[1], Float(1 / (1 + Foundation.exp(-1.0))), accuracy: 1e-7)
     }
 }
+
+/// The vector exact GELU and its derivative against the error function in Double.
+final class VectorGELUTests: XCTestCase {
+    func testExactGELUAndDerivativeMatchDouble() {
+        var values = stride(from: Float(-30), through: 30, by: 0.00731).map { $0 }
+        values += [0, -0.0, 1e-8, -1e-8, 1e30, -1e30, .infinity, 13.5, -13.5, -7.07, 7.07]
+        var worstValue: Double = 0, worstDerivative: Double = 0
+        for start in stride(from: 0, to: values.count, by: 8) {
+            var vector = SIMD8<Float>()
+            for lane in 0..<8 where start + lane < values.count { vector[lane] = values[start + lane] }
+            let gelu = VectorMath.geluExact(vector), derivative = VectorMath.geluExactDerivative(vector)
+            for lane in 0..<8 {
+                let x = Double(vector[lane])
+                let cdf = 0.5 * Foundation.erfc(-x / 2.0.squareRoot())
+                let exact = x * cdf
+                let exactDerivative = cdf + (x.isInfinite ? 0 : x * Foundation.exp(-0.5 * x * x) / (2 * Double.pi).squareRoot())
+                // Relative error where the value is a normal float, absolute below.
+                if exact.isFinite {
+                    worstValue = Swift.max(worstValue, Swift.abs(Double(gelu[lane]) - exact) / Swift.max(Swift.abs(exact), 1e-30))
+                } else {
+                    XCTAssertEqual(Double(gelu[lane]), exact, "GELU(\(x))")
+                }
+                worstDerivative = Swift.max(worstDerivative, Swift.abs(Double(derivative[lane]) - exactDerivative) / Swift.max(Swift.abs(exactDerivative), 1e-30))
+            }
+        }
+        XCTAssertLessThan(worstValue, 1e-6, "largest relative error of GELU against Double")
+        XCTAssertLessThan(worstDerivative, 1e-6, "largest relative error of GELU' against Double")
+    }
+
+    func testExactGELUKeepsNaNAndMatchesTheReferenceKernel() {
+        XCTAssertTrue(VectorMath.geluExact(SIMD8<Float>(repeating: .nan))[0].isNaN)
+        // The tensor op (vector body and scalar tail) against the plain reference, values and gradients.
+        var generator = RandomGenerator(seed: 5)
+        let input = Tensor.randn([1003], generator: &generator) * 4
+        input.requiresGrad = true
+        let output = input.gelu()
+        output.sum().backward()
+        let values = input.toArray(), results = output.toArray(), gradients = input.grad!.toArray()
+        for index in values.indices {
+            let x = values[index]
+            let value = PointwiseReference.value(.geluExact, x), slope = PointwiseReference.derivative(.geluExact, x, value)
+            XCTAssertEqual(results[index], value, accuracy: 1e-6 * Swift.max(1, Swift.abs(value)), "GELU(\(x))")
+            XCTAssertEqual(gradients[index], slope, accuracy: 1e-6 * Swift.max(1, Swift.abs(slope)), "GELU'(\(x))")
+        }
+    }
+}
