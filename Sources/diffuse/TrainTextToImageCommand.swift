@@ -32,8 +32,13 @@ struct TrainTextToImage: ParsableCommand {
     @Option(help: "LoRA alpha (default: the rank).") var loraAlpha: Double?
     @Flag(help: "Also train LoRA adapters on the text encoder's q/k/v/out projections.") var trainTextEncoderLora = false
 
-    @Option(help: "captioned-tinted-fashion-mnist, captioned-mnist, or an image folder with a metadata.jsonl of captions.")
+    @Option(help: """
+        captioned-tinted-fashion-mnist, captioned-mnist, or an image folder with a metadata.jsonl of captions; \
+        names joined by + are mixed, taken in turn (captioned-mnist+captioned-tinted-fashion-mnist).
+        """)
     var dataset = CaptionedTintedDataset.name
+    @Flag(help: "Leave the text demo's held-out colour–item pairs out of captioned-tinted-fashion-mnist (as `diffuse demo --text` trains).")
+    var heldOutDemoPairs = false
     @Option(help: "Use only the first N examples.") var maxTrainSamples: Int?
     @Option(help: "Image side (default: the UNet's sample_size × the VAE's factor; 32 from scratch).") var resolution: Int?
     @Flag(help: "Mirror images at random (both posteriors are cached).") var randomFlip = false
@@ -85,6 +90,9 @@ struct TrainTextToImage: ParsableCommand {
         (options.vae, options.textEncoder, options.tokenizer) = (vae, textEncoder, tokenizer)
         (options.loraRank, options.loraAlpha, options.trainTextEncoderLoRA) = (rank, loraAlpha, trainTextEncoderLora)
         (options.dataset, options.maxTrainSamples, options.resolution, options.randomFlip) = (dataset, maxTrainSamples, resolution, randomFlip)
+        if heldOutDemoPairs {
+            options.heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs.sorted { ($0.label, $0.color.rawValue) < ($1.label, $1.color.rawValue) }
+        }
         (options.captionDropout, options.sampleLatents) = (captionDropout, !latentMean)
         (options.predictionType, options.snrGamma, options.noiseOffset) = (predictionType, snrGamma, noiseOffset)
         (options.trainBatchSize, options.numTrainEpochs, options.maxTrainSteps) = (trainBatchSize, numTrainEpochs, maxTrainSteps)

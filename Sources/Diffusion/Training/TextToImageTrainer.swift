@@ -157,9 +157,9 @@ public final class TextToImageTrainer {
         guard dataset.count > 0 else { throw TrainingError.data("the dataset \(options.dataset) is empty") }
         self.dataset = dataset
         let channels = pipeline.vae.configuration.inChannels
-        let first = try dataset.example(at: 0).image
-        let transform: ImageTransform? = first.shape == [channels, resolution, resolution]
-            ? nil : ImageTransforms.standard(size: resolution, channels: channels)
+        // Leaves an image already at [channels, resolution, resolution] as it is; a mixture's parts may differ
+        // (captioned MNIST comes at 32×32, captioned tinted Fashion-MNIST at 28×28).
+        let transform = ImageTransforms.standard(size: resolution, channels: channels)
         let started = ProgressBar.monotonicSeconds()
         let encoded = try TextToImageLatentCache.encode(dataset, vae: pipeline.vae, transform: transform, flips: options.randomFlip)
         latentCache = encoded.cache

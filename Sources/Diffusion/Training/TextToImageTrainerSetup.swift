@@ -65,16 +65,32 @@ enum TextToImageSetup {
         throw TrainingError.data("no tokenizer files (vocab.json, merges.txt) in \(textFolder) or beside it; give --tokenizer FOLDER")
     }
 
-    /// The training data by name (`captioned-tinted-fashion-mnist`, `captioned-mnist`, the named datasets) or folder.
+    /// The training data by name (`captioned-tinted-fashion-mnist`, `captioned-mnist`, the named datasets) or folder;
+    /// names joined by `+` mix those datasets, taken in turn (``InterleavedDataset``), and `--max-train-samples`
+    /// then limits the mixture (so each part gives about its share).
     static func dataset(_ options: TextToImageTrainingOptions) throws -> Dataset {
-        if [CaptionedTintedDataset.name, "captioned_tinted_fashion_mnist"].contains(options.dataset.lowercased()) {
+        let names = options.dataset.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
+        guard names.count > 1, !FileManager.default.fileExists(atPath: options.dataset) else {
+            return try dataset(named: options.dataset, options)
+        }
+        guard !names.contains(where: \.isEmpty) else {
+            throw TrainingError.data("--dataset \(options.dataset): a mixture is names joined by +, e.g. captioned-mnist+captioned-tinted-fashion-mnist")
+        }
+        let mixture = InterleavedDataset(parts: try names.map { try dataset(named: $0, options) }, names: names)
+        if let limit = options.maxTrainSamples, limit < mixture.count { return PrefixDataset(base: mixture, count: limit) }
+        return mixture
+    }
+
+    /// One dataset by name or folder (its first `--max-train-samples` examples).
+    static func dataset(named name: String, _ options: TextToImageTrainingOptions) throws -> Dataset {
+        if [CaptionedTintedDataset.name, "captioned_tinted_fashion_mnist"].contains(name.lowercased()) {
             return try CaptionedTintedDataset.fashionMNIST(training: true, limit: options.maxTrainSamples, seed: options.seed,
                                                            heldOutPairs: Set(options.heldOutPairs))
         }
-        if CaptionedMNISTDataset.isNamed(options.dataset) {
+        if CaptionedMNISTDataset.isNamed(name) {
             return try CaptionedMNISTDataset.mnist(training: true, limit: options.maxTrainSamples, size: options.resolution ?? 32)
         }
-        let dataset = try Datasets.open(options.dataset, training: true, limit: options.maxTrainSamples)
+        let dataset = try Datasets.open(name, training: true, limit: options.maxTrainSamples)
         if let limit = options.maxTrainSamples, limit < dataset.count { return PrefixDataset(base: dataset, count: limit) }
         return dataset
     }
