@@ -3,8 +3,9 @@
 /// Φ(x) comes from erfc, computed as t·exp(−z² + P(t)) with t = 1 / (1 + z/2) and a degree-9
 /// polynomial P (the Chebyshev fit of Numerical Recipes' `erfcc`, relative error under
 /// 1.2·10⁻⁷ for every z ≥ 0), so Φ keeps its relative accuracy far into the negative tail
-/// where GELU(x) = x·Φ(x) is tiny; `Foundation.erf` (the plain reference) is a scalar call
-/// per element, 5–10 times slower.
+/// where GELU(x) = x·Φ(x) is tiny (within 2·10⁻⁶ of Double for x ≥ −3; beyond, the float32
+/// z² adds about x²·6·10⁻⁸: 1.3·10⁻⁵ at x = −13, where GELU is 10⁻³⁷). `Foundation.erf`
+/// (the plain reference) is a scalar call per element, 5–10 times slower.
 extension VectorMath {
     /// erfc(z) for z ≥ 0 (NaN stays NaN; z above 10 gives 0, as erfc(10) ≈ 2·10⁻⁴⁵ does in float32).
     @inline(__always)
