@@ -191,10 +191,12 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertEqual(Int(bitPattern: scratch) % 64, 0)
         ScratchMemory.release(scratch)
         // The same size again is the same block, from the cache (the shared pool's cached
-        // total is no measure: other tests leave blocks a miss may evict).
-        let hits = BufferPool.shared.hits
+        // total is no measure: other tests leave blocks a miss may evict). In a process that
+        // recorded a graph the first request may have taken a larger cached block (a fit), which
+        // then serves the second one as a fit again.
+        let served = BufferPool.shared.hits + BufferPool.shared.fits
         let again = ScratchMemory.floats(100_000)
-        XCTAssertEqual(BufferPool.shared.hits, hits + 1)
+        XCTAssertEqual(BufferPool.shared.hits + BufferPool.shared.fits, served + 1, "served from the cache")
         XCTAssertEqual(again, scratch)
         ScratchMemory.release(again)
     }
