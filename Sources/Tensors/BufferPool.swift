@@ -11,7 +11,7 @@ import Foundation
 /// flat after the first step.
 ///
 /// Live plus cached bytes never exceed the most bytes ever live at once (the
-/// high-water mark; plus `inferenceSlackBytes` until a graph is recorded): a miss frees
+/// high-water mark) plus a slack (see below): a miss frees
 /// cached blocks of other sizes only as far as it must to stay under that mark,
 /// largest cached size first. So the pool raises the process's peak by at most
 /// the slack (`trainingSlackBytes` once a graph is recorded, `inferenceSlackBytes`
@@ -78,7 +78,8 @@ public final class BufferPool: @unchecked Sendable {
     /// Bytes of the slack already held by another cache of reused memory (`WeightWidening`'s
     /// block): the pool's own slack is what remains, so the two together stay within it.
     nonisolated(unsafe) static var slackHeldElsewhere = 0
-    /// Set by the first recorded op (`Tensor.record`); from then on there is no slack.
+    /// Set by the first recorded op (`Tensor.record`); from then on the slack is `trainingSlackBytes`
+    /// and a miss may take a larger cached block.
     nonisolated(unsafe) static var graphRecorded = false
 
     /// A pool with the environment's capacity; `trainingSlackBytes` defaults to

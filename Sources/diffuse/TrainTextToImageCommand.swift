@@ -91,7 +91,7 @@ struct TrainTextToImage: ParsableCommand {
         (options.loraRank, options.loraAlpha, options.trainTextEncoderLoRA) = (rank, loraAlpha, trainTextEncoderLora)
         (options.dataset, options.maxTrainSamples, options.resolution, options.randomFlip) = (dataset, maxTrainSamples, resolution, randomFlip)
         if heldOutDemoPairs {
-            options.heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs.sorted { ($0.label, $0.color.rawValue) < ($1.label, $1.color.rawValue) }
+            options.heldOutPairs = CaptionedTintedDataset.demoHeldOutPairs.sorted()
         }
         (options.captionDropout, options.sampleLatents) = (captionDropout, !latentMean)
         (options.predictionType, options.snrGamma, options.noiseOffset) = (predictionType, snrGamma, noiseOffset)

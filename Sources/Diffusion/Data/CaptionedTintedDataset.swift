@@ -80,7 +80,8 @@ public final class CaptionedTintedDataset: Dataset {
     public let heldOutPairs: Set<ColoredItem>
 
     /// A foreground colour on an item (a class label).
-    public struct ColoredItem: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// A colour–item pair; ordered by item, then by colour name (the order runs list held-out pairs in).
+    public struct ColoredItem: Hashable, Sendable, Codable, Comparable, CustomStringConvertible {
         public var color: NamedColor
         public var label: Int
         public init(color: NamedColor, label: Int) {
@@ -88,6 +89,9 @@ public final class CaptionedTintedDataset: Dataset {
             self.label = label
         }
         public var description: String { "\(color.name) \(CaptionedTintedDataset.itemNames.indices.contains(label) ? CaptionedTintedDataset.itemNames[label] : "class \(label)")" }
+        public static func < (lhs: ColoredItem, rhs: ColoredItem) -> Bool {
+            (lhs.label, lhs.color.rawValue) < (rhs.label, rhs.color.rawValue)
+        }
     }
 
     /// The pairs the text-to-image demo holds out of training: one per evaluation colour

@@ -105,7 +105,7 @@ public enum TextDemoRun {
     public static func run(_ options: Options, message: @escaping (String) -> Void = { print($0) }) throws -> Outcome {
         var outcome = Outcome()
         try FileManager.default.createDirectory(atPath: options.outputDir, withIntermediateDirectories: true)
-        let heldOut = Array(options.heldOutPairs).sorted { ($0.label, $0.color.rawValue) < ($1.label, $1.color.rawValue) }
+        let heldOut = options.heldOutPairs.sorted()
         message("held out of every training set: " + heldOut.map(\.description).joined(separator: ", "))
 
         // 1. CLIP: the text tower becomes the pipeline's text encoder.
