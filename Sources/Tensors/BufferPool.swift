@@ -42,13 +42,17 @@ public final class BufferPool: @unchecked Sendable {
     private var freeBytes = 0
     /// Bytes of pooled sizes handed out and not yet given back, and their most ever.
     private(set) var liveBytes = 0, peakLiveBytes = 0
-    /// The most bytes of pooled sizes live at once since `resetMeasuredPeak()` (for memory tests:
-    /// tensors and `ScratchMemory` of 64 KiB and more).
+    /// Bytes of pooled sizes handed out and not yet given back, each at its request's size class
+    /// (a request served from a larger cached block counts at its own size here, at the block's
+    /// in `liveBytes`): what the code asked for, independent of the cache's state.
+    private(set) var requestedLiveBytes = 0
+    /// The most `requestedLiveBytes` at once since `resetMeasuredPeak()` (for memory tests:
+    /// tensors and `ScratchMemory` of 64 KiB and more, whatever blocks the cache served them from).
     private(set) var measuredPeakBytes = 0
-    /// Starts a new `measuredPeakBytes` from the bytes live now.
+    /// Starts a new `measuredPeakBytes` from the bytes requested and live now.
     func resetMeasuredPeak() {
         lock.lock(); defer { lock.unlock() }
-        measuredPeakBytes = liveBytes
+        measuredPeakBytes = requestedLiveBytes
     }
     /// Requests of pooled sizes served from the cache, and those that were not.
     public private(set) var hits = 0, misses = 0
@@ -120,12 +124,10 @@ public final class BufferPool: @unchecked Sendable {
         let size = BufferPool.blockSize(for: byteCount)
         if size >= BufferPool.minimumPooledBytes {
             lock.lock()
-            liveBytes += size
-            peakLiveBytes = Swift.max(peakLiveBytes, liveBytes)
-            measuredPeakBytes = Swift.max(measuredPeakBytes, liveBytes)
-            if var blocks = freeBlocks[size], let block = blocks.popLast() {
-                freeBlocks[size] = blocks.isEmpty ? nil : blocks
-                freeBytes -= size
+            requestedLiveBytes += size
+            measuredPeakBytes = Swift.max(measuredPeakBytes, requestedLiveBytes)
+            if let block = popCached(size: size) {
+                countLive(size)
                 hits += 1
                 lock.unlock()
                 return block
@@ -135,17 +137,14 @@ public final class BufferPool: @unchecked Sendable {
             // Training only: a process without a graph has its inference slack instead, and the
             // blocks' unused tails raised the Stable Diffusion UNet's inference peak by 78 MB.
             if BufferPool.graphRecorded, let larger = freeBlocks.keys.filter({ $0 > size && $0 <= size * fitRatio }).min(),
-               var blocks = freeBlocks[larger], let block = blocks.popLast() {
-                freeBlocks[larger] = blocks.isEmpty ? nil : blocks
-                freeBytes -= larger
-                liveBytes += larger - size
-                peakLiveBytes = Swift.max(peakLiveBytes, liveBytes)
-                measuredPeakBytes = Swift.max(measuredPeakBytes, liveBytes)
+               let block = popCached(size: larger) {
+                countLive(larger)
                 oversized[block] = larger
                 fits += 1
                 lock.unlock()
                 return block
             }
+            countLive(size)
             misses += 1
             // A miss: free cached blocks of other sizes, largest first, until live
             // plus cached memory is back under the high-water mark.
@@ -168,10 +167,25 @@ public final class BufferPool: @unchecked Sendable {
         return UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
     }
 
+    /// A cached block of exactly `size` bytes, taken out of the cache (call with the lock held).
+    private func popCached(size: Int) -> UnsafeMutableRawPointer? {
+        guard var blocks = freeBlocks[size], let block = blocks.popLast() else { return nil }
+        freeBlocks[size] = blocks.isEmpty ? nil : blocks
+        freeBytes -= size
+        return block
+    }
+
+    /// Counts a block of `size` bytes as handed out (call with the lock held).
+    private func countLive(_ size: Int) {
+        liveBytes += size
+        peakLiveBytes = Swift.max(peakLiveBytes, liveBytes)
+    }
+
     func release(_ block: UnsafeMutableRawPointer, byteCount: Int) {
         var size = BufferPool.blockSize(for: byteCount)
         if size >= BufferPool.minimumPooledBytes {
             lock.lock()
+            requestedLiveBytes -= size
             if let larger = oversized.removeValue(forKey: block) { size = larger }
             liveBytes -= size
             if freeBytes + size <= capacityBytes {

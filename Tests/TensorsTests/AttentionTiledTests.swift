@@ -182,7 +182,7 @@ final class AttentionTiledTests: XCTestCase {
             }
             let upstream = Tensor.randn([batch, heads, length, depth], generator: &generator)
             pool.resetMeasuredPeak()
-            let before = pool.liveBytes
+            let before = pool.requestedLiveBytes
             Tensor.scaledDotProductAttention(query: leaves[0], key: leaves[1], value: leaves[2]).backward(upstream)
             XCTAssertNotNil(leaves[2].grad)
             return pool.measuredPeakBytes - before

@@ -128,6 +128,8 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertEqual(pool.misses, 2, "no miss beyond the two first blocks")
         XCTAssertEqual(pool.evictedBytes, 0)
         XCTAssertEqual(pool.liveBytes, medium, "the block counts at its own size")
+        XCTAssertEqual(pool.requestedLiveBytes, 160 * kibibyte, "what memory tests measure counts the request")
+        XCTAssertEqual(pool.measuredPeakBytes, large + medium, "the two first blocks were live together")
         // 100 KiB: 256 KiB is more than twice as large, so a miss.
         let d = pool.allocate(byteCount: 100 * kibibyte)
         XCTAssertEqual(pool.misses, 3)
@@ -139,6 +141,27 @@ final class BufferPoolTests: XCTestCase {
         XCTAssertEqual(pool.hits, 1)
         pool.release(d, byteCount: 100 * kibibyte)
         pool.release(e, byteCount: medium)
+        XCTAssertEqual(pool.liveBytes, 0)
+        XCTAssertEqual(pool.requestedLiveBytes, 0)
+        pool.drain()
+    }
+
+    /// Memory tests read `measuredPeakBytes`: a request served from a larger cached block counts
+    /// at its own size there, so what they measure does not depend on what earlier tests left cached.
+    func testTheMeasuredPeakCountsRequestsNotTheBlocksServingThem() {
+        let pool = BufferPool(trainingSlackBytes: 0, fitRatio: 2)
+        let large = 256 * kibibyte, small = 136 * kibibyte
+        let cached = pool.allocate(byteCount: large)
+        pool.release(cached, byteCount: large)
+        pool.resetMeasuredPeak()
+        XCTAssertEqual(pool.measuredPeakBytes, 0)
+        let block = pool.allocate(byteCount: small)
+        XCTAssertEqual(block, cached, "served from the cached 256 KiB block")
+        XCTAssertEqual(pool.fits, 1)
+        XCTAssertEqual(pool.liveBytes, large)
+        XCTAssertEqual(pool.measuredPeakBytes, small)
+        pool.release(block, byteCount: small)
+        XCTAssertEqual(pool.requestedLiveBytes, 0)
         XCTAssertEqual(pool.liveBytes, 0)
         pool.drain()
     }

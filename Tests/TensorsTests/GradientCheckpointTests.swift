@@ -150,7 +150,7 @@ final class GradientCheckpointTests: XCTestCase {
             let input = leaf(random([1024, 128], seed: 5))
             let target = random([1024, 128], seed: 6)
             pool.resetMeasuredPeak()
-            let before = pool.liveBytes
+            let before = pool.requestedLiveBytes
             var hidden = input
             for block in blocks {
                 hidden = checkpointed ? checkpoint([hidden], parameters: block.parameters) { block($0[0]) } : block(hidden)
