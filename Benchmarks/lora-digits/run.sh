@@ -28,6 +28,7 @@ lora() {  # lora NAME DATASET [FLAGS…]
 lora lora-digits-800 captioned-mnist --max-train-steps 800
 lora lora-mixed-800 captioned-mnist+captioned-tinted-fashion-mnist --held-out-demo-pairs --max-train-steps 800
 lora lora-digits-1200 captioned-mnist --max-train-steps 1200   # (a′): the older LoRA 2's length
+lora lora-mixed-1200 captioned-mnist+captioned-tinted-fashion-mnist --held-out-demo-pairs --max-train-steps 1200   # (b′)
 
 # 3. The evaluations: digits before and after, the Fashion prompts after beside the demo's evaluation.json;
 #    the digits-only LoRA also at scale 0.5.
@@ -41,6 +42,7 @@ evaluate lora-mixed-800
 evaluate lora-digits-800
 evaluate lora-digits-800 0.5
 evaluate lora-digits-1200
+evaluate lora-mixed-1200
 
 # The older section (demo without noise offset, Zen 4): a UNet-only LoRA (lr 1e-3, first 20,000 digits) and the
 # UNet + text-encoder LoRA at 1,200 steps.
