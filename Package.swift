@@ -113,12 +113,12 @@ let package = Package(
         ),
         .testTarget(
             name: "DistributedTests",
-            dependencies: ["Distributed", "Diffusion", "Tensors"]
+            dependencies: ["Distributed", "Diffusion", "Tensors", "TestSupport"]
         ),
         .testTarget(
             name: "DiffuseServerTests",
             dependencies: [
-                "DiffuseServer", "Diffusion", "NN", "Tensors",
+                "DiffuseServer", "Diffusion", "NN", "Tensors", "TestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

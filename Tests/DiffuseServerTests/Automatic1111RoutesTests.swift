@@ -1,3 +1,4 @@
+import TestSupport
 import DiffuseServer
 import Diffusion
 import Foundation
@@ -41,7 +42,7 @@ final class Automatic1111RoutesTests: XCTestCase {
     /// image i of `batch_size` 2 is `diffuse generate --seed 77+i` (the web UI's seed per image; the two images are one
     /// batched run, so within the batch bound of ``assertWithinBatchBound(_:_:_:file:line:)``).
     func testTxt2ImgImagesEqualTheCommandLineRun() async throws {
-        let folder = try ServerFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("server")
         var pictures: [PixelImage] = []
         for index in 0..<2 {
             var request = StableDiffusionRequest(pipeline: ServerFixtures.fixtures + "/sd-pipeline/tiny", prompt: "a green hill")

@@ -1,3 +1,4 @@
+import TestSupport
 import DiffuseServer
 import Diffusion
 import Foundation
@@ -8,20 +9,12 @@ import XCTest
 
 /// Tiny models and helpers for the router tests.
 enum ServerFixtures {
-    /// A temporary folder removed after the test.
-    static func temporaryFolder(_ test: XCTestCase) throws -> String {
-        let path = NSTemporaryDirectory() + "diffuse-server-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
-
     /// A tiny 8×8 RGB DDIM pipeline saved in a folder (class-conditional with `classNames`), as `diffuse train` writes one.
     /// `steps`: the training timesteps of its scheduler (the most inference steps).
     /// `size`: its images' side (32 for jobs that must run for a while).
     static func pixelFolder(_ test: XCTestCase, name: String = "tiny-pixel", classNames: [String]? = nil, steps: Int = 100,
                             size: Int = 8) throws -> String {
-        let folder = try temporaryFolder(test) + "/" + name
+        let folder = try test.temporaryFolderPath("server") + "/" + name
         let configuration = try ModelPresets.resolve(.preset("tiny"), imageSize: size, channels: 3, classCount: classNames?.count)
         Initialization.seed(21)
         let scheduler = try DDIMScheduler(configuration: SchedulerConfiguration(values: ["num_train_timesteps": .int(steps)]))

@@ -12,13 +12,6 @@ import XCTest
 final class AutoencoderFolderTests: XCTestCase {
     static let fixtures = AutoencoderKLParityTests.fixtures
 
-    private func temporaryFolder(_ name: String) throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-vae-\(name)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
-
     private func relative(_ ours: Tensor, _ reference: Tensor) -> Float { AutoencoderParityReport.relativeError(ours, reference) }
 
     func testDiffusersKLFolderLoadsWithCleanReport() throws {
@@ -76,7 +69,7 @@ final class AutoencoderFolderTests: XCTestCase {
         configuration.sampleSize = .rectangle(height: 24, width: 32)
         let model = try AutoencoderKL(configuration: configuration)
         for (label, variant, shard) in [("whole", nil, nil), ("fp16", "fp16", nil), ("sharded", nil, 40_000)] as [(String, String?, Int?)] {
-            let folder = try temporaryFolder(label)
+            let folder = try temporaryFolderURL("vae-\(label)")
             try model.save(folder: folder, variant: variant, maximumShardBytes: shard)
             let reloaded = try AutoencoderKL.load(folder: folder, variant: variant)
             XCTAssertEqual(reloaded.configuration, configuration, label)
@@ -93,7 +86,7 @@ final class AutoencoderFolderTests: XCTestCase {
             }
         }
         let tiny = try AutoencoderTiny(configuration: AutoencoderTinyConfiguration())
-        let folder = try temporaryFolder("tiny")
+        let folder = try temporaryFolderURL("vae-tiny")
         try tiny.save(folder: folder)
         let reloaded = try AutoencoderTiny.load(folder: folder)
         XCTAssertEqual(reloaded.configuration, tiny.configuration)
@@ -148,7 +141,7 @@ final class AutoencoderFolderTests: XCTestCase {
 
     /// Missing, unexpected and mis-shaped weights are all reported by name.
     func testMismatchedWeightsAreReportedByName() throws {
-        let folder = try temporaryFolder("report")
+        let folder = try temporaryFolderURL("vae-report")
         let source = Self.fixtures.appendingPathComponent("folder-kl")
         try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
         var tensors = try Safetensors.load(path: source.appendingPathComponent("diffusion_pytorch_model.safetensors").path)
@@ -171,7 +164,7 @@ extension AutoencoderFolderTests {
     /// Files from before diffusers 0.14 name the mid-block attentions `query`, `key`,
     /// `value`, `proj_attn` (some as 1×1 convolutions); they load as diffusers loads them.
     func testDeprecatedAttentionNamesLoad() throws {
-        let folder = try temporaryFolder("deprecated")
+        let folder = try temporaryFolderURL("vae-deprecated")
         let source = Self.fixtures.appendingPathComponent("folder-kl")
         try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
         let tensors = try Safetensors.load(path: source.appendingPathComponent("diffusion_pytorch_model.safetensors").path)
@@ -200,7 +193,7 @@ extension AutoencoderFolderTests {
     /// `DIFFUSE_VAE_EXPORT` to keep them.
     func testWriteFoldersForPythonVerification() throws {
         let environment = ProcessInfo.processInfo.environment["DIFFUSE_VAE_EXPORT"]
-        let root = try environment.map { URL(fileURLWithPath: $0) } ?? temporaryFolder("export")
+        let root = try environment.map { URL(fileURLWithPath: $0) } ?? temporaryFolderURL("vae-export")
         try? FileManager.default.removeItem(at: root)
         Initialization.seed(2025)
         var configuration = AutoencoderKLConfiguration()

@@ -1,3 +1,4 @@
+import TestSupport
 import CZlib
 import Diffusion
 import Foundation
@@ -88,7 +89,7 @@ final class CLIPTokenizerTests: XCTestCase {
     func testParityWithTransformersPaddingExclamationMark() throws {
         // Stable Diffusion 2.x: special_tokens_map.json says pad_token "!", so "!" is split out
         // of prompts as an added token (id 0) and pads the batch.
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("tokenizer")
         try tokenizer().save(to: folder)
         try Data(#"{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!", "unk_token": "<|endoftext|>"}"#.utf8)
             .write(to: folder.appendingPathComponent("special_tokens_map.json"))
@@ -157,7 +158,7 @@ final class CLIPTokenizerTests: XCTestCase {
 
     func testFolderRoundTrip() throws {
         let tokenizer = try tokenizer()
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("tokenizer")
         try tokenizer.save(to: folder)
         let reloaded = try CLIPTokenizer(contentsOf: folder)
         XCTAssertEqual(reloaded.vocabulary, tokenizer.vocabulary)
@@ -168,13 +169,13 @@ final class CLIPTokenizerTests: XCTestCase {
             XCTAssertEqual(reloaded.encode(text), tokenizer.encode(text), text)
         }
         // A pipeline folder: its tokenizer/ subfolder is used.
-        let pipeline = try temporaryFolder()
+        let pipeline = try temporaryFolderURL("tokenizer")
         try tokenizer.save(to: pipeline.appendingPathComponent("tokenizer"))
         XCTAssertEqual(try CLIPTokenizer(contentsOf: pipeline).encode("Hello, World!"), tokenizer.encode("Hello, World!"))
     }
 
     func testMalformedFilesAreErrorsNamingTheFile() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("tokenizer")
         func expect(_ url: URL, _ check: (TokenizerError) -> Bool, line: UInt = #line) {
             XCTAssertThrowsError(try CLIPTokenizer(contentsOf: url), line: line) { error in
                 guard let error = error as? TokenizerError else { return XCTFail("\(error) is not a TokenizerError", line: line) }
@@ -266,13 +267,6 @@ final class CLIPTokenizerTests: XCTestCase {
             results[worker] = texts.indices.allSatisfy { tokenizer.encode(texts[($0 + worker * 37) % texts.count]) == expected[($0 + worker * 37) % texts.count] }
         }
         XCTAssertTrue(results.allSatisfy { $0 })
-    }
-
-    func temporaryFolder() throws -> URL {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-tokenizer-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
-        return folder
     }
 }
 

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -22,12 +23,6 @@ final class CLIPTrainingTests: XCTestCase {
         WordTokenizer(words: ["a", "an", "photo", "of", "on", "background"]
                       + CaptionedTintedDataset.itemNames.flatMap { $0.split(separator: " ").map(String.init) }
                       + NamedColor.allCases.map(\.name))
-    }
-
-    static func temporaryFolder() throws -> String {
-        let path = (NSTemporaryDirectory() as NSString).appendingPathComponent("clip-training-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        return path
     }
 
     static func tinyOptions(outputDir: String, steps: Int) -> CLIPTrainingOptions {
@@ -160,7 +155,7 @@ final class CLIPTrainingTests: XCTestCase {
     }
 
     func testNoDecayGroupsAreGainsBiasesClassTokenAndTemperature() throws {
-        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 1), dataset: Self.captioned(count: 32))
+        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: 1), dataset: Self.captioned(count: 32))
         let undecayed = Set(trainer.optimizer.undecayed.map(\.name))
         let decayed = Set(trainer.optimizer.decayed.map(\.name))
         XCTAssertTrue(undecayed.isDisjoint(with: decayed))
@@ -197,7 +192,7 @@ final class CLIPTrainingTests: XCTestCase {
     }
 
     func testTemperatureIsClampedAfterEachStep() throws {
-        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 2), dataset: Self.captioned(count: 32))
+        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: 2), dataset: Self.captioned(count: 32))
         let ceiling = Float(log(100.0))
         trainer.model.logitScale.copyValues(from: Tensor.full(3, []))
         trainer.clampTemperature()
@@ -218,7 +213,7 @@ final class CLIPTrainingTests: XCTestCase {
     // MARK: Training, resuming, saving
 
     func testLossFallsOnATinyRun() throws {
-        let options = Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 60)
+        let options = Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: 60)
         let trainer = try Self.trainer(options, dataset: Self.captioned(count: 128))
         var losses: [Float] = []
         trainer.onStep = { losses.append($0.loss) }
@@ -233,12 +228,12 @@ final class CLIPTrainingTests: XCTestCase {
     func testResumedRunGivesTheSameLosses() throws {
         let dataset = Self.captioned(count: 48)
         let steps = 9
-        let whole = try Self.trainer(Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: steps), dataset: dataset)
+        let whole = try Self.trainer(Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: steps), dataset: dataset)
         var reference: [Float] = []
         whole.onStep = { reference.append($0.loss) }
         _ = try whole.run()
 
-        let folder = try Self.temporaryFolder()
+        let folder = try temporaryFolderPath("clip-training")
         let first = try Self.trainer(Self.tinyOptions(outputDir: folder, steps: steps), dataset: dataset)
         var losses: [Float] = []
         first.onStep = { result in
@@ -263,7 +258,7 @@ final class CLIPTrainingTests: XCTestCase {
     }
 
     func testSavedFolderReloadsWithEqualOutputs() throws {
-        let folder = try Self.temporaryFolder()
+        let folder = try temporaryFolderPath("clip-training")
         let dataset = Self.captioned(count: 32)
         let trainer = try Self.trainer(Self.tinyOptions(outputDir: folder, steps: 3), dataset: dataset)
         _ = try trainer.run()
@@ -289,7 +284,7 @@ final class CLIPTrainingTests: XCTestCase {
     }
 
     func testOutputFolderOfAnEarlierRunIsNotOverwritten() throws {
-        let folder = try Self.temporaryFolder()
+        let folder = try temporaryFolderPath("clip-training")
         let dataset = Self.captioned(count: 32)
         _ = try Self.trainer(Self.tinyOptions(outputDir: folder, steps: 2), dataset: dataset).run()
         XCTAssertThrowsError(try Self.trainer(Self.tinyOptions(outputDir: folder, steps: 2), dataset: dataset).run()) { error in
@@ -302,7 +297,7 @@ final class CLIPTrainingTests: XCTestCase {
 
     func testEvaluationScoresAreFractions() throws {
         let dataset = Self.captioned(count: 40)
-        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 1), dataset: dataset)
+        let trainer = try Self.trainer(Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: 1), dataset: dataset)
         let evaluation = try CLIPEvaluator.evaluate(trainer.model, tokenizer: Self.tokenizer, dataset: dataset, count: 30)
         XCTAssertEqual(evaluation.imageCount, 30)
         for score in evaluation.variants { XCTAssertTrue((0...1).contains(score.accuracy), "\(score)") }
@@ -311,7 +306,7 @@ final class CLIPTrainingTests: XCTestCase {
     }
 
     func testImageFolderWithMetadataIsACaptionSource() throws {
-        let folder = try temporaryDirectory()
+        let folder = try temporaryFolderPath("data")
         let colors: [(String, [UInt8])] = [("red", [220, 30, 30]), ("blue", [30, 70, 220]), ("green", [30, 160, 50]), ("white", [245, 245, 245])]
         var lines: [String] = []
         for (index, (name, rgb)) in colors.enumerated() {
@@ -319,7 +314,7 @@ final class CLIPTrainingTests: XCTestCase {
             lines.append("{\"file_name\": \"images/\(index).png\", \"text\": \"a \(name) bag\"}")
         }
         try writeFile(Array((lines.joined(separator: "\n") + "\n").utf8), to: "\(folder)/metadata.jsonl")
-        var options = Self.tinyOptions(outputDir: try Self.temporaryFolder(), steps: 2)
+        var options = Self.tinyOptions(outputDir: try temporaryFolderPath("clip-training"), steps: 2)
         options.dataset = folder
         options.batchSize = 4
         let dataset = try CLIPTraining.openDataset(options, training: true)
@@ -333,7 +328,7 @@ final class CLIPTrainingTests: XCTestCase {
         XCTAssertTrue(losses.allSatisfy(\.isFinite))
 
         // A folder without captions is refused with a hint.
-        let bare = try temporaryDirectory()
+        let bare = try temporaryFolderPath("data")
         try writeFlatPNG(to: "\(bare)/0.png", color: [1, 2, 3])
         options.dataset = bare
         XCTAssertThrowsError(try CLIPTraining.openDataset(options, training: true)) { error in

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -60,7 +61,7 @@ final class DataImageCodecTests: XCTestCase {
             let (width, height) = (13, 6)
             let samples = (0..<(width * height * channels)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
             let image = PixelImage(width: width, height: height, channels: channels, samples: samples)
-            let path = try temporaryDirectory() + "/written.png"
+            let path = try temporaryFolderPath("data") + "/written.png"
             try PNG.write(image, to: path)
             XCTAssertEqual(try ImageFile.read(path), image)
         }
@@ -79,7 +80,7 @@ final class DataImageCodecTests: XCTestCase {
     }
 
     func testSavePNGIsAtomicAndReplaces() throws {
-        let folder = try temporaryDirectory()
+        let folder = try temporaryFolderPath("data")
         let path = folder + "/sample.png"
         try savePNG(Tensor.full(1, [3, 4, 5]), path: path)
         try savePNG(Tensor.full(-1, [1, 4, 5]), path: path)
@@ -102,13 +103,13 @@ final class DataImageCodecTests: XCTestCase {
         XCTAssertEqual(grid[4, 1, 0], 191, "image 3 starts the second row (0.5 → 191.25)")
         XCTAssertEqual(grid[5, 5, 0], 255, "image 4")
         XCTAssertEqual(grid[5, 8, 0], 159, "the missing sixth image is background")
-        let path = try temporaryDirectory() + "/grid.png"
+        let path = try temporaryFolderPath("data") + "/grid.png"
         try savePNG(images, path: path, columns: 3, padding: 1)
         XCTAssertEqual(try ImageFile.read(path).width, 10)
     }
 
     func testCorruptFilesThrowNamingTheFile() throws {
-        let folder = try temporaryDirectory()
+        let folder = try temporaryFolderPath("data")
         let png = try [UInt8](XCTUnwrap(FileManager.default.contents(atPath: DataFixtures.image("rgb8.png"))))
         let jpeg = try [UInt8](XCTUnwrap(FileManager.default.contents(atPath: DataFixtures.image("rgb.jpg"))))
         var badCRC = png

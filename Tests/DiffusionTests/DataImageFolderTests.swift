@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -12,7 +13,7 @@ final class DataImageFolderTests: XCTestCase {
     ///   notes.txt, .hidden.png, .cache/x.png   (ignored)
     ///   metadata.jsonl, cat/metadata.jsonl
     private func makeFolder() throws -> String {
-        let root = try temporaryDirectory()
+        let root = try temporaryFolderPath("data")
         try writeFlatPNG(to: root + "/zebra/z1.png", color: [10, 20, 30])
         try writeFlatPNG(to: root + "/cat/b.png", color: [200])
         try writeFlatPNG(to: root + "/cat/kittens/c.png", color: [1, 2, 3])
@@ -58,7 +59,7 @@ final class DataImageFolderTests: XCTestCase {
     }
 
     func testFolderWithoutSubfoldersHasNoClasses() throws {
-        let root = try temporaryDirectory()
+        let root = try temporaryFolderPath("data")
         try writeFlatPNG(to: root + "/b.png", color: [1])
         try writeFlatPNG(to: root + "/a.png", color: [2])
         let dataset = try ImageFolderDataset(directory: root)
@@ -68,7 +69,7 @@ final class DataImageFolderTests: XCTestCase {
     }
 
     func testFolderErrors() throws {
-        let empty = try temporaryDirectory()
+        let empty = try temporaryFolderPath("data")
         try writeFile(Array("x".utf8), to: empty + "/readme.txt")
         XCTAssertThrowsError(try ImageFolderDataset(directory: empty)) { error in
             XCTAssertTrue("\(error)".contains("no PNG or JPEG images"), "\(error)")
@@ -78,7 +79,7 @@ final class DataImageFolderTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("neither a known dataset"), "\(error)")
         }
         for (contents, problem) in [("{\"text\": \"no file\"}", "file_name"), ("[1, 2]", "not a JSON object"), ("{broken", "not valid JSON")] {
-            let root = try temporaryDirectory()
+            let root = try temporaryFolderPath("data")
             try writeFlatPNG(to: root + "/a.png", color: [1])
             try writeFile(Array("{\"file_name\": \"a.png\"}\n\(contents)\n".utf8), to: root + "/metadata.jsonl")
             XCTAssertThrowsError(try ImageFolderDataset(directory: root)) { error in

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -132,7 +133,7 @@ final class DataLoaderTests: XCTestCase {
     }
 
     func testCorruptFileInImageFolderIsSkipped() throws {
-        let root = try temporaryDirectory()
+        let root = try temporaryFolderPath("data")
         try writeFlatPNG(to: root + "/a/1.png", color: [10])
         try writeFile(Array("broken".utf8), to: root + "/a/2.png")
         try writeFlatPNG(to: root + "/b/3.png", color: [30])
@@ -150,7 +151,7 @@ final class DataLoaderTests: XCTestCase {
     }
 
     func testExamplesOfDifferentShapesThrow() throws {
-        let root = try temporaryDirectory()
+        let root = try temporaryFolderPath("data")
         try writeFlatPNG(to: root + "/a.png", width: 4, height: 4, color: [1])
         try writeFlatPNG(to: root + "/b.png", width: 5, height: 4, color: [1, 2, 3])
         let dataset = try ImageFolderDataset(directory: root)

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -30,7 +31,7 @@ final class DataNamedDatasetTests: XCTestCase {
     }
 
     func testMissingMNISTTellsTheUserToRunMakeData() throws {
-        let empty = try temporaryDirectory()
+        let empty = try temporaryFolderPath("data")
         XCTAssertThrowsError(try MNIST.dataset(directory: empty)) { error in
             let message = "\(error)"
             XCTAssertTrue(message.contains("make data"), message)
@@ -58,7 +59,7 @@ final class DataNamedDatasetTests: XCTestCase {
     }
 
     func testIDXDatasetFromPlainFiles() throws {
-        let folder = try temporaryDirectory()
+        let folder = try temporaryFolderPath("data")
         // Three 2×2 images and their labels, uncompressed.
         try writeFile([0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2] + (0..<12).map { UInt8($0 * 20) }, to: folder + "/train-images-idx3-ubyte")
         try writeFile([0, 0, 8, 1, 0, 0, 0, 3, 2, 0, 1], to: folder + "/train-labels-idx1-ubyte")

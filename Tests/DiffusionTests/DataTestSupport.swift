@@ -21,14 +21,6 @@ enum DataFixtures {
 }
 
 extension XCTestCase {
-    /// A new empty folder, removed after the test.
-    func temporaryDirectory() throws -> String {
-        let path = NSTemporaryDirectory() + "diffuse-data-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
-
     /// Writes `bytes` at `path`, creating folders.
     func writeFile(_ bytes: [UInt8], to path: String) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -8,7 +9,7 @@ import XCTest
 final class GuidanceSampleRunTests: XCTestCase {
     /// A tiny unconditional RGB pipeline (8×8, DDIM, linear betas) and a matching noise-aware classifier.
     private func fixtures() throws -> (pipeline: String, classifier: String) {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let configuration = try ModelPresets.resolve(.preset("tiny"), imageSize: 8, channels: 3, classCount: nil)
         Initialization.seed(21)
         try DDPMPipeline(unet: try UNet2DModel(configuration: configuration), scheduler: DDIMScheduler())
@@ -69,7 +70,7 @@ final class GuidanceSampleRunTests: XCTestCase {
 
     /// The small CLIP fixture with a tokenizer of its 300-id vocabulary (letters only, no merges).
     private func clipFolder() throws -> String {
-        let folder = try TrainingFixtures.temporaryFolder(self) + "/clip"
+        let folder = try temporaryFolderPath("training") + "/clip"
         let fixture = SafetensorsFixtureDirectory.clip
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         for name in ["config.json", "model.safetensors"] {

@@ -1,3 +1,4 @@
+import TestSupport
 import Foundation
 import NN
 import Tensors
@@ -66,7 +67,7 @@ final class InterleavedDatasetTests: XCTestCase {
 
     func testTheTrainerBringsEveryPartToItsResolution() throws {
         let mixture = InterleavedDataset(parts: [part("a red shirt", count: 3), part("a blue dress", count: 3, side: 28, value: 0.5)])
-        let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: try TextToImageFixtures.temporaryFolder(self)),
+        let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: try temporaryFolderPath("t2i")),
                                                       dataset: mixture)
         XCTAssertEqual(trainer.latentCache.mean.shape[0], 6)
         XCTAssertEqual(trainer.captions, (0..<6).map { ($0 % 2 == 0 ? "a red shirt " : "a blue dress ") + "\($0 / 2)" })

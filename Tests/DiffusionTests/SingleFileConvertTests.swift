@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -8,7 +9,7 @@ import XCTest
 final class SingleFileConvertTests: XCTestCase {
     /// Single file → diffusers folder → single file gives diffusers' script's file back byte for byte.
     func checkRoundTrip(_ name: String) throws {
-        let directory = try SingleFileFixtures.temporaryDirectory(self)
+        let directory = try temporaryFolderURL("single-file")
         let original = SingleFileFixtures.file(name)
         let options = SingleFileOptions(tokenizer: SingleFileFixtures.folder(name).appendingPathComponent("tokenizer"))
         let fromFile = try StableDiffusionPipeline.load(singleFile: original, options: options, precision: .asStored)
@@ -55,7 +56,7 @@ final class SingleFileConvertTests: XCTestCase {
     /// Tests/Fixtures/single-file/python-check-sd-pipeline-tiny.txt.)
     func testFolderToSingleFileWithOneLayerPerBlock() throws {
         let folder = StableDiffusionParityTests.tiny
-        let directory = try SingleFileFixtures.temporaryDirectory(self)
+        let directory = try temporaryFolderURL("single-file")
         let pipeline = try StableDiffusionPipeline.load(folder: folder)
         let url = directory.appendingPathComponent("tiny.safetensors")
         try pipeline.saveSingleFile(to: url)
@@ -85,7 +86,7 @@ final class SingleFileConvertTests: XCTestCase {
         let key = "model.diffusion_model.input_blocks.0.0.weight"
         let convIn = try XCTUnwrap(tensors[key])
         tensors[key] = Tensor.zeros([convIn.shape[0], 9] + convIn.shape.suffix(2)).converted(to: .float16)
-        let url = try SingleFileFixtures.temporaryDirectory(self).appendingPathComponent("inpainting.safetensors")
+        let url = try temporaryFolderURL("single-file").appendingPathComponent("inpainting.safetensors")
         try Safetensors.save(tensors, to: url.path)
         let file = try StableDiffusionSingleFile(path: url.path)
         XCTAssertEqual(file.unetConfiguration.inChannels, 9)
@@ -99,7 +100,7 @@ final class SingleFileConvertTests: XCTestCase {
     // MARK: Errors
 
     func testPickleCheckpointIsRefusedWithTheConversionCommand() throws {
-        let directory = try SingleFileFixtures.temporaryDirectory(self)
+        let directory = try temporaryFolderURL("single-file")
         let checkpoint = directory.appendingPathComponent("model.ckpt")
         try Data([0x50, 0x4B, 0x03, 0x04, 0, 0, 0, 0]).write(to: checkpoint)
         XCTAssertThrowsError(try StableDiffusionPipeline.load(checkpoint)) { error in
@@ -122,7 +123,7 @@ final class SingleFileConvertTests: XCTestCase {
         let source = try SafetensorsCheckpoint(path: SingleFileFixtures.file("sd1").path)
         var tensors: [String: Tensor] = [:]
         for name in source.names where keep(name) { tensors[renaming(name)] = try source.tensor(name) }
-        let url = try SingleFileFixtures.temporaryDirectory(self).appendingPathComponent("subset.safetensors")
+        let url = try temporaryFolderURL("single-file").appendingPathComponent("subset.safetensors")
         try Safetensors.save(tensors, to: url.path)
         return url
     }

@@ -129,7 +129,7 @@ final class SingleFileLoadingTests: XCTestCase {
         tensors["model_ema.diffusion_modelout2weight"] = Tensor.zeros([4])
         tensors["alphas_cumprod"] = Tensor.zeros([1000])
         tensors["first_stage_model.loss.logvar"] = Tensor.zeros([])
-        let url = try SingleFileFixtures.temporaryDirectory(self).appendingPathComponent("original.safetensors")
+        let url = try temporaryFolderURL("single-file").appendingPathComponent("original.safetensors")
         try Safetensors.save(tensors, to: url.path)
         let file = try StableDiffusionSingleFile(path: url.path)
         XCTAssertEqual(file.textEncoderLayout, .openCLIP(storedLayers: 24))

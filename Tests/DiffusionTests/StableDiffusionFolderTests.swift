@@ -10,16 +10,9 @@ import XCTest
 final class StableDiffusionFolderTests: XCTestCase {
     private let tiny = StableDiffusionParityTests.tiny
 
-    private func temporaryFolder(_ name: String) throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-sd-pipeline-\(name)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
-
     /// A copy of the tiny pipeline folder to break.
     private func copyOfTiny(_ name: String) throws -> URL {
-        let folder = try temporaryFolder(name).appendingPathComponent("pipeline")
+        let folder = try temporaryFolderURL("sd-pipeline-\(name)").appendingPathComponent("pipeline")
         try FileManager.default.copyItem(at: tiny, to: folder)
         return folder
     }
@@ -70,7 +63,7 @@ final class StableDiffusionFolderTests: XCTestCase {
 
     func testSavedFolderReloadsAndGeneratesTheSame() throws {
         let pipeline = try StableDiffusionParityTests.pipeline()
-        let folder = try temporaryFolder("save")
+        let folder = try temporaryFolderURL("sd-pipeline-save")
         try pipeline.save(folder: folder)
         try pipeline.save(folder: folder, variant: "fp16")
         let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
@@ -172,7 +165,7 @@ final class StableDiffusionFolderTests: XCTestCase {
     /// The request type `diffuse generate` and a server share: PNGs written, the same seed the same
     /// image, and given latents reproduce diffusers' image to the byte (or one level).
     func testRequestWritesImagesAsDiffusersWould() throws {
-        let folder = try temporaryFolder("request")
+        let folder = try temporaryFolderURL("sd-pipeline-request")
         let golden = try SafetensorsFixture.load("pndm-cfg", subdirectory: "sd-pipeline")
         let latents = folder.appendingPathComponent("latents.safetensors").path
         try Safetensors.save(["latents": try golden.tensor("latents")], to: latents, metadata: ["format": "pt"])

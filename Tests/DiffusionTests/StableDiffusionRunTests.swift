@@ -11,13 +11,6 @@ import XCTest
 final class StableDiffusionRunTests: XCTestCase {
     static let fixtures = StableDiffusionParityTests.fixtures
 
-    func temporaryFolder() throws -> URL {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-sd-run-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
-        return folder
-    }
-
     func request(_ prompt: String = "a red bench in a park") -> StableDiffusionRequest {
         var request = StableDiffusionRequest(pipeline: StableDiffusionParityTests.tiny.path, prompt: prompt)
         request.steps = 2
@@ -86,7 +79,7 @@ final class StableDiffusionRunTests: XCTestCase {
     // MARK: Runs
 
     func testRunWritesParametersTraceAndPreviews() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("sd-run")
         var request = request()
         request.negativePrompt = "blurry"
         request.scheduler = "euler"
@@ -126,7 +119,7 @@ final class StableDiffusionRunTests: XCTestCase {
     /// With a TAESD folder the previews are its decode of the predicted x0, `(decode(x0) / 2 + 0.5)` clamped
     /// (the small AutoencoderTiny of Tests/Fixtures/vae/folder-tiny, random weights).
     func testTAESDPreviews() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("sd-run")
         let taesd = UNetParityTests.fixtures.deletingLastPathComponent().appendingPathComponent("vae/folder-tiny")
         var request = request()
         request.preview = .taesd(folder: taesd.path)
@@ -146,7 +139,7 @@ final class StableDiffusionRunTests: XCTestCase {
     }
 
     func testInpaintingFromFilesWritesDenoisingStrength() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("sd-run")
         var request = request()
         request.width = nil
         request.height = nil
@@ -166,7 +159,7 @@ final class StableDiffusionRunTests: XCTestCase {
     /// folder with tiny-inpaint-unet/ as its UNet. With --init-image and --mask it generates what the library does from
     /// the same seed; without a mask it is refused before generating.
     func testInpaintingPipelineFolder() throws {
-        let folder = try temporaryFolder().appendingPathComponent("inpainting")
+        let folder = try temporaryFolderURL("sd-run").appendingPathComponent("inpainting")
         let manager = FileManager.default
         try manager.copyItem(at: StableDiffusionParityTests.tiny, to: folder)
         try manager.removeItem(at: folder.appendingPathComponent("unet"))
@@ -281,7 +274,7 @@ final class StableDiffusionRunTests: XCTestCase {
         var request = request()
         request.width = nil
         request.height = nil
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderURL("sd-run")
         request.initImage = folder.appendingPathComponent("missing.png").path
         XCTAssertThrowsError(try StableDiffusionRun.run(request)) { error in
             XCTAssert("\(error)".contains("missing.png"), "\(error)")

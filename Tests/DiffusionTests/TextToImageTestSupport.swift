@@ -86,11 +86,4 @@ enum TextToImageFixtures {
         }
         return losses
     }
-
-    static func temporaryFolder(_ test: XCTestCase) throws -> String {
-        let folder = (NSTemporaryDirectory() as NSString).appendingPathComponent("diffuse-t2i-\(UUID().uuidString.prefix(8))")
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        test.addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
 }

@@ -21,7 +21,7 @@ final class TextToImageTrainerParityTests: XCTestCase {
 
     /// A trainer on the golden's two images and captions (learning rate 1e-3, constant, clipping at 1).
     func trainer(_ golden: GoldenCase, configure: (inout TextToImageTrainingOptions) -> Void) throws -> TextToImageTrainer {
-        var options = TextToImageFixtures.options(outputDir: try TextToImageFixtures.temporaryFolder(self))
+        var options = TextToImageFixtures.options(outputDir: try temporaryFolderPath("t2i"))
         (options.randomFlip, options.captionDropout, options.noiseOffset, options.useEMA) = (false, 0, 0, false)
         options.snrGamma = nil
         configure(&options)

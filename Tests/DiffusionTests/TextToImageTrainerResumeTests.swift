@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -15,7 +16,7 @@ final class TextToImageTrainerResumeTests: XCTestCase {
     static let steps = 8
 
     private func uninterruptedLosses(lora: Bool) throws -> [Int: Float] {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let summary = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: folder, steps: Self.steps, lora: lora)).run()
         XCTAssertEqual(summary.step, Self.steps)
         return try TextToImageFixtures.losses(outputDir: folder)
@@ -30,7 +31,7 @@ final class TextToImageTrainerResumeTests: XCTestCase {
 
     func testKillNineThenResumeReproducesTheUninterruptedLosses() throws {
         let reference = try uninterruptedLosses(lora: false)
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let child = Process()
         child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         child.arguments = ["DiffusionTests.TextToImageTrainerChildRun/testTrainInChildProcess"]
@@ -60,7 +61,7 @@ final class TextToImageTrainerResumeTests: XCTestCase {
 
     func testLoRARunInterruptedAndResumedReproducesTheUninterruptedLosses() throws {
         let reference = try uninterruptedLosses(lora: true)
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let first = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: folder, steps: Self.steps, lora: true))
         first.onStep = { step in if step == 3 { first.interruption.request() } }
         let stopped = try first.run()

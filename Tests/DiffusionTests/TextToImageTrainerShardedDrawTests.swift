@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -11,7 +12,7 @@ import XCTest
 final class TextToImageTrainerShardedDrawTests: XCTestCase {
     /// Runs one step (2 micro-batches) of the fixture's full fine-tuning as `group`'s rank; returns the group and the output folder.
     private func firstStep(group: GradientCapturingGroup, batchSize: Int) throws -> (group: GradientCapturingGroup, folder: String) {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         var options = TextToImageFixtures.options(outputDir: folder, steps: 1)
         options.trainBatchSize = batchSize
         let trainer = try TextToImageTrainer(options: options, dataset: TextToImageFixtures.dataset(), group: group, message: { _ in })

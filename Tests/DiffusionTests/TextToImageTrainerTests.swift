@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -9,7 +10,7 @@ import XCTest
 final class TextToImageTrainerTests: XCTestCase {
     func testCachesPosteriorsOfImagesAndMirrorImagesAndEmbeddingsOfDistinctCaptions() throws {
         let dataset = TextToImageFixtures.dataset(count: 6)
-        let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: try TextToImageFixtures.temporaryFolder(self)),
+        let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: try temporaryFolderPath("t2i")),
                                                       dataset: dataset)
         let vae = trainer.pipeline.vae
         let images = Tensor.stack((0..<6).map { try! dataset.example(at: $0).image }, axis: 0)
@@ -35,7 +36,7 @@ final class TextToImageTrainerTests: XCTestCase {
     }
 
     func testCaptionDropoutReplacesTheGivenFractionByTheEmptyPrompt() throws {
-        var options = TextToImageFixtures.options(outputDir: try TextToImageFixtures.temporaryFolder(self))
+        var options = TextToImageFixtures.options(outputDir: try temporaryFolderPath("t2i"))
         options.captionDropout = 0.3
         let trainer = try TextToImageFixtures.trainer(options)
         let indices = Array(0..<12)
@@ -49,11 +50,11 @@ final class TextToImageTrainerTests: XCTestCase {
         let fraction = Double(dropped) / Double(total)
         XCTAssertEqual(fraction, 0.3, accuracy: 0.02, "dropped \(dropped) of \(total)")
         options.captionDropout = 0
-        options.outputDir = try TextToImageFixtures.temporaryFolder(self)
+        options.outputDir = try temporaryFolderPath("t2i")
         let keeping = try TextToImageFixtures.trainer(options)
         XCTAssertEqual(keeping.drawPrompts(indices), indices.map { keeping.captions[$0] })
         options.captionDropout = 1
-        options.outputDir = try TextToImageFixtures.temporaryFolder(self)
+        options.outputDir = try temporaryFolderPath("t2i")
         XCTAssertEqual(try TextToImageFixtures.trainer(options).drawPrompts(indices), Array(repeating: "", count: 12))
     }
 
@@ -71,7 +72,7 @@ final class TextToImageTrainerTests: XCTestCase {
     }
 
     func testTrainsFromScratchAndTheSavedPipelineLoadsBackAndGeneratesTheSameImages() throws {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         var options = TextToImageFixtures.options(outputDir: folder, steps: 3)
         options.from = nil
         options.vae = TextToImageFixtures.tiny + "/vae"
@@ -102,7 +103,7 @@ final class TextToImageTrainerTests: XCTestCase {
     }
 
     func testFineTunedPipelineWithEMASavesTheAverage() throws {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: folder, steps: 2))
         _ = try trainer.run()
         let loaded = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: folder))
@@ -117,7 +118,7 @@ final class TextToImageTrainerTests: XCTestCase {
     }
 
     func testLoRAFileLoadsIntoTheBasePipelineAndGeneratesWhatTheTrainerDoes() throws {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let trainer = try TextToImageFixtures.trainer(TextToImageFixtures.options(outputDir: folder, steps: 3, lora: true))
         let base = try StableDiffusionPipeline.load(folder: URL(fileURLWithPath: TextToImageFixtures.tiny))
         let baseUNet = base.unet.stateDict()
@@ -141,7 +142,7 @@ final class TextToImageTrainerTests: XCTestCase {
     /// A pipeline saved with DPM-Solver++ (whose configuration holds `variance_type: null`, as the text demo's does)
     /// fine-tunes: the training DDPMScheduler takes its default variance type, as diffusers' does.
     func testFineTunesAPipelineWhoseSchedulerConfigurationHasANullVarianceType() throws {
-        let folder = try TextToImageFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("t2i")
         let copy = URL(fileURLWithPath: folder).appendingPathComponent("pipeline")
         try FileManager.default.copyItem(at: URL(fileURLWithPath: TextToImageFixtures.tiny), to: copy)
         let schedulerFile = copy.appendingPathComponent("scheduler/scheduler_config.json")

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -9,7 +10,7 @@ final class TrainingCheckpointTests: XCTestCase {
     private struct Failure: Error {}
 
     func testAFailedWriteLeavesNoCheckpointFolder() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         XCTAssertThrowsError(try TrainingCheckpoint.write(step: 5, in: folder) { temporary in
             try Safetensors.save(["x": Tensor([1, 2])], to: (temporary as NSString).appendingPathComponent("model.safetensors"))
             throw Failure()
@@ -19,7 +20,7 @@ final class TrainingCheckpointTests: XCTestCase {
     }
 
     func testStaleTemporariesAndIncompleteFoldersAreNotCheckpoints() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let manager = FileManager.default
         try manager.createDirectory(atPath: folder + "/.checkpoint-9.tmp-123-abc", withIntermediateDirectories: true)
         try manager.createDirectory(atPath: folder + "/checkpoint-12", withIntermediateDirectories: true)  // no trainer_state.json
@@ -29,7 +30,7 @@ final class TrainingCheckpointTests: XCTestCase {
     }
 
     func testRewritingAStepReplacesTheFolder() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         for value in ["first", "second"] {
             try TrainingCheckpoint.write(step: 3, in: folder) { temporary in
                 try value.write(toFile: temporary + "/" + TrainingCheckpoint.stateFile, atomically: true, encoding: .utf8)
@@ -40,7 +41,7 @@ final class TrainingCheckpointTests: XCTestCase {
     }
 
     func testTrainingKeepsTheLastKCheckpointsAndResolvesLatest() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 10, checkpointing: 2, limit: 2))
         let summary = try trainer.run()
         XCTAssertEqual(TrainingCheckpoint.list(in: folder).map(\.step), [8, 10])
@@ -64,7 +65,7 @@ final class TrainingCheckpointTests: XCTestCase {
     func testARunOfWholeEpochsNamesEveryGridByItsEpoch() throws {
         // The last step of the last epoch comes before the loader reports the epoch's end;
         // its grid is still the epoch's (it was once written as step-NNNNNN.png instead).
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let yaml = TrainingFixtures.yaml(outputDir: folder, steps: 1, checkpointing: 1000)
             .replacingOccurrences(of: "max_train_steps: 1\n", with: "num_epochs: 2\n")
             .replacingOccurrences(of: "save_image_epochs: 100", with: "save_image_epochs: 1")
@@ -75,7 +76,7 @@ final class TrainingCheckpointTests: XCTestCase {
     }
 
     func testAnEarlierRunIsKeptUnlessOverwriting() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         _ = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 2, checkpointing: 2)).run()
         XCTAssertThrowsError(try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 2)).run()) { error in
             XCTAssertEqual(error as? TrainingError, .outputExists(folder))

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import XCTest
@@ -5,7 +6,7 @@ import XCTest
 /// The objectives train, and Min-SNR weighting with a huge γ is plain MSE.
 final class TrainingObjectiveTests: XCTestCase {
     private func losses(_ overrides: [(key: String, value: String)]) throws -> [Float] {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 8, checkpointing: 0),
                                                    overrides: overrides)
         _ = try trainer.run()
@@ -29,9 +30,9 @@ final class TrainingObjectiveTests: XCTestCase {
     }
 
     func testFineTuneFromAPipelineKeepsFrozenWeights() throws {
-        let base = try TrainingFixtures.temporaryFolder(self)
+        let base = try temporaryFolderPath("training")
         _ = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: base, steps: 2, checkpointing: 0)).run()
-        let tuned = try TrainingFixtures.temporaryFolder(self)
+        let tuned = try temporaryFolderPath("training")
         let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: tuned, steps: 4, checkpointing: 0),
                                                    overrides: [("from_pipeline", base), ("freeze", "[\"down_blocks.*\", \"/conv_in\\\\..*/\"]"),
                                                                ("use_ema", "false")])

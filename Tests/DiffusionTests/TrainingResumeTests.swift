@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -36,7 +37,7 @@ final class TrainingResumeTests: XCTestCase {
     }
 
     private func uninterruptedLosses() throws -> [Int: Float] {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: Self.steps))
         let summary = try trainer.run()
         XCTAssertEqual(summary.step, Self.steps)
@@ -47,7 +48,7 @@ final class TrainingResumeTests: XCTestCase {
         let reference = try uninterruptedLosses()
         XCTAssertEqual(reference.count, Self.steps)
 
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let child = try startChild(outputDir: folder)
         try waitForStep(9, outputDir: folder, process: child)
         kill(child.processIdentifier, SIGKILL)
@@ -81,7 +82,7 @@ final class TrainingResumeTests: XCTestCase {
     }
 
     func testSigtermWritesACheckpointAndExitsCleanly() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let child = try startChild(outputDir: folder)
         try waitForStep(6, outputDir: folder, process: child)
         kill(child.processIdentifier, SIGTERM)
@@ -95,7 +96,7 @@ final class TrainingResumeTests: XCTestCase {
     }
 
     func testNonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         // Example 50 is all NaN: the first batch that holds it gives a NaN loss.
         let trainer = try TrainingFixtures.trainer(yaml: TrainingFixtures.yaml(outputDir: folder, steps: 40, checkpointing: 2),
                                                    dataset: TrainingFixtures.dataset(poisonedIndex: 50))

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -63,7 +64,7 @@ final class TrainingSamplingTests: XCTestCase {
     }
 
     func testSampleFromInitNoiseIsReproducible() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let unet = try conditionalUNet()
         var schedulerConfiguration = SchedulerConfiguration()
         schedulerConfiguration.trainTimesteps = 100

@@ -17,7 +17,7 @@ enum TrainingFixtures {
             for row in 0..<8 {
                 for column in 0..<8 {
                     let ramp: Float = label == 0 ? Float(column) : label == 1 ? Float(row) : Float(row + column) / 2
-                    var value = ramp / 3.5 - 1 + 0.1 * generator.normal()
+                    let value = ramp / 3.5 - 1 + 0.1 * generator.normal()
                     values.append(Swift.max(-1, Swift.min(1, value)))
                 }
             }
@@ -72,13 +72,5 @@ enum TrainingFixtures {
             result[step] = Float(loss)
         }
         return result
-    }
-
-    /// A new empty folder, removed at the end of the test.
-    static func temporaryFolder(_ test: XCTestCase) throws -> String {
-        let path = NSTemporaryDirectory() + "diffuse-training-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
     }
 }

@@ -12,13 +12,6 @@ import XCTest
 final class UNetConditionFolderTests: XCTestCase {
     private let fixtures = UNetConditionParityTests.fixtures
 
-    private func temporaryFolder(_ name: String) throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-unet-condition-\(name)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
-
     private func output(_ model: UNet2DConditionModel, _ golden: GoldenCase) throws -> Tensor {
         let sample = try golden.tensor("sample"), context = try golden.tensor("encoder_hidden_states")
         let timesteps = try golden.tensor("timesteps")
@@ -58,7 +51,7 @@ final class UNetConditionFolderTests: XCTestCase {
         Initialization.seed(5)
         let configuration = try UNet2DConditionConfiguration.load(contentsOf: fixtures.appendingPathComponent("folder"))
         let model = try UNet2DConditionModel(configuration: configuration)
-        let folder = try temporaryFolder("save")
+        let folder = try temporaryFolderURL("unet-condition-save")
         try model.save(folder: folder)
         try model.save(folder: folder, variant: "fp16")
         let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
@@ -75,7 +68,7 @@ final class UNetConditionFolderTests: XCTestCase {
     }
 
     func testMismatchedWeightsAreReportedByName() throws {
-        let folder = try temporaryFolder("report")
+        let folder = try temporaryFolderURL("unet-condition-report")
         let source = fixtures.appendingPathComponent("folder")
         try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
         var tensors = try Safetensors.load(path: source.appendingPathComponent("diffusion_pytorch_model.safetensors").path)

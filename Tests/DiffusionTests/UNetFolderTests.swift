@@ -12,13 +12,6 @@ import XCTest
 final class UNetFolderTests: XCTestCase {
     private let pipelineFolder = UNetParityTests.fixtures.appendingPathComponent("pipeline")
 
-    private func temporaryFolder(_ name: String) throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("diffuse-unet-\(name)-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
-        return url
-    }
-
     func testPythonPipelineFolderLoadsAndMatchesDiffusers() throws {
         let pipeline = try DDPMPipeline.load(folder: pipelineFolder)
         XCTAssertEqual(pipeline.className, "DDPMPipeline")
@@ -78,7 +71,7 @@ final class UNetFolderTests: XCTestCase {
 
     /// Missing, unexpected and mis-shaped weights are all reported by name.
     func testMismatchedWeightsAreReportedByName() throws {
-        let folder = try temporaryFolder("report")
+        let folder = try temporaryFolderURL("unet-report")
         let source = pipelineFolder.appendingPathComponent("unet")
         try FileManager.default.copyItem(at: source.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
         var tensors = try Safetensors.load(path: source.appendingPathComponent("diffusion_pytorch_model.safetensors").path)
@@ -104,7 +97,7 @@ final class UNetFolderTests: XCTestCase {
     }
 
     func testUnsupportedConfigurationKeyInAFolderIsAnError() throws {
-        let folder = try temporaryFolder("config")
+        let folder = try temporaryFolderURL("unet-config")
         let source = pipelineFolder.appendingPathComponent("unet")
         let text = try String(contentsOf: source.appendingPathComponent("config.json"), encoding: .utf8)
             .replacingOccurrences(of: "\"act_fn\"", with: "\"addition_embed_type\": \"text\",\n  \"act_fn\"")
@@ -117,7 +110,7 @@ final class UNetFolderTests: XCTestCase {
     }
 
     func testModelIndexNamingOtherComponentsIsAnError() throws {
-        let folder = try temporaryFolder("index")
+        let folder = try temporaryFolderURL("unet-index")
         let index = "{\"_class_name\": \"DDPMPipeline\", \"scheduler\": [\"diffusers\", \"DDPMScheduler\"], "
             + "\"unet\": [\"diffusers\", \"UNet2DModel\"], \"vae\": [\"diffusers\", \"AutoencoderKL\"]}"
         try index.write(to: folder.appendingPathComponent("model_index.json"), atomically: true, encoding: .utf8)
@@ -134,7 +127,7 @@ final class UNetFolderTests: XCTestCase {
     /// config.json bytes, the same tensors.
     func testSavedPipelineReloadsAndMatchesDiffusersFiles() throws {
         let pipeline = try DDPMPipeline.load(folder: pipelineFolder)
-        let folder = try temporaryFolder("save")
+        let folder = try temporaryFolderURL("unet-save")
         try pipeline.save(folder: folder)
         try pipeline.unet.save(folder: folder.appendingPathComponent("unet"), variant: "fp16")
         for path in ["model_index.json", "unet/config.json"] {
@@ -166,7 +159,7 @@ final class UNetFolderTests: XCTestCase {
     /// Diffuse's outputs. Set `DIFFUSE_UNET_EXPORT` to keep the folder.
     func testWriteFolderForPythonVerification() throws {
         let environment = ProcessInfo.processInfo.environment["DIFFUSE_UNET_EXPORT"]
-        let folder = try environment.map { URL(fileURLWithPath: $0) } ?? temporaryFolder("export")
+        let folder = try environment.map { URL(fileURLWithPath: $0) } ?? temporaryFolderURL("unet-export")
         try? FileManager.default.removeItem(at: folder)
         Initialization.seed(2024)
         let configuration = try UNet2DConfiguration.load(contentsOf: pipelineFolder.appendingPathComponent("unet/config.json"))

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -39,13 +40,13 @@ final class VAETrainerResumeTests: XCTestCase {
     }
 
     func testKillNineThenResumeReproducesTheUninterruptedLosses() throws {
-        let referenceFolder = try TrainingFixtures.temporaryFolder(self)
+        let referenceFolder = try temporaryFolderPath("training")
         let uninterrupted = try VAETrainerFixtures.trainer(Self.options(outputDir: referenceFolder))
         XCTAssertEqual(try uninterrupted.run().step, Self.steps)
         let reference = try TrainingFixtures.losses(outputDir: referenceFolder)
         XCTAssertEqual(reference.count, Self.steps)
 
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let child = try startChild(outputDir: folder)
         waitForStep(7, outputDir: folder, process: child)
         kill(child.processIdentifier, SIGKILL)
@@ -86,7 +87,7 @@ final class VAETrainerResumeTests: XCTestCase {
     }
 
     func testSigtermWritesACheckpointAndExitsCleanly() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let child = try startChild(outputDir: folder)
         waitForStep(4, outputDir: folder, process: child)
         kill(child.processIdentifier, SIGTERM)

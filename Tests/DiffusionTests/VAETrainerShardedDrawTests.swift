@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -48,7 +49,7 @@ final class GradientCapturingGroup: DataParallelGroup {
 final class VAETrainerShardedDrawTests: XCTestCase {
     /// Runs one step as `group`'s rank; returns the group and the output folder.
     private func firstStep(group: GradientCapturingGroup, batchSize: Int) throws -> (group: GradientCapturingGroup, folder: String) {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 1)
         options.batchSize = batchSize
         let trainer = try VAETrainer(options: options, dataset: VAETrainerFixtures.dataset(), group: group)

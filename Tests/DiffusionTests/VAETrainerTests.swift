@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import NN
@@ -53,7 +54,7 @@ final class VAETrainerTests: XCTestCase {
     // MARK: Runs
 
     func testLossFallsOnATinyRun() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 40)
         options.learningRate = 1e-2
         let trainer = try VAETrainerFixtures.trainer(options)
@@ -68,12 +69,12 @@ final class VAETrainerTests: XCTestCase {
 
     func testResumedRunGivesTheSameLossesAndWeights() throws {
         let steps = 8
-        let whole = try VAETrainerFixtures.trainer(VAETrainerFixtures.options(outputDir: try TrainingFixtures.temporaryFolder(self), steps: steps))
+        let whole = try VAETrainerFixtures.trainer(VAETrainerFixtures.options(outputDir: try temporaryFolderPath("training"), steps: steps))
         var reference: [VAETrainer.StepResult] = []
         whole.onStep = { reference.append($0) }
         let wholeSummary = try whole.run()
 
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let first = try VAETrainerFixtures.trainer(VAETrainerFixtures.options(outputDir: folder, steps: steps))
         var results: [VAETrainer.StepResult] = []
         first.onStep = { result in
@@ -101,7 +102,7 @@ final class VAETrainerTests: XCTestCase {
     }
 
     func testSavedVAEFolderLoadsBackWithTheMeasuredScalingFactor() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 4)
         options.useEMA = false
         let trainer = try VAETrainerFixtures.trainer(options)
@@ -149,7 +150,7 @@ final class VAETrainerTests: XCTestCase {
     }
 
     func testOutputFolderOfAnEarlierRunIsNotOverwritten() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         _ = try VAETrainerFixtures.trainer(VAETrainerFixtures.options(outputDir: folder, steps: 1)).run()
         XCTAssertThrowsError(try VAETrainerFixtures.trainer(VAETrainerFixtures.options(outputDir: folder, steps: 1)).run()) { error in
             XCTAssertEqual(error as? TrainingError, .outputExists(folder))
@@ -160,7 +161,7 @@ final class VAETrainerTests: XCTestCase {
     }
 
     func testBadOptionsAreClearErrors() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         func message(_ change: (inout VAETrainingOptions) -> Void) -> String {
             var options = VAETrainerFixtures.options(outputDir: folder, steps: 1)
             change(&options)
@@ -184,7 +185,7 @@ final class VAETrainerTests: XCTestCase {
     }
 
     func testNonFiniteLossStops() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 20)
         options.batchSize = 48
         options.gradientAccumulationSteps = 1
@@ -224,7 +225,7 @@ final class VAETrainerDataParallelTests: XCTestCase {
     /// Parameters broadcast once after they are built; gradients averaged once per optimizer
     /// step (after the last micro-batch); a barrier after every write.
     func testHooksAreCalledAtTheirPoints() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let group = RecordingGroup(rank: 0, size: 1)
         var options = VAETrainerFixtures.options(outputDir: folder, steps: 4, checkpointing: 2)
         options.gridEvery = 3
@@ -243,7 +244,7 @@ final class VAETrainerDataParallelTests: XCTestCase {
 
     /// A rank other than 0 trains the same way and writes nothing.
     func testOnlyTheWriterWritesFiles() throws {
-        let folder = try TrainingFixtures.temporaryFolder(self)
+        let folder = try temporaryFolderPath("training")
         let group = RecordingGroup(rank: 1, size: 2)
         let trainer = try VAETrainer(options: VAETrainerFixtures.options(outputDir: folder, steps: 3, checkpointing: 1),
                                      dataset: VAETrainerFixtures.dataset(), group: group)
@@ -257,7 +258,7 @@ final class VAETrainerDataParallelTests: XCTestCase {
     func testMixedPrecisionRunsClose() throws {
         var losses: [MixedPrecision: [Float]] = [:]
         for precision in [MixedPrecision.no, .bf16] {
-            var options = VAETrainerFixtures.options(outputDir: try TrainingFixtures.temporaryFolder(self), steps: 3)
+            var options = VAETrainerFixtures.options(outputDir: try temporaryFolderPath("training"), steps: 3)
             options.mixedPrecision = precision
             let trainer = try VAETrainerFixtures.trainer(options)
             trainer.onStep = { losses[precision, default: []].append($0.loss) }

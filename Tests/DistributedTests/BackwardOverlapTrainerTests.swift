@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -26,7 +27,7 @@ final class BackwardOverlapTrainerTests: XCTestCase {
     /// (bit for bit; within `tolerance` relative to the largest for a trainer whose own runs differ).
     private func checkOverlap(_ name: String, steps: Int, tolerance: Float = 0,
                               _ train: @escaping (LockstepGroup, String) throws -> Void) throws {
-        let plainFolder = try temporaryFolder(), overlappedFolder = try temporaryFolder()
+        let plainFolder = try temporaryFolderPath("distributed"), overlappedFolder = try temporaryFolderPath("distributed")
         let plain = try LockstepGroup.run(size: 2) { try train($0, plainFolder) }
         let overlapped = try LockstepGroup.run(size: 2, overlapping: true) { try train($0, overlappedFolder) }
         for rank in 0..<2 {

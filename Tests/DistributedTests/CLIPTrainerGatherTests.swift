@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -24,7 +25,7 @@ final class CLIPTrainerGatherTests: XCTestCase {
 
     /// Trains `steps` steps of the tiny CLIP with `batchSize` pairs per rank on `size` simulated ranks.
     private func train(size: Int, batchSize: Int, steps: Int) throws -> [(group: LockstepGroup, result: [CLIPTrainer.StepResult])] {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         let dataset = Self.dataset()
         return try LockstepGroup.run(size: size) { group in
             var options = CLIPTrainingOptions()
@@ -83,7 +84,7 @@ final class CLIPTrainerGatherTests: XCTestCase {
     }
 
     private func temperatureGradientIndex() throws -> Int? {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         var options = CLIPTrainingOptions()
         options.model = .tiny
         options.outputDir = folder

@@ -3,16 +3,6 @@ import Foundation
 import Tensors
 import XCTest
 
-extension XCTestCase {
-    /// A new empty folder under the system's temporary folder, removed when the test ends.
-    func temporaryFolder() throws -> String {
-        let folder = NSTemporaryDirectory() + "diffuse-distributed-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: folder) }
-        return folder
-    }
-}
-
 /// The pixel trainer these tests run on simulated ranks: the tiny UNet on random 8×8 grey images,
 /// 50 timesteps, no sample grids or model saves during the run, seed 3, silenced.
 enum TinyPixelTraining {

@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -9,7 +10,7 @@ import XCTest
 final class DropoutGlobalBatchTests: XCTestCase {
     /// One step of the tiny UNet with `dropout: 0.3` on `size` simulated ranks of `batchSize` images.
     private func train(size: Int, batchSize: Int) throws -> [(group: LockstepGroup, result: Float?)] {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         let dataset = TinyPixelTraining.dataset(count: 32)
         return try LockstepGroup.run(size: size) { group in
             let yaml = TinyPixelTraining.yaml(outputDir: folder, batchSize: batchSize, model: "{preset: tiny, dropout: 0.3}")

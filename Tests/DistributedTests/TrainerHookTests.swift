@@ -1,3 +1,4 @@
+import TestSupport
 import Diffusion
 import Foundation
 import Tensors
@@ -55,7 +56,7 @@ final class TrainerHookTests: XCTestCase {
     }
 
     func testAnOverlappingGroupStartsOnTheLastMicroBatchAndFinishesBeforeTheStep() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         let group = OverlappingGroup()
         let trainer = try self.trainer(folder: folder, group: group)
         XCTAssertEqual(try trainer.run().step, 3)
@@ -64,7 +65,7 @@ final class TrainerHookTests: XCTestCase {
     }
 
     func testRankOneCommunicatesOncePerOptimizerStepAndWritesNothing() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         let group = RecordingGroup(rank: 1, size: 2)
         let trainer = try self.trainer(folder: folder, group: group)
         XCTAssertEqual(trainer.loader.shard, DataLoaderShard(rank: 1, count: 2))
@@ -84,7 +85,7 @@ final class TrainerHookTests: XCTestCase {
     }
 
     func testRankZeroWritesTheFilesOfARun() throws {
-        let folder = try temporaryFolder()
+        let folder = try temporaryFolderPath("distributed")
         let group = RecordingGroup(rank: 0, size: 2)
         let trainer = try self.trainer(folder: folder, group: group)
         _ = try trainer.run()

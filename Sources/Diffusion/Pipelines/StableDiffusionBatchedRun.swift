@@ -101,19 +101,8 @@ extension StableDiffusionRun {
         let rescale = guidance ? Float(key.guidanceRescale) : 0
         let scale = Float(key.guidanceScale)
         for (index, timestep) in timesteps.enumerated() {
-            let prediction: Tensor = noGrad {
-                let doubled = guidance ? Tensor.concatenate([latents, latents], axis: 0) : latents
-                let input = scheduler.scaleModelInput(doubled, timestep: timestep)
-                var prediction = unet(input, timestep: timestep, encoderHiddenStates: context,
-                                      timestepCondition: timestepCondition.map { guidance ? Tensor.concatenate([$0, $0], axis: 0) : $0 })
-                if guidance {
-                    let unconditional = prediction.narrowed(axis: 0, start: 0, length: batch)
-                    let text = prediction.narrowed(axis: 0, start: batch, length: batch)
-                    prediction = unconditional + (text - unconditional) * scale
-                    if rescale > 0 { prediction = StableDiffusionPipeline.rescaleNoise(prediction, text: text, guidanceRescale: rescale) }
-                }
-                return prediction
-            }
+            let prediction = pipeline.guidedNoisePrediction(latents, timestep: timestep, scheduler: scheduler, context: context,
+                                                            timestepCondition: timestepCondition, guidance: guidance, scale: scale, rescale: rescale)
             let stepNoise = try BatchedStepNoise.draw(probe: probe, zeros: probeZeros, timestep: timestep, shapes: requests.map { [$0.count] + imageShape },
                                                       generators: &generators)
             var unused = RandomGenerator(seed: 0)

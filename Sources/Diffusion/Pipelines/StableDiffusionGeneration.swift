@@ -77,21 +77,9 @@ extension StableDiffusionPipeline {
             return clip.textEmbeddings(ids: ids ?? embeddings.promptIDs, imagesPerPrompt: ids == nil ? parameters.imagesPerPrompt : batch)
         }
         for (index, timestep) in timesteps.enumerated() {
-            let predicted: Tensor = noGrad {
-                let doubled = guidance ? Tensor.concatenate([latents, latents], axis: 0) : latents
-                var input = scheduler.scaleModelInput(doubled, timestep: timestep)
-                if let inpainting { input = inpainting.modelInput(input, guidance: guidance) }
-                var prediction = unet(input, timestep: timestep, encoderHiddenStates: context,
-                                      timestepCondition: timestepCondition.map { guidance ? Tensor.concatenate([$0, $0], axis: 0) : $0 })
-                if guidance {
-                    let unconditional = prediction.narrowed(axis: 0, start: 0, length: batch)
-                    let text = prediction.narrowed(axis: 0, start: batch, length: batch)
-                    prediction = unconditional + (text - unconditional) * scale
-                    if rescale > 0 { prediction = Self.rescaleNoise(prediction, text: text, guidanceRescale: rescale) }
-                }
-                return prediction
-            }
-            var prediction = predicted
+            var prediction = guidedNoisePrediction(latents, timestep: timestep, scheduler: scheduler, context: context,
+                                                   timestepCondition: timestepCondition, guidance: guidance, scale: scale, rescale: rescale,
+                                                   modelInput: inpainting.map { inpainting in { inpainting.modelInput($0, guidance: guidance) } })
             if let clipGuidance, let clipText {
                 let guided = try clipGuidance.guide(latents: latents, timestep: timestep, index: index, noisePrediction: prediction,
                                                     textEmbeddings: clipText, scheduler: scheduler, vae: vae) { leaf in
@@ -160,6 +148,30 @@ extension StableDiffusionPipeline {
         noGrad {
             let decoded = vae.decode(latents / Float(vae.configuration.scalingFactor))
             return (decoded / 2 + 0.5).clamped(min: 0, max: 1)
+        }
+    }
+
+    /// One denoising step's noise prediction (without gradients): the UNet on `latents` scaled for `scheduler`,
+    /// and with classifier-free `guidance` on the doubled batch (`context` and the rows of the prediction hold the
+    /// unconditional half first), `unconditional + scale · (text − unconditional)`, rescaled when `rescale` > 0.
+    /// `modelInput` adapts the scaled input (an inpainting UNet's extra channels). The lone and the batched
+    /// text-to-image runs step with it.
+    func guidedNoisePrediction(_ latents: Tensor, timestep: Float, scheduler: any Scheduler, context: Tensor, timestepCondition: Tensor?,
+                               guidance: Bool, scale: Float, rescale: Float, modelInput: ((Tensor) -> Tensor)? = nil) -> Tensor {
+        noGrad {
+            let batch = latents.shape[0]
+            let doubled = guidance ? Tensor.concatenate([latents, latents], axis: 0) : latents
+            var input = scheduler.scaleModelInput(doubled, timestep: timestep)
+            if let modelInput { input = modelInput(input) }
+            var prediction = unet(input, timestep: timestep, encoderHiddenStates: context,
+                                  timestepCondition: timestepCondition.map { guidance ? Tensor.concatenate([$0, $0], axis: 0) : $0 })
+            if guidance {
+                let unconditional = prediction.narrowed(axis: 0, start: 0, length: batch)
+                let text = prediction.narrowed(axis: 0, start: batch, length: batch)
+                prediction = unconditional + (text - unconditional) * scale
+                if rescale > 0 { prediction = Self.rescaleNoise(prediction, text: text, guidanceRescale: rescale) }
+            }
+            return prediction
         }
     }
 
