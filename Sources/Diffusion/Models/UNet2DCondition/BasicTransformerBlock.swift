@@ -3,7 +3,7 @@ import NN
 import Tensors
 
 /// diffusers' `GEGLU`: one projection to twice the width, split in two halves
-/// `h` and `g`, output `h · gelu(g)` (the exact GELU). Parameter name `proj`.
+/// `h` and `g`, output `h · gelu(g)` (the exact GELU, `Tensor.gatedGELU`). Parameter name `proj`.
 public final class GEGLU: Module, UnaryLayer {
     public let proj: Linear
 
@@ -22,13 +22,13 @@ public final class GEGLU: Module, UnaryLayer {
         if !proj.loraAdapters.isEmpty {
             // A low-rank adapter on the projection: one product through the layer, then the halves.
             let both = proj(input).chunked(2, axis: -1)
-            return both[0] * both[1].gelu()
+            return Tensor.gatedGELU(hidden: both[0], gate: both[1])
         }
         let weights = proj.weight.chunked(2, axis: 0)
         let biases = proj.bias?.chunked(2, axis: 0)
         let hidden = input.linear(weight: weights[0], bias: biases?[0])
         let gate = input.linear(weight: weights[1], bias: biases?[1])
-        return hidden * gate.gelu()
+        return Tensor.gatedGELU(hidden: hidden, gate: gate)
     }
 }
 

@@ -1,0 +1,112 @@
+import Foundation
+
+extension Tensor {
+    /// `hidden · gelu(gate)` with the exact GELU, in one pass: the activation of diffusers' `GEGLU`
+    /// (Stable Diffusion's feed-forward). The composite `hidden * gate.gelu()` is its reference
+    /// (`gatedGELUReference`): the same float operations in the same order, so values and d hidden
+    /// agree bit for bit, d gate too except where the composite's GELU backward takes its scalar
+    /// reference for a range's last few elements (within the vector derivative's 1.4e-7). One pass instead of two, and the backward pass keeps `hidden` and `gate` only
+    /// (the composite also keeps `gelu(gate)`) and gives both gradients in one pass that evaluates
+    /// Φ and φ once per element. Operands that are not float32 of one shape take the composite.
+    public static func gatedGELU(hidden: Tensor, gate: Tensor) -> Tensor {
+        guard hidden.shape == gate.shape, hidden.dataType == .float32, gate.dataType == .float32 else {
+            return gatedGELUReference(hidden: hidden, gate: gate)
+        }
+        let hiddenData = hidden.contiguousData(), gateData = gate.contiguousData()
+        let result = Tensor(uninitializedShape: hidden.shape)
+        let h = UnsafePointer(hiddenData.floatPointer), g = UnsafePointer(gateData.floatPointer), out = result.floatPointer
+        Parallel.forEach(result.count, grain: 8192) { range in
+            VectorMath.gatedGELU(h + range.lowerBound, g + range.lowerBound, out + range.lowerBound, range.count)
+        }
+        return Tensor.record(result, .kernel(GatedGELUBackward(hidden: gate.needsGradient ? hiddenData.detach() : nil,
+                                                              gate: gateData.detach())),
+                             inputs: [hidden, gate])
+    }
+
+    /// The composite `gatedGELU` is tested against.
+    public static func gatedGELUReference(hidden: Tensor, gate: Tensor) -> Tensor {
+        hidden * gate.gelu()
+    }
+}
+
+/// What `gatedGELU` keeps for its backward pass: d hidden = dY · gelu(g), d gate = (dY · h) · gelu′(g).
+struct GatedGELUBackward: BackwardContext {
+    /// The contiguous `hidden`, kept when the gate needs a gradient.
+    let hidden: Tensor?
+    /// The contiguous gate.
+    let gate: Tensor
+
+    var name: String { "gatedGELU" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        GatedGELUBackward(hidden: hidden.map(transform), gate: transform(gate))
+    }
+
+    func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?] {
+        let upstream = gradient.contiguousData()
+        let gateData = gate.contiguousData(), hiddenData = hidden?.contiguousData()
+        let hiddenGradient = inputs[0] != nil ? Tensor(uninitializedShape: gate.shape) : nil
+        let gateGradient = inputs[1] != nil && hiddenData != nil ? Tensor(uninitializedShape: gate.shape) : nil
+        let dy = UnsafePointer(upstream.floatPointer), g = UnsafePointer(gateData.floatPointer)
+        let h = hiddenData.map { UnsafePointer($0.floatPointer) }
+        let dh = hiddenGradient?.floatPointer, dg = gateGradient?.floatPointer
+        Parallel.forEach(gate.count, grain: 8192) { range in
+            let offset = range.lowerBound
+            VectorMath.gatedGELUBackward(dy + offset, g + offset, h.map { $0 + offset }, dh.map { $0 + offset },
+                                         dg.map { $0 + offset }, range.count)
+        }
+        return [hiddenGradient, gateGradient]
+    }
+}
+
+extension VectorMath {
+    /// out = h · gelu(g) over `count` floats.
+    static func gatedGELU(_ h: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+        var index = 0
+        while index + 8 <= count {
+            let gate = UnsafeRawPointer(g + index).loadUnaligned(as: Vector.self)
+            let hidden = UnsafeRawPointer(h + index).loadUnaligned(as: Vector.self)
+            UnsafeMutableRawPointer(out + index).storeBytes(of: hidden * geluExact(gate), as: Vector.self)
+            index += 8
+        }
+        if index < count {
+            var gate = Vector(repeating: 0), hidden = Vector(repeating: 0)
+            for lane in 0..<(count - index) { gate[lane] = g[index + lane]; hidden[lane] = h[index + lane] }
+            let value = hidden * geluExact(gate)
+            for lane in 0..<(count - index) { out[index + lane] = value[lane] }
+        }
+    }
+
+    /// dh = dy · gelu(g) and dg = (dy · h) · gelu′(g) over `count` floats (either output may be absent;
+    /// `h` is read only for `dg`). Φ(g) and φ(g) are evaluated once for both.
+    static func gatedGELUBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>?,
+                                  _ dh: UnsafeMutablePointer<Float>?, _ dg: UnsafeMutablePointer<Float>?, _ count: Int) {
+        @inline(__always) func step(_ upstream: Vector, _ gate: Vector, _ hidden: Vector) -> (Vector, Vector) {
+            let distribution = normalDistribution(gate)
+            let density = exp(-0.5 * gate * gate) * 0.3989422804014327
+            // gelu(g) = g·Φ(g) and gelu′(g) = Φ(g) + g·φ(g), as `geluExact` and `geluExactDerivative` compute them.
+            return (upstream * (gate * distribution), (upstream * hidden) * distribution.addingProduct(gate, density))
+        }
+        var index = 0
+        while index + 8 <= count {
+            let upstream = UnsafeRawPointer(dy + index).loadUnaligned(as: Vector.self)
+            let gate = UnsafeRawPointer(g + index).loadUnaligned(as: Vector.self)
+            let hidden = h.map { UnsafeRawPointer($0 + index).loadUnaligned(as: Vector.self) } ?? Vector(repeating: 0)
+            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden)
+            if let dh { UnsafeMutableRawPointer(dh + index).storeBytes(of: hiddenGradient, as: Vector.self) }
+            if let dg { UnsafeMutableRawPointer(dg + index).storeBytes(of: gateGradient, as: Vector.self) }
+            index += 8
+        }
+        if index < count {
+            var upstream = Vector(repeating: 0), gate = Vector(repeating: 0), hidden = Vector(repeating: 0)
+            for lane in 0..<(count - index) {
+                upstream[lane] = dy[index + lane]; gate[lane] = g[index + lane]; hidden[lane] = h?[index + lane] ?? 0
+            }
+            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden)
+            for lane in 0..<(count - index) {
+                dh?[index + lane] = hiddenGradient[lane]
+                dg?[index + lane] = gateGradient[lane]
+            }
+        }
+    }
+}
