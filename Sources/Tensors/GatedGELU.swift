@@ -82,10 +82,8 @@ extension VectorMath {
     static func gatedGELUBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>?,
                                   _ dh: UnsafeMutablePointer<Float>?, _ dg: UnsafeMutablePointer<Float>?, _ count: Int) {
         @inline(__always) func step(_ upstream: Vector, _ gate: Vector, _ hidden: Vector) -> (Vector, Vector) {
-            let distribution = normalDistribution(gate)
-            let density = exp(-0.5 * gate * gate) * 0.3989422804014327
-            // gelu(g) = g·Φ(g) and gelu′(g) = Φ(g) + g·φ(g), as `geluExact` and `geluExactDerivative` compute them.
-            return (upstream * (gate * distribution), (upstream * hidden) * distribution.addingProduct(gate, density))
+            let gelu = geluExactAndDerivative(gate)
+            return (upstream * gelu.value, (upstream * hidden) * gelu.derivative)
         }
         var index = 0
         while index + 8 <= count {

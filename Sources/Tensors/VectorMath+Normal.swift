@@ -40,9 +40,15 @@ extension VectorMath {
 
     /// d GELU / dx = Φ(x) + x·φ(x), φ(x) = e^(−x²/2) / √(2π).
     @inline(__always)
-    static func geluExactDerivative(_ x: Vector) -> Vector {
+    static func geluExactDerivative(_ x: Vector) -> Vector { geluExactAndDerivative(x).derivative }
+
+    /// GELU(x) and its derivative from one evaluation of Φ(x) (the fused GEGLU's backward needs both),
+    /// each exactly as `geluExact` and `geluExactDerivative` give it.
+    @inline(__always)
+    static func geluExactAndDerivative(_ x: Vector) -> (value: Vector, derivative: Vector) {
+        let distribution = normalDistribution(x)
         let density = exp(-0.5 * x * x) * 0.3989422804014327
-        return normalDistribution(x).addingProduct(x, density)
+        return (x * distribution, distribution.addingProduct(x, density))
     }
 
     /// |x| lane by lane (clears the sign bit).
