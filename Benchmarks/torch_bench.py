@@ -433,6 +433,34 @@ def shaped_convolution(name):
     return lambda: make(batch, channels, size, out_channels, options["k"], options["s"])
 
 
+def shaped_attention(name):
+    """`attention-fwd:BATCH:HEADS:TOKENS:KEYS:DEPTH` or `attention-fwdbwd:...`: one attention layer's shape, each
+    operand split into heads from [batch, tokens, heads * depth] as diffusers' attention processor does."""
+    parts = name.split(":")
+    if len(parts) != 6 or parts[0] not in ("attention-fwd", "attention-fwdbwd"):
+        return None
+    batch, heads, tokens, keys, depth = map(int, parts[1:])
+    return lambda: attention_layer(batch, heads, tokens, keys, depth, parts[0] == "attention-fwdbwd")
+
+
+def attention_layer(batch, heads, tokens, keys, depth, backward):
+    q = torch.randn(batch, tokens, heads * depth, requires_grad=backward)
+    k, v = (torch.randn(batch, keys, heads * depth, requires_grad=backward) for _ in range(2))
+    upstream = torch.randn(batch, heads, tokens, depth)
+
+    def split(tensor):
+        return tensor.view(batch, tensor.shape[1], heads, depth).transpose(1, 2)
+
+    def run():
+        if backward:
+            F.scaled_dot_product_attention(split(q), split(k), split(v)).backward(upstream)
+            q.grad = k.grad = v.grad = None
+        else:
+            with torch.no_grad():
+                F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return run
+
+
 def shaped_bfloat16_convolution(name):
     """`conv-fwd-bf16:BATCH:IN:OUT:SIZE[:kK][:sS]`: a bfloat16 convolution, channels-last, weights stored in bfloat16."""
     parts = name.split(":")
@@ -482,7 +510,8 @@ def main():
         command = parts[0]
         if command == "setup":
             name = parts[1] if len(parts) > 1 else ""
-            make = WORKLOADS.get(name) or shaped_convolution(name) or shaped_bfloat16_convolution(name) or shaped_gemm(name)
+            make = (WORKLOADS.get(name) or shaped_convolution(name) or shaped_bfloat16_convolution(name) or shaped_gemm(name)
+                    or shaped_attention(name))
             if make is None:
                 print(f"error unknown workload {name}", flush=True)
                 continue

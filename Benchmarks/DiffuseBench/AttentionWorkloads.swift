@@ -31,6 +31,34 @@ func attentionTraining(_ name: String, batch: Int = 2, heads: Int = 8, tokens: I
     }
 }
 
+/// One attention layer's shape, for looking into it (not a `make bench` row):
+/// `attention-fwd:BATCH:HEADS:TOKENS:KEYS:DEPTH` or `attention-fwdbwd:…` (with the backward pass to
+/// query, key and value), each operand split into heads from `[batch, tokens, heads · depth]` as
+/// diffusers' attention processor does (PyTorch's side the same).
+func shapedAttention(_ name: String) -> Workload? {
+    let parts = name.split(separator: ":")
+    guard parts.count == 6, ["attention-fwd", "attention-fwdbwd"].contains(parts[0]) else { return nil }
+    let sizes = parts.dropFirst().compactMap { Int($0) }
+    guard sizes.count == 5, sizes.allSatisfy({ $0 > 0 }) else { return nil }
+    let (batch, heads, tokens, keys, depth) = (sizes[0], sizes[1], sizes[2], sizes[3], sizes[4])
+    let backward = parts[0] == "attention-fwdbwd"
+    return Workload(name: name) {
+        let query = randn([batch, tokens, heads * depth])
+        let key = randn([batch, keys, heads * depth]), value = randn([batch, keys, heads * depth])
+        let upstream = randn([batch, heads, tokens, depth])
+        for tensor in [query, key, value] { tensor.requiresGrad = backward }
+        func split(_ tensor: Tensor) -> Tensor { tensor.reshaped([batch, tensor.shape[1], heads, depth]).transposed(1, 2) }
+        return {
+            if backward {
+                Tensor.scaledDotProductAttention(query: split(query), key: split(key), value: split(value)).backward(upstream)
+                for tensor in [query, key, value] { tensor.grad = nil }
+            } else {
+                _ = noGrad { Tensor.scaledDotProductAttention(query: split(query), key: split(key), value: split(value)) }
+            }
+        }
+    }
+}
+
 /// The 64×64 latent's self-attention (4,096 tokens, heads of 40), its cross-attention to 77 text
 /// tokens, and the deeper levels' self-attention (1,024 tokens of 80, 256 of 160).
 let attentionWorkloads: [Workload] = [

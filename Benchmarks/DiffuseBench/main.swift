@@ -260,7 +260,8 @@ while let line = readLine() {
     guard let command = parts.first else { continue }
     switch command {
     case "setup":
-        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) ?? shapedBFloat16Convolution(parts[1]) ?? shapedGemm(parts[1]) else {
+        guard parts.count == 2, let workload = workloads.first(where: { $0.name == parts[1] }) ?? shapedConvolution(parts[1]) ?? shapedBFloat16Convolution(parts[1]) ?? shapedGemm(parts[1])
+                ?? shapedAttention(parts[1]) else {
             print("error unknown workload \(parts.dropFirst().joined(separator: " "))")
             continue
         }
@@ -281,8 +282,12 @@ while let line = readLine() {
         guard parts.count == 3, let body = prepared[parts[1]], let runs = Int(parts[2]) else { print("error profile NAME N"); continue }
         OperationProfile.isEnabled = true
         OperationProfile.reset()
+        let start = DispatchTime.now().uptimeNanoseconds
         for _ in 0..<runs { OperationProfile.mark(); body() }
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
         print(OperationProfile.report())
+        // The table's total counts the operations only; the rest (autograd's bookkeeping, the optimizer, the glue) is the difference.
+        print("wall \(String(format: "%.1f", wall)) ms for \(runs) runs")
         OperationProfile.isEnabled = false
     case "pool":
         // Buffer-pool counters since the start: hits, misses, bytes evicted, bytes cached, larger-block fits.

@@ -10,7 +10,7 @@ extension Tensor {
     /// whose positions are all hidden gives zeros (as PyTorch's safe softmax).
     /// Every batch item runs two single-threaded GEMMs with the fused
     /// scale–mask–softmax between them; the items are spread over the workers.
-    /// The probabilities are kept for the backward pass. Heads of depth 8 take the fused
+    /// The probabilities are kept for the backward pass. Heads of depth 8 and 16 take the fused
     /// `SmallHeadAttention`; longer sequences the tiled online-softmax kernel `TiledAttention`
     /// (FlashAttention's scheme: no L×S matrix, only each row's log-sum-exp kept).
     public static func scaledDotProductAttention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor? = nil, scale: Float? = nil) -> Tensor {
@@ -97,7 +97,7 @@ extension Tensor {
 
 /// Which attention kernels may run.
 public enum AttentionKernels {
-    /// Whether heads of depth 8 (no mask, many items) take the fused kernel
+    /// Whether heads of depth 8 or 16 (no mask, many items) take the fused kernel
     /// `SmallHeadAttention`; off, they take the GEMM path it is tested against.
     /// `DIFFUSE_ATTENTION=gemm` turns it off for a whole process.
     public nonisolated(unsafe) static var allowsSmallHead = ProcessInfo.processInfo.environment["DIFFUSE_ATTENTION"] != "gemm"

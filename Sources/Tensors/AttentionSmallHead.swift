@@ -1,7 +1,8 @@
 import Foundation
 
 /// Attention for heads of depth 8, diffusers' default `attention_head_dim` (the course
-/// UNet's 64 channels are 8 heads of 8). With 8 products per score the GEMM path
+/// UNet's 64 channels are 8 heads of 8), and 16 (the small text-to-image UNet's deeper
+/// levels: 128 channels in 8 heads). With 8 or 16 products per score the GEMM path
 /// (`AttentionProblem.forward`, two BLAS calls per item) spends its time packing and
 /// writing an L×S score matrix per item that the softmax then reads and writes again.
 ///
@@ -17,22 +18,36 @@ import Foundation
 /// saved by the forward pass (flash attention's scheme); P, dS, dQᵀ, dV and dK are each a
 /// pass over the keys with at most 10 vectors live, so nothing spills.
 ///
-/// Used when depth and value depth are 8, there is no mask and the items alone keep
+/// Heads of 16 are two chunks of 8 depth elements: each pass above runs once per chunk
+/// (the scores and dP accumulate over the chunks), so the registers in use stay those of
+/// depth 8.
+///
+/// Used when depth and value depth are equal and 8, or 16 with short sequences
+/// (`maximumScoresAtDepth16`), there is no mask and the items alone keep
 /// every worker busy (`AttentionProblem.rowBlocks == 1`); the GEMM path stays the
 /// reference and the tests compare the two (`AttentionKernels.allowsSmallHead`).
 enum SmallHeadAttention {
     typealias Vector = SIMD8<Float>
-    /// The one depth handled here.
-    static let depth = 8
     /// Query rows per block: the lanes of a vector.
     static let rows = 8
     /// log₂ e: scores are kept in base-2 units; the saved log-sum-exp too.
     static let log2e: Float = 1.4426950408889634
+    /// Most scores per item (queries × keys) with which heads of 16 take this path: beyond it the tiled
+    /// kernel, whose 16-row register tiles have shorter dependency chains, is the faster (Zen 3, 2 threads,
+    /// forward and backward of 32 × 8 heads: 16×16 0.86 against the GEMM path's 2.0 and the tiled kernel's
+    /// 1.26 ms, 4×4 0.21 against 0.83 and 0.51 ms, 16×77 2.1–2.75 against 3.0–3.5 and 2.0–2.7 ms; at 32×32 a
+    /// tie with the tiled kernel, at 64×64 6.1–6.8 against its 5.1–5.8 ms).
+    static let maximumScoresAtDepth16 = 2048
 
     /// Whether `problem` takes this path.
     static func applies(to problem: AttentionProblem) -> Bool {
-        problem.mask == nil && problem.depth == depth && problem.valueDepth == depth
-            && problem.queryLength > 0 && problem.keyLength > 0 && problem.rowBlocks == 1
+        guard problem.mask == nil, problem.depth == problem.valueDepth, problem.queryLength > 0, problem.keyLength > 0,
+              problem.rowBlocks == 1 else { return false }
+        switch problem.depth {
+        case 8: return true
+        case 16: return problem.queryLength * problem.keyLength <= maximumScoresAtDepth16
+        default: return false
+        }
     }
 
     /// Pointers and layouts of one item, read once so the loops see no reference counting.
@@ -52,7 +67,7 @@ enum SmallHeadAttention {
         }
     }
 
-    /// Where a `[…, rows, depth]` result of the kernel lives (depth 8 here, any in `TiledAttention`): in the layout of the operand it belongs
+    /// Where a `[…, rows, depth]` result of the kernel lives (depth 8 or 16 here, any in `TiledAttention`): in the layout of the operand it belongs
     /// to when that is a dense view with the same shape (the output and dQ like the query, dK like
     /// the key, dV like the value), else row-major. A `[B, L, heads · 8]` projection split into
     /// heads (`reshaped([B, L, heads, 8]).transposed(1, 2)`) thus gets its output and gradients in
@@ -63,7 +78,7 @@ enum SmallHeadAttention {
         let itemOffsets: [Int]
         let rowStride: Int
 
-        init(like operand: AttentionOperand, batchShape: [Int], rows: Int, depth: Int = 8) {
+        init(like operand: AttentionOperand, batchShape: [Int], rows: Int, depth: Int) {
             shape = batchShape + [rows, depth]
             let tensor = operand.tensor
             if !operand.transposed && tensor.dataType == .float32 && tensor.shape == shape && tensor.isDense && tensor.strides.last == 1 {
@@ -88,45 +103,51 @@ enum SmallHeadAttention {
 
     // MARK: Loading and storing
 
-    /// Row `row` (8 elements) of an item's operand.
+    /// Elements `8 · chunk ..< 8 · chunk + 8` of row `row` of an item's operand.
     @inline(__always)
-    static func row(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), _ row: Int) -> Vector {
-        if !layout.transposed { return MicroKernels.load(base + row * layout.leadingDimension) }
+    static func row(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), _ row: Int, chunk: Int = 0) -> Vector {
+        if !layout.transposed { return MicroKernels.load(base + row * layout.leadingDimension + 8 * chunk) }
         var result = Vector()
-        for e in 0..<8 { result[e] = base[e * layout.leadingDimension + row] }
+        for e in 0..<8 { result[e] = base[(8 * chunk + e) * layout.leadingDimension + row] }
         return result
     }
 
-    /// `rows[s · 8 + e]` = element (s, e) of an item's K or V.
+    /// `rows[s · depth + e]` = element (s, e) of an item's K or V.
     @inline(__always)
-    static func pack(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), count: Int,
+    static func pack(_ base: UnsafePointer<Float>, _ layout: (transposed: Bool, leadingDimension: Int), count: Int, depth: Int,
                      into rows: UnsafeMutablePointer<Float>) {
-        for s in 0..<count { MicroKernels.store(row(base, layout, s), rows + s * 8) }
+        for s in 0..<count {
+            for chunk in 0..<depth / 8 { MicroKernels.store(row(base, layout, s, chunk: chunk), rows + s * depth + 8 * chunk) }
+        }
     }
 
-    /// `block[r · 8 + e]` = `scale` · query row `first + r`, zero past the end; returns how many rows are real.
+    /// `block[r · depth + e]` = `scale` · query row `first + r`, zero past the end; returns how many rows are real.
     @inline(__always)
-    static func loadQueryRows(_ item: Item, first: Int, length: Int, scale: Float, into block: UnsafeMutablePointer<Float>) -> Int {
+    static func loadQueryRows(_ item: Item, first: Int, length: Int, depth: Int, scale: Float, into block: UnsafeMutablePointer<Float>) -> Int {
         let count = Swift.min(rows, length - first)
         for r in 0..<rows {
-            MicroKernels.store(r < count ? row(item.query, item.queryLayout, first + r) * scale : Vector(), block + r * 8)
+            for chunk in 0..<depth / 8 {
+                let elements = r < count ? row(item.query, item.queryLayout, first + r, chunk: chunk) * scale : Vector()
+                MicroKernels.store(elements, block + r * depth + 8 * chunk)
+            }
         }
         return count
     }
 
-    /// The 8 vectors at `pointer`, `pointer + 8`, ….
+    /// The 8 vectors at `pointer`, `pointer + rowStride`, ….
     @inline(__always)
-    static func loadBlock(_ pointer: UnsafePointer<Float>) -> Block {
-        (MicroKernels.load(pointer), MicroKernels.load(pointer + 8), MicroKernels.load(pointer + 16), MicroKernels.load(pointer + 24),
-         MicroKernels.load(pointer + 32), MicroKernels.load(pointer + 40), MicroKernels.load(pointer + 48), MicroKernels.load(pointer + 56))
+    static func loadBlock(_ pointer: UnsafePointer<Float>, rowStride: Int = 8) -> Block {
+        (MicroKernels.load(pointer), MicroKernels.load(pointer + rowStride), MicroKernels.load(pointer + 2 * rowStride),
+         MicroKernels.load(pointer + 3 * rowStride), MicroKernels.load(pointer + 4 * rowStride), MicroKernels.load(pointer + 5 * rowStride),
+         MicroKernels.load(pointer + 6 * rowStride), MicroKernels.load(pointer + 7 * rowStride))
     }
 
-    /// The columns of the 8×8 matrix stored row by row at `pointer`.
+    /// The columns of the 8×8 matrix whose rows are at `pointer`, `pointer + rowStride`, ….
     @inline(__always)
-    static func loadColumns(_ pointer: UnsafePointer<Float>) -> Block {
+    static func loadColumns(_ pointer: UnsafePointer<Float>, rowStride: Int = 8) -> Block {
         var c0 = Vector(), c1 = Vector(), c2 = Vector(), c3 = Vector(), c4 = Vector(), c5 = Vector(), c6 = Vector(), c7 = Vector()
         for r in 0..<8 {
-            let row = pointer + r * 8
+            let row = pointer + r * rowStride
             c0[r] = row[0]; c1[r] = row[1]; c2[r] = row[2]; c3[r] = row[3]
             c4[r] = row[4]; c5[r] = row[5]; c6[r] = row[6]; c7[r] = row[7]
         }
@@ -190,38 +211,84 @@ enum SmallHeadAttention {
         MicroKernels.store(MicroKernels.load(target) + ((a + b) + (c + d)), target)
     }
 
+    /// `depth` elements from `source` (zeros when `nil`) to `target`, a vector at a time (`update(from:)` is a
+    /// call per row).
+    @inline(__always)
+    static func copyRow(_ source: UnsafePointer<Float>?, to target: UnsafeMutablePointer<Float>, depth: Int) {
+        for chunk in 0..<depth / 8 { MicroKernels.store(source.map { MicroKernels.load($0 + 8 * chunk) } ?? Vector(), target + 8 * chunk) }
+    }
+
+    /// `products[s · 8 + r]` = row r of `block` (8 rows of `depth`, row-major) · row s of `rows`
+    /// (`count` rows of `depth`): one vector of 8 lanes per row of `rows`, summed over the chunks.
+    @inline(__always)
+    static func products(_ block: UnsafePointer<Float>, _ rows: UnsafePointer<Float>, count: Int, depth: Int,
+                         into products: UnsafeMutablePointer<Float>) {
+        let columns = loadColumns(block, rowStride: depth)
+        for s in 0..<count { MicroKernels.store(dot(columns, rows + s * depth), products + s * 8) }
+        for chunk in 1..<depth / 8 {
+            let columns = loadColumns(block + 8 * chunk, rowStride: depth)
+            for s in 0..<count {
+                let sum = MicroKernels.load(products + s * 8) + dot(columns, rows + s * depth + 8 * chunk)
+                MicroKernels.store(sum, products + s * 8)
+            }
+        }
+    }
+
+    /// Row `first + r` of an item's `[rows, depth]` result = column r of `Σₛ lanes(s) ⊗ rows(s)` times
+    /// `factor` (the lanes `weights[s · 8 ..< s · 8 + 8]`, `count` rows of `rows`), chunk by chunk.
+    @inline(__always)
+    static func accumulateTransposed(_ weights: UnsafePointer<Float>, _ rows: UnsafePointer<Float>, count: Int, depth: Int,
+                                     factor: Vector, realRows: Int, to target: UnsafeMutablePointer<Float>, rowStride: Int) {
+        for chunk in 0..<depth / 8 {
+            var sums: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
+            for s in 0..<count { accumulate(&sums, MicroKernels.load(weights + s * 8), rows + s * depth + 8 * chunk) }
+            storeTransposed(sums, count: realRows, factor: factor, to: target + 8 * chunk, rowStride: rowStride)
+        }
+    }
+
+    /// `sums[s · depth ..< (s + 1) · depth] += Σᵣ weights[s · 8 + r] · block row r`, for the `count` rows of
+    /// `sums` (dK and dV), chunk by chunk.
+    @inline(__always)
+    static func accumulateRows(_ sums: UnsafeMutablePointer<Float>, weights: UnsafePointer<Float>, block: UnsafePointer<Float>,
+                               count: Int, depth: Int) {
+        for chunk in 0..<depth / 8 {
+            let blockRows = loadBlock(block + 8 * chunk, rowStride: depth)
+            for s in 0..<count { accumulateRow(sums + s * depth + 8 * chunk, weights: weights + s * 8, rows: blockRows) }
+        }
+    }
+
     // MARK: Forward
 
-    /// The output `[…, L, 8]` (laid out like the query, `RowLayout`) and, when `keepsLogSumExp`,
+    /// The output `[…, L, depth]` (laid out like the query, `RowLayout`) and, when `keepsLogSumExp`,
     /// the log-sum-exp of every score row `[…, L]` in base 2 (log₂ Σₛ 2^(scores · log₂ e)),
     /// which is what `backward` takes.
     static func forward(_ problem: AttentionProblem, keepsLogSumExp: Bool) -> (output: Tensor, logSumExp: Tensor?) {
-        let (L, S) = (problem.queryLength, problem.keyLength)
+        let (L, S, D) = (problem.queryLength, problem.keyLength, problem.depth)
         let scale = problem.scale * log2e
-        let layout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L)
+        let layout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L, depth: D)
         let output = layout.allocate()
         // Only a recorded graph's backward reads it.
         let logSumExp = keepsLogSumExp ? Tensor(uninitializedShape: problem.batchShape + [L]) : nil
         let out = output.floatPointer, lse = logSumExp?.floatPointer
-        Parallel.forEach(problem.batch) { items in
-            let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+        // One task's items, the depth a constant in each call below so that the loops are specialised for it.
+        @inline(__always) func run(_ items: Range<Int>, depth D: Int) {
+            let keys = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let block = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+            let block = UnsafeMutablePointer<Float>.allocate(capacity: 8 * D)
             defer { keys.deallocate(); values.deallocate(); scores.deallocate(); block.deallocate() }
             for itemIndex in items {
                 let item = Item(problem, itemIndex)
-                pack(item.key, item.keyLayout, count: S, into: keys)
-                pack(item.value, item.valueLayout, count: S, into: values)
+                pack(item.key, item.keyLayout, count: S, depth: D, into: keys)
+                pack(item.value, item.valueLayout, count: S, depth: D, into: values)
                 var first = 0
                 while first < L {
-                    let count = loadQueryRows(item, first: first, length: L, scale: scale, into: block)
-                    // Scores, one key (8 rows) at a time, and each row's largest.
-                    let queries = loadColumns(block)
+                    let count = loadQueryRows(item, first: first, length: L, depth: D, scale: scale, into: block)
+                    // Scores, one key (8 rows) at a time, then each row's largest.
+                    products(block, keys, count: S, depth: D, into: scores)
                     var largest = Vector(repeating: -.infinity)
                     for s in 0..<S {
-                        let score = dot(queries, keys + s * 8)
-                        MicroKernels.store(score, scores + s * 8)
+                        let score = MicroKernels.load(scores + s * 8)
                         largest = largest.replacing(with: score, where: score .> largest)
                     }
                     // P = 2^(scores − largest) in place and its row sums (a pass of its own: the
@@ -233,10 +300,8 @@ enum SmallHeadAttention {
                         sum += probability
                     }
                     // Oᵀ = Vᵀ·Pᵀ, unnormalised.
-                    var outputColumns: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
-                    for s in 0..<S { accumulate(&outputColumns, MicroKernels.load(scores + s * 8), values + s * 8) }
-                    storeTransposed(outputColumns, count: count, factor: 1 / sum,
-                                    to: out + layout.itemOffsets[itemIndex] + first * layout.rowStride, rowStride: layout.rowStride)
+                    accumulateTransposed(scores, values, count: S, depth: D, factor: 1 / sum, realRows: count,
+                                         to: out + layout.itemOffsets[itemIndex] + first * layout.rowStride, rowStride: layout.rowStride)
                     if let lse {
                         for r in 0..<count { lse[itemIndex * L + first + r] = largest[r] + Foundation.log2(sum[r]) }
                     }
@@ -244,22 +309,25 @@ enum SmallHeadAttention {
                 }
             }
         }
+        Parallel.forEach(problem.batch) { items in
+            if D == 8 { run(items, depth: 8) } else { run(items, depth: 16) }
+        }
         return (output, logSumExp)
     }
 
     // MARK: Backward
 
-    /// dQ, dK and dV (each `nil` unless asked for), shaped `[…, L, 8]`, `[…, S, 8]`, `[…, S, 8]`,
+    /// dQ, dK and dV (each `nil` unless asked for), shaped `[…, L, depth]`, `[…, S, depth]`, `[…, S, depth]`,
     /// from `forward`'s base-2 log-sum-exp. Per block of 8 query rows, passes over the keys:
     /// P = 2^(scores − lse); dP = dO·Vᵀ with D = rowsum(P ∘ dP); dS = P ∘ (dP − D);
     /// dQᵀ = scale · Kᵀ·dSᵀ; dV += Pᵀ·dO; dK += scale · dSᵀ·Q.
     static func backward(_ problem: AttentionProblem, logSumExp: Tensor, outputGradient: Tensor,
                          needsQuery: Bool, needsKey: Bool, needsValue: Bool) -> (Tensor?, Tensor?, Tensor?) {
-        let (L, S) = (problem.queryLength, problem.keyLength)
+        let (L, S, D) = (problem.queryLength, problem.keyLength, problem.depth)
         let scale = problem.scale
-        let queryLayout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L)
-        let keyLayout = RowLayout(like: problem.key, batchShape: problem.batchShape, rows: S)
-        let valueLayout = RowLayout(like: problem.value, batchShape: problem.batchShape, rows: S)
+        let queryLayout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L, depth: D)
+        let keyLayout = RowLayout(like: problem.key, batchShape: problem.batchShape, rows: S, depth: D)
+        let valueLayout = RowLayout(like: problem.value, batchShape: problem.batchShape, rows: S, depth: D)
         let queryGradient = needsQuery ? queryLayout.allocate() : nil
         let keyGradient = needsKey ? keyLayout.allocate() : nil
         let valueGradient = needsValue ? valueLayout.allocate() : nil
@@ -267,53 +335,50 @@ enum SmallHeadAttention {
         let arrangedGradient = queryLayout.arrange(outputGradient)
         let dO = UnsafePointer(arrangedGradient.floatPointer), lse = UnsafePointer(logSumExp.floatPointer)
         let dQ = queryGradient?.floatPointer, dK = keyGradient?.floatPointer, dV = valueGradient?.floatPointer
-        Parallel.forEach(problem.batch) { items in
-            let keys = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let values = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
+        // One task's items, the depth a constant in each call below so that the loops are specialised for it.
+        @inline(__always) func run(_ items: Range<Int>, depth D: Int) {
+            let keys = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
+            let values = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
             let probabilities = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
             let scoreGradients = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let keySums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let valueSums = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S)
-            let block = UnsafeMutablePointer<Float>.allocate(capacity: 64)
-            let gradientBlock = UnsafeMutablePointer<Float>.allocate(capacity: 64)
+            let keySums = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
+            let valueSums = UnsafeMutablePointer<Float>.allocate(capacity: D * S)
+            let block = UnsafeMutablePointer<Float>.allocate(capacity: 8 * D)
+            let gradientBlock = UnsafeMutablePointer<Float>.allocate(capacity: 8 * D)
             defer {
                 for buffer in [keys, values, probabilities, scoreGradients, keySums, valueSums, block, gradientBlock] { buffer.deallocate() }
             }
             for itemIndex in items {
                 let item = Item(problem, itemIndex)
-                pack(item.key, item.keyLayout, count: S, into: keys)
-                pack(item.value, item.valueLayout, count: S, into: values)
-                // dK and dV accumulate in S×8 buffers, copied to their layouts at the end of the item.
-                if dK != nil { keySums.update(repeating: 0, count: S * 8) }
-                if dV != nil { valueSums.update(repeating: 0, count: S * 8) }
+                pack(item.key, item.keyLayout, count: S, depth: D, into: keys)
+                pack(item.value, item.valueLayout, count: S, depth: D, into: values)
+                // dK and dV accumulate in S×D buffers, copied to their layouts at the end of the item.
+                if dK != nil { keySums.update(repeating: 0, count: S * D) }
+                if dV != nil { valueSums.update(repeating: 0, count: S * D) }
                 var first = 0
                 while first < L {
                     // The block's queries (times scale · log₂ e) and output gradients, zero rows past the
                     // end, whose lse is +∞ so that their P (2⁻¹²⁵) and dS (P · 0) add nothing.
-                    let count = loadQueryRows(item, first: first, length: L, scale: scale * log2e, into: block)
+                    let count = loadQueryRows(item, first: first, length: L, depth: D, scale: scale * log2e, into: block)
                     var shifts = Vector(repeating: .infinity)
                     for r in 0..<rows {
-                        guard r < count else { MicroKernels.store(Vector(), gradientBlock + r * 8); continue }
-                        let index = itemIndex * L + first + r
-                        let gradientRow = dO + queryLayout.itemOffsets[itemIndex] + (first + r) * queryLayout.rowStride
-                        MicroKernels.store(MicroKernels.load(gradientRow), gradientBlock + r * 8)
-                        shifts[r] = lse[index]
+                        let gradientRow = gradientBlock + r * D
+                        guard r < count else { copyRow(nil, to: gradientRow, depth: D); continue }
+                        copyRow(dO + queryLayout.itemOffsets[itemIndex] + (first + r) * queryLayout.rowStride, to: gradientRow, depth: D)
+                        shifts[r] = lse[itemIndex * L + first + r]
                     }
                     // P, the forward pass's probabilities, recomputed.
-                    let queries = loadColumns(block)
-                    for s in 0..<S { MicroKernels.store(dot(queries, keys + s * 8), probabilities + s * 8) }
+                    products(block, keys, count: S, depth: D, into: probabilities)
                     for s in 0..<S {
                         MicroKernels.store(exp2(MicroKernels.load(probabilities + s * 8) - shifts), probabilities + s * 8)
                     }
                     // dP = dO·Vᵀ and D = rowsum(P ∘ dP), then dS = P ∘ (dP − D). (D = rowsum(dO ∘ O)
                     // would save a pass but loses the cancellation when one key takes nearly all
                     // of a row: dS must then be ≈ 0, and the output's rounding is not.)
-                    let gradients = loadColumns(gradientBlock)
+                    products(gradientBlock, values, count: S, depth: D, into: scoreGradients)
                     var dots = Vector()
                     for s in 0..<S {
-                        let product = dot(gradients, values + s * 8)
-                        dots = dots.addingProduct(MicroKernels.load(probabilities + s * 8), product)
-                        MicroKernels.store(product, scoreGradients + s * 8)
+                        dots = dots.addingProduct(MicroKernels.load(probabilities + s * 8), MicroKernels.load(scoreGradients + s * 8))
                     }
                     for s in 0..<S {
                         let product = MicroKernels.load(scoreGradients + s * 8) - dots
@@ -321,32 +386,32 @@ enum SmallHeadAttention {
                     }
                     // dQ rows = scale · dS·K.
                     if let dQ {
-                        var sums: Block = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
-                        for s in 0..<S { accumulate(&sums, MicroKernels.load(scoreGradients + s * 8), keys + s * 8) }
-                        storeTransposed(sums, count: count, factor: Vector(repeating: scale),
-                                        to: dQ + queryLayout.itemOffsets[itemIndex] + first * queryLayout.rowStride,
-                                        rowStride: queryLayout.rowStride)
+                        accumulateTransposed(scoreGradients, keys, count: S, depth: D, factor: Vector(repeating: scale), realRows: count,
+                                             to: dQ + queryLayout.itemOffsets[itemIndex] + first * queryLayout.rowStride,
+                                             rowStride: queryLayout.rowStride)
                     }
                     // dV += Pᵀ·dO and dK += dSᵀ·(scale · log₂ e · Q) (times ln 2 at the end), key by key.
-                    if dV != nil {
-                        let gradientRows = loadBlock(gradientBlock)
-                        for s in 0..<S { accumulateRow(valueSums + s * 8, weights: probabilities + s * 8, rows: gradientRows) }
-                    }
-                    if dK != nil {
-                        let queryRows = loadBlock(block)
-                        for s in 0..<S { accumulateRow(keySums + s * 8, weights: scoreGradients + s * 8, rows: queryRows) }
-                    }
+                    if dV != nil { accumulateRows(valueSums, weights: probabilities, block: gradientBlock, count: S, depth: D) }
+                    if dK != nil { accumulateRows(keySums, weights: scoreGradients, block: block, count: S, depth: D) }
                     first += rows
                 }
                 if let dK {
                     let target = dK + keyLayout.itemOffsets[itemIndex], ln2 = Vector(repeating: 1 / log2e)
-                    for s in 0..<S { MicroKernels.store(MicroKernels.load(keySums + s * 8) * ln2, target + s * keyLayout.rowStride) }
+                    for s in 0..<S {
+                        for chunk in 0..<D / 8 {
+                            let sums = MicroKernels.load(keySums + s * D + 8 * chunk) * ln2
+                            MicroKernels.store(sums, target + s * keyLayout.rowStride + 8 * chunk)
+                        }
+                    }
                 }
                 if let dV {
                     let target = dV + valueLayout.itemOffsets[itemIndex]
-                    for s in 0..<S { MicroKernels.store(MicroKernels.load(valueSums + s * 8), target + s * valueLayout.rowStride) }
+                    for s in 0..<S { copyRow(valueSums + s * D, to: target + s * valueLayout.rowStride, depth: D) }
                 }
             }
+        }
+        Parallel.forEach(problem.batch) { items in
+            if D == 8 { run(items, depth: 8) } else { run(items, depth: 16) }
         }
         return (queryGradient, keyGradient, valueGradient)
     }

@@ -171,7 +171,7 @@ final class AttentionTests: XCTestCase {
     }
 }
 
-/// The fused depth-8 kernel against the GEMM path, at the course UNet's sizes and awkward ones.
+/// The fused depth-8 and depth-16 kernel against the GEMM path, at the course UNet's sizes and awkward ones.
 final class SmallHeadAttentionTests: XCTestCase {
     private func run(_ inputs: [Tensor], smallHead: Bool, prepare: ([Tensor]) -> [Tensor]) -> [Tensor] {
         let saved = AttentionKernels.allowsSmallHead
@@ -246,6 +246,53 @@ final class SmallHeadAttentionTests: XCTestCase {
         // A query that is not a dense view (every other row) falls back to row-major.
         let sparse = Tensor.randn([2, 8, 98, 8], generator: &generator).sliced(axis: 2, step: 2)
         XCTAssertTrue(Tensor.scaledDotProductAttention(query: sparse, key: heads, value: heads).isContiguous)
+    }
+
+    /// Heads of 16 (two chunks of 8): the small text-to-image UNet's 16-token self-attention and its
+    /// cross-attention to 77 text tokens, split from `[B, L, heads · 16]`; lengths that are not whole
+    /// blocks; a broadcast and a transposed key.
+    func testDepthSixteen() {
+        var generator = RandomGenerator(seed: 25)
+        let split: ([Tensor]) -> [Tensor] = { xs in xs.map { $0.reshaped([3, $0.shape[1], 4, 16]).permuted(0, 2, 1, 3) } }
+        compare([Tensor.randn([3, 16, 64], generator: &generator), Tensor.randn([3, 16, 64], generator: &generator),
+                 Tensor.randn([3, 16, 64], generator: &generator)], prepare: split)
+        compare([Tensor.randn([3, 16, 64], generator: &generator), Tensor.randn([3, 77, 64], generator: &generator),
+                 Tensor.randn([3, 77, 64], generator: &generator)], prepare: split)
+        compare([Tensor.randn([5, 13, 16], generator: &generator) * 3, Tensor.randn([5, 9, 16], generator: &generator),
+                 Tensor.randn([5, 9, 16], generator: &generator)])
+        compare([Tensor.randn([4, 1, 16], generator: &generator), Tensor.randn([4, 4, 16], generator: &generator),
+                 Tensor.randn([4, 4, 16], generator: &generator)])
+        compare([Tensor.randn([3, 21, 16], generator: &generator) * 5, Tensor.randn([3, 30, 16], generator: &generator) * 5,
+                 Tensor.randn([3, 30, 16], generator: &generator)], absolute: 1e-4)
+        compare([Tensor.randn([2, 4, 9, 16], generator: &generator), Tensor.randn([4, 11, 16], generator: &generator),
+                 Tensor.randn([4, 11, 16], generator: &generator)])
+        compare([Tensor.randn([4, 10, 16], generator: &generator), Tensor.randn([4, 16, 10], generator: &generator),
+                 Tensor.randn([4, 10, 16], generator: &generator)]) { xs in
+            [xs[0], xs[1].transposed(1, 2), xs[2]]
+        }
+    }
+
+    /// Heads of 16 take the fused path at short lengths (its output's bits differ from the GEMM path's)
+    /// and not beyond 2,048 scores per item, where the tiled kernel or the GEMM path is the faster (the same bits
+    /// whether the fused path is allowed or not).
+    func testDepthSixteenTakesTheFusedPathOnlyForShortSequences() {
+        var generator = RandomGenerator(seed: 26)
+        func outputs(length: Int) -> (fast: [Float], reference: [Float]) {
+            let query = Tensor.randn([4, length, 16], generator: &generator)
+            let key = Tensor.randn([4, length, 16], generator: &generator) * 10
+            let value = Tensor.randn([4, length, 16], generator: &generator)
+            let saved = AttentionKernels.allowsSmallHead
+            defer { AttentionKernels.allowsSmallHead = saved }
+            AttentionKernels.allowsSmallHead = true
+            let fast = Tensor.scaledDotProductAttention(query: query, key: key, value: value).toArray()
+            AttentionKernels.allowsSmallHead = false
+            return (fast, Tensor.scaledDotProductAttention(query: query, key: key, value: value).toArray())
+        }
+        let short = outputs(length: 16)
+        XCTAssertFalse(short.fast == short.reference)
+        assertClose(short.fast, short.reference, relative: 1e-4, absolute: 1e-5)
+        let long = outputs(length: 64)
+        XCTAssertTrue(long.fast == long.reference)
     }
 
     /// The fast path is really taken (a kernel that silently fell back would make the comparison vacuous).
