@@ -210,26 +210,26 @@ final class SmallHeadAttentionTests: XCTestCase {
     }
 
     func testLengthsThatAreNotWholeBlocks() {
-        var generator = RandomGenerator(seed: 22)
-        // Query rows not a multiple of 8 (the kernel's block), keys not a multiple of 8 or 16.
-        compare([Tensor.randn([6, 13, 8], generator: &generator), Tensor.randn([6, 37, 8], generator: &generator),
-                 Tensor.randn([6, 37, 8], generator: &generator)])
-        compare([Tensor.randn([4, 1, 8], generator: &generator), Tensor.randn([4, 5, 8], generator: &generator),
-                 Tensor.randn([4, 5, 8], generator: &generator)])
-        compare([Tensor.randn([2, 3, 8], generator: &generator) * 4, Tensor.randn([2, 16, 8], generator: &generator),
-                 Tensor.randn([2, 16, 8], generator: &generator)])
+        compareLengthsThatAreNotWholeBlocks(depth: 8, seed: 22)
+    }
+
+    /// Query rows not a multiple of 8 (the kernel's block), keys not a multiple of 8 or 16, scores spread
+    /// wide, a broadcast key and value, a transposed key; heads of `depth`.
+    private func compareLengthsThatAreNotWholeBlocks(depth: Int, seed: UInt64, file: StaticString = #filePath, line: UInt = #line) {
+        var generator = RandomGenerator(seed: seed)
+        func randn(_ shape: [Int]) -> Tensor { Tensor.randn(shape, generator: &generator) }
+        compare([randn([6, 13, depth]), randn([6, 37, depth]), randn([6, 37, depth])], file: file, line: line)
+        compare([randn([4, 1, depth]), randn([4, 5, depth]), randn([4, 5, depth])], file: file, line: line)
+        compare([randn([2, 3, depth]) * 4, randn([2, 16, depth]), randn([2, 16, depth])], file: file, line: line)
         // Scores spread over ±100 (standard deviation 25): many probabilities underflow (the exponential's
         // clamp at 2⁻¹²⁵), one key dominates most rows. dS of a dominant key is then a difference of
         // nearly equal numbers (dP − D), whose float32 rounding (≈ 10⁻⁷·|dP|) both implementations
         // make, times queries of size 10 over 21 rows: absolute agreement 10⁻⁴ on gradients of size 1.
-        compare([Tensor.randn([3, 21, 8], generator: &generator) * 5, Tensor.randn([3, 30, 8], generator: &generator) * 5,
-                 Tensor.randn([3, 30, 8], generator: &generator)], absolute: 1e-4)
+        compare([randn([3, 21, depth]) * 5, randn([3, 30, depth]) * 5, randn([3, 30, depth])], absolute: 1e-4, file: file, line: line)
         // Broadcast key and value: their gradients sum over the query's batch.
-        compare([Tensor.randn([2, 4, 9, 8], generator: &generator), Tensor.randn([4, 11, 8], generator: &generator),
-                 Tensor.randn([4, 11, 8], generator: &generator)])
+        compare([randn([2, 4, 9, depth]), randn([4, 11, depth]), randn([4, 11, depth])], file: file, line: line)
         // A transposed key (column-major item): read through the gathering path.
-        compare([Tensor.randn([4, 10, 8], generator: &generator), Tensor.randn([4, 8, 10], generator: &generator),
-                 Tensor.randn([4, 10, 8], generator: &generator)]) { xs in
+        compare([randn([4, 10, depth]), randn([4, depth, 10]), randn([4, 10, depth])], file: file, line: line) { xs in
             [xs[0], xs[1].transposed(1, 2), xs[2]]
         }
     }
@@ -249,8 +249,7 @@ final class SmallHeadAttentionTests: XCTestCase {
     }
 
     /// Heads of 16 (two chunks of 8): the small text-to-image UNet's 16-token self-attention and its
-    /// cross-attention to 77 text tokens, split from `[B, L, heads · 16]`; lengths that are not whole
-    /// blocks; a broadcast and a transposed key.
+    /// cross-attention to 77 text tokens, split from `[B, L, heads · 16]`; the awkward lengths and layouts.
     func testDepthSixteen() {
         var generator = RandomGenerator(seed: 25)
         let split: ([Tensor]) -> [Tensor] = { xs in xs.map { $0.reshaped([3, $0.shape[1], 4, 16]).permuted(0, 2, 1, 3) } }
@@ -258,18 +257,7 @@ final class SmallHeadAttentionTests: XCTestCase {
                  Tensor.randn([3, 16, 64], generator: &generator)], prepare: split)
         compare([Tensor.randn([3, 16, 64], generator: &generator), Tensor.randn([3, 77, 64], generator: &generator),
                  Tensor.randn([3, 77, 64], generator: &generator)], prepare: split)
-        compare([Tensor.randn([5, 13, 16], generator: &generator) * 3, Tensor.randn([5, 9, 16], generator: &generator),
-                 Tensor.randn([5, 9, 16], generator: &generator)])
-        compare([Tensor.randn([4, 1, 16], generator: &generator), Tensor.randn([4, 4, 16], generator: &generator),
-                 Tensor.randn([4, 4, 16], generator: &generator)])
-        compare([Tensor.randn([3, 21, 16], generator: &generator) * 5, Tensor.randn([3, 30, 16], generator: &generator) * 5,
-                 Tensor.randn([3, 30, 16], generator: &generator)], absolute: 1e-4)
-        compare([Tensor.randn([2, 4, 9, 16], generator: &generator), Tensor.randn([4, 11, 16], generator: &generator),
-                 Tensor.randn([4, 11, 16], generator: &generator)])
-        compare([Tensor.randn([4, 10, 16], generator: &generator), Tensor.randn([4, 16, 10], generator: &generator),
-                 Tensor.randn([4, 10, 16], generator: &generator)]) { xs in
-            [xs[0], xs[1].transposed(1, 2), xs[2]]
-        }
+        compareLengthsThatAreNotWholeBlocks(depth: 16, seed: 27)
     }
 
     /// Heads of 16 take the fused path at short lengths (its output's bits differ from the GEMM path's)
