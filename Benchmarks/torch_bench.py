@@ -71,18 +71,6 @@ def attention():
     return run
 
 
-def attention_heads8():
-    # The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
-    q, k, v = (torch.randn(128, 196, 64, requires_grad=True) for _ in range(3))
-    upstream = torch.randn(128, 8, 196, 8)
-
-    def run():
-        split = lambda t: t.view(128, 196, 8, 8).transpose(1, 2)
-        F.scaled_dot_product_attention(split(q), split(k), split(v)).backward(upstream)
-        q.grad = k.grad = v.grad = None
-    return run
-
-
 def attention_sd(tokens, depth, keys=None, backward=False, batch=2, heads=8, dtype=torch.float32):
     """Stable Diffusion 1.x's attention at 512x512 (a 64x64 latent, 8 heads): [batch, heads, tokens, depth]."""
     q = torch.randn(batch, heads, tokens, depth, requires_grad=backward).to(dtype)
@@ -306,7 +294,8 @@ WORKLOADS = {
     "conv-bwd-64c14": lambda: conv_backward(128, 64, 14),
     "groupnorm-fwdbwd": groupnorm,
     "attention-fwdbwd": attention,
-    "attention-heads8-fwdbwd": attention_heads8,
+    # The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
+    "attention-heads8-fwdbwd": lambda: attention_layer(128, 8, 196, 196, 8, backward=True),
     "unet-mnist-fwd-b16": lambda: unet_forward(16),
     "unet-mnist-fwd-b64": lambda: unet_forward(64),
     "unet-mnist-train-b128": lambda: unet_train(course_unet(), 128, 1, 28),

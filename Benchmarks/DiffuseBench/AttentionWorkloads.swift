@@ -40,9 +40,14 @@ func shapedAttention(_ name: String) -> Workload? {
     guard parts.count == 6, ["attention-fwd", "attention-fwdbwd"].contains(parts[0]) else { return nil }
     let sizes = parts.dropFirst().compactMap { Int($0) }
     guard sizes.count == 5, sizes.allSatisfy({ $0 > 0 }) else { return nil }
-    let (batch, heads, tokens, keys, depth) = (sizes[0], sizes[1], sizes[2], sizes[3], sizes[4])
-    let backward = parts[0] == "attention-fwdbwd"
-    return Workload(name: name) {
+    return attentionLayer(name, batch: sizes[0], heads: sizes[1], tokens: sizes[2], keys: sizes[3], depth: sizes[4],
+                          backward: parts[0] == "attention-fwdbwd")
+}
+
+/// Attention of `[batch, tokens, heads · depth]` queries over `keys` keys and values, split into heads as
+/// diffusers does; forward only, or forward and backward to the three inputs.
+func attentionLayer(_ name: String, batch: Int, heads: Int, tokens: Int, keys: Int, depth: Int, backward: Bool) -> Workload {
+    Workload(name: name) {
         let query = randn([batch, tokens, heads * depth])
         let key = randn([batch, keys, heads * depth]), value = randn([batch, keys, heads * depth])
         let upstream = randn([batch, heads, tokens, depth])

@@ -92,17 +92,8 @@ var workloads: [Workload] = [
             for tensor in [query, key, value] { tensor.grad = nil }
         }
     },
-    Workload(name: "attention-heads8-fwdbwd") {
-        // The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
-        let query = randn([128, 196, 64]), key = randn([128, 196, 64]), value = randn([128, 196, 64])
-        let upstream = randn([128, 8, 196, 8])
-        for tensor in [query, key, value] { tensor.requiresGrad = true }
-        func split(_ tensor: Tensor) -> Tensor { tensor.reshaped([128, 196, 8, 8]).transposed(1, 2) }
-        return {
-            Tensor.scaledDotProductAttention(query: split(query), key: split(key), value: split(value)).backward(upstream)
-            for tensor in [query, key, value] { tensor.grad = nil }
-        }
-    },
+    // The course UNet's 14×14 attention at batch 128: 8 heads of 8, split from [B, 196, 64] as diffusers does.
+    attentionLayer("attention-heads8-fwdbwd", batch: 128, heads: 8, tokens: 196, keys: 196, depth: 8, backward: true),
     unetForward(batch: 16),
     unetForward(batch: 64),
     unetTraining("unet-mnist-train-b128", model: courseUNet, batch: 128, channels: 1, size: 28),
