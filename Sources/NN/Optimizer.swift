@@ -17,16 +17,42 @@ open class Optimizer {
     }
 
     /// Applies one update from each parameter's `grad` (parameters without a gradient are skipped).
+    /// Optimizers with an elementwise `rangeUpdate` are stepped as one job over all parameters,
+    /// cut into equal pieces for the workers, so the many small tensors (biases, norms, 64×64
+    /// projections) are not each run on one thread.
     public func step() {
         stepCount += 1
         noGrad {
+            var pieces: [(body: (Range<Int>) -> Void, elements: Range<Int>)] = []
+            var gradients: [Tensor] = []
             for (index, parameter) in parameters.enumerated() {
-                guard let gradient = parameter.grad else { continue }
-                update(index: index, parameter: parameter, gradient: gradient.contiguousData())
+                guard let gradient = parameter.grad?.contiguousData() else { continue }
+                guard let body = rangeUpdate(index: index, parameter: parameter, gradient: gradient) else {
+                    update(index: index, parameter: parameter, gradient: gradient)
+                    continue
+                }
+                gradients.append(gradient)
+                var start = 0
+                while start < parameter.count {
+                    let end = Swift.min(parameter.count, start + Optimizer.pieceElements)
+                    pieces.append((body, start..<end))
+                    start = end
+                }
+            }
+            withExtendedLifetime(gradients) {
+                Parallel.forEachTask(pieces.count) { piece in pieces[piece].body(pieces[piece].elements) }
             }
         }
         ComputeMode.weightsChanged()
     }
+
+    /// Elements of one piece of a step's job.
+    static let pieceElements = 16384
+
+    /// For elementwise optimizers: prepares parameter `index` on the calling thread (its state
+    /// created) and returns what updates a range of its elements; the ranges are disjoint and may
+    /// run on any thread. nil (the default) updates the parameter with `update` instead.
+    open func rangeUpdate(index: Int, parameter: Tensor, gradient: Tensor) -> ((Range<Int>) -> Void)? { nil }
 
     /// Clears the gradients of all parameters.
     public func zeroGradients() {
@@ -168,7 +194,11 @@ public final class Adam: Optimizer {
     }
 
     public override func update(index: Int, parameter: Tensor, gradient: Tensor) {
-        let count = parameter.count
+        let body = rangeUpdate(index: index, parameter: parameter, gradient: gradient)!
+        Parallel.forEach(parameter.count, grain: 32768) { range in body(range) }
+    }
+
+    public override func rangeUpdate(index: Int, parameter: Tensor, gradient: Tensor) -> ((Range<Int>) -> Void)? {
         let (values, slope) = (parameter.floatPointer, gradient.floatPointer)
         let m = buffer(&firstMoments, index).floatPointer
         let v = buffer(&secondMoments, index).floatPointer
@@ -183,7 +213,7 @@ public final class Adam: Optimizer {
         let parameterScale: Float = decoupledWeightDecay && weightDecay != 0 ? decayFactor : 1
         // Eight parameters at a time (a last short group padded with zeros, which stay finite),
         // the same operations in the same order as PyTorch's single-tensor AdamW.
-        Parallel.forEach(count, grain: 32768) { range in
+        return { range in
             var element = range.lowerBound
             while element < range.upperBound {
                 let lanes = Swift.min(8, range.upperBound - element)

@@ -83,14 +83,44 @@ struct StridedLoop {
         }
     }
 
-    /// Runs all runs, split over the worker threads when the work is large.
+    /// Runs all runs, split over the worker threads when the work is large. Operands that are
+    /// dense in the same layout merge into one run (a residual add, a gradient accumulation), and
+    /// a few runs cannot be shared out evenly, so then each run is cut into pieces instead: a
+    /// piece is a run of its own, starting `start · innerStride` further into every operand.
     func forEachRunInParallel(_ body: (UnsafeMutablePointer<Int>, Int) -> Void) {
         let total = Shape.count(shape)
-        let grain = Swift.max(1, 16384 / Swift.max(innerCount, 1))
-        if total < 32768 {
+        if total < StridedLoop.parallelElements {
             forEachRun(in: 0..<runCount, body)
-        } else {
+            return
+        }
+        let pieces = StridedLoop.piecesPerRun(runCount: runCount, runLength: innerCount, threads: Parallel.threadCount)
+        if pieces == 1 {
+            let grain = Swift.max(1, 16384 / Swift.max(innerCount, 1))
             Parallel.forEach(runCount, grain: grain) { range in forEachRun(in: range, body) }
+            return
+        }
+        let inner = innerStrides, operands = strides.count, length = innerCount
+        Parallel.forEach(runCount * pieces) { tasks in
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: operands) { shifted in
+                for task in tasks {
+                    let (run, piece) = task.quotientAndRemainder(dividingBy: pieces)
+                    let start = length * piece / pieces, end = length * (piece + 1) / pieces
+                    forEachRun(in: run..<(run + 1)) { offsets, _ in
+                        for operand in 0..<operands { shifted[operand] = offsets[operand] + start * inner[operand] }
+                        body(shifted.baseAddress!, end - start)
+                    }
+                }
+            }
         }
     }
+
+    /// How many pieces `forEachRunInParallel` cuts each run into: 1 when there are enough runs to
+    /// share out (four per thread), else enough for four tasks per thread, each at least 4,096 long.
+    static func piecesPerRun(runCount: Int, runLength: Int, threads: Int) -> Int {
+        guard runCount > 0, runCount < 4 * threads else { return 1 }
+        return Swift.min((4 * threads + runCount - 1) / runCount, Swift.max(1, runLength / 4096))
+    }
+
+    /// Elements from which `forEachRunInParallel` uses the workers.
+    static let parallelElements = 32768
 }

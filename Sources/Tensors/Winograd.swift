@@ -178,19 +178,21 @@ enum Winograd {
                               c: products + position * plan.outPlane, cRowStride: plan.outStride, accumulate: false)
     }
 
-    /// sums[position][c][o] += Σ over `tiles` tiles of transformed[position][tile][c] · upstream[position][tile][o].
+    /// sums[position][c][o] += Σ over `tiles` tiles of transformed[position][tile][c] · upstream[position][tile][o]
+    /// (`=` when not `accumulating`: the first block needs no zeroed sums; it writes every element
+    /// `weightFromTransformed` reads).
     @inline(__always)
     static func accumulateWeightGradient(at position: Int, tiles: Int, plan: WinogradPlan, transformed: UnsafePointer<Float>,
-                                         upstream: UnsafePointer<Float>, into sums: UnsafeMutablePointer<Float>) {
+                                         upstream: UnsafePointer<Float>, into sums: UnsafeMutablePointer<Float>, accumulating: Bool = true) {
         MicroKernels.multiply(rows: (plan.inChannels + 3) / 4 * 4, columns: plan.outPadded, depth: tiles,
                               a: transformed + position * plan.inPlane, aRowStride: 1, aDepthStride: plan.inStride,
                               b: upstream + position * plan.outPlane, bRowStride: plan.outStride,
-                              c: sums + position * plan.weightPlane, cRowStride: plan.outStride, accumulate: true)
+                              c: sums + position * plan.weightPlane, cRowStride: plan.outStride, accumulate: accumulating)
     }
 
     /// d loss / d weight `[O, C, 3, 3]`: Σ over tiles of Gᵀ[(A dY Aᵀ) ⊙ (Bᵀ d B)]G,
     /// summed in the transformed domain as one matrix product per tile element and
-    /// block of tiles (per-worker partial sums, added at the end).
+    /// block of tiles (per-worker partial sums, added up by `weightFromTransformed`).
     static func weightGradient(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan,
                                schedule: WinogradSchedule = .tileBlocks) -> Tensor {
         if schedule == .positions {
@@ -199,33 +201,43 @@ enum Winograd {
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles, positions = plan.positions
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let weightPlane = plan.weightPlane
-        let total = ScratchMemory.floats(positions * weightPlane, zeroed: true)
-        defer { ScratchMemory.release(total) }
+        // Each worker's first block writes its sums, the later ones add to them; the partial sums
+        // are added up as the weight is transformed back (no zeroed total, no serial merge).
+        var partials: [UnsafeMutablePointer<Float>] = []
+        defer { partials.forEach { ScratchMemory.release($0) } }
         let lock = NSLock()
         Convolution.forEachBlock(blocks) { next in
+            guard var block = next() else { return }
             let transformed = ScratchMemory.floats(positions * plan.inPlane, zeroed: true)
             let upstream = ScratchMemory.floats(positions * plan.outPlane, zeroed: true)
-            let partial = ScratchMemory.floats(positions * weightPlane, zeroed: true)
+            let partial = ScratchMemory.floats(positions * weightPlane)
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
-            defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); ScratchMemory.release(partial); reader.deallocate() }
-            while let block = next() {
+            defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); reader.deallocate() }
+            var accumulating = false
+            while true {
                 let first = block * blockTiles, count = Swift.min(blockTiles, tileCount - first)
                 transformInput(&reader, plan: plan, first: first, count: count, into: transformed)
                 transformGradient(gradient, plan: plan, first: first, count: count, into: upstream)
                 for position in 0..<positions {
-                    accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: partial)
+                    accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: partial,
+                                             accumulating: accumulating)
                 }
+                accumulating = true
+                guard let claimed = next() else { break }
+                block = claimed
             }
             lock.lock()
-            for index in 0..<(positions * weightPlane) { total[index] += partial[index] }
+            partials.append(partial)
             lock.unlock()
         }
-        return weightFromTransformed(total, plan: plan)
+        if partials.isEmpty { partials.append(ScratchMemory.floats(positions * weightPlane, zeroed: true)) }
+        return weightFromTransformed(partials, plan: plan)
     }
 
     /// dW `[O, C, 3, 3]` = Gᵀ · dŴ · G for each channel pair, from the transformed-domain
     /// sums `[positions][inPadded][outStride]`: eight output channels at a time, one per lane.
-    static func weightFromTransformed(_ total: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
+    /// `sums` holds one or more partial sums, added here as they are read.
+    static func weightFromTransformed(_ sums: [UnsafeMutablePointer<Float>], plan: WinogradPlan) -> Tensor {
         let size = plan.outputTile + 2
         let weightPlane = plan.weightPlane
         let matrix = (plan.outputTile == 2 ? kernelMatrix2 : kernelMatrix4).map {
@@ -234,18 +246,21 @@ enum Winograd {
         let result = Tensor(uninitializedShape: [plan.outChannels, plan.inChannels, 3, 3])
         let out = result.floatPointer
         let inChannels = plan.inChannels
+        let first = UnsafePointer(sums[0]), others = sums.dropFirst().map { UnsafePointer($0) }
         Convolution.forEachRange(inChannels, blockSize: 8) { channels in
             withUnsafeTemporaryAllocation(of: Vector.self, capacity: 3 * size) { scratch in
                 let t = scratch.baseAddress!
                 for channel in channels {
                     var outChannel = 0
                     while outChannel < plan.outChannels {
-                        let source = total + channel * plan.outStride + outChannel
+                        let offset = channel * plan.outStride + outChannel
                         // Gᵀ · m (3×size)
                         for column in 0..<size {
                             var sums = (Vector(), Vector(), Vector())
                             for i in 0..<size {
-                                let value = MicroKernels.load(source + (size * i + column) * weightPlane)
+                                let element = offset + (size * i + column) * weightPlane
+                                var value = MicroKernels.load(first + element)
+                                for partial in others { value += MicroKernels.load(partial + element) }
                                 sums.0 += matrix[i].0 * value; sums.1 += matrix[i].1 * value; sums.2 += matrix[i].2 * value
                             }
                             t[column] = sums.0; t[size + column] = sums.1; t[2 * size + column] = sums.2

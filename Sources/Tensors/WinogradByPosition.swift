@@ -73,7 +73,8 @@ extension Winograd {
     /// `weightGradient` with the `positions` schedule: `plan.blockTiles` is the chunk, and
     /// each position's sums accumulate in place (no per-worker partial sums).
     static func weightGradientByPosition(input: UnsafePointer<Float>, inputIsChannelsLast: Bool, gradient: UnsafePointer<Float>, plan: WinogradPlan) -> Tensor {
-        let total = ScratchMemory.floats(plan.positions * plan.weightPlane, zeroed: true)
+        // The first chunk writes the sums, so they need no zeroing (unless there are no tiles).
+        let total = ScratchMemory.floats(plan.positions * plan.weightPlane, zeroed: plan.tileCount == 0)
         let transformed = ScratchMemory.floats(plan.positions * plan.inPlane)
         let upstream = ScratchMemory.floats(plan.positions * plan.outPlane)
         defer { ScratchMemory.release(total); ScratchMemory.release(transformed); ScratchMemory.release(upstream) }
@@ -87,10 +88,11 @@ extension Winograd {
                 transformGradient(gradient, plan: plan, first: tile, count: group.count, into: upstream + group.lowerBound * plan.outStride)
             }
             forEachPosition(plan) { position in
-                accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: total)
+                accumulateWeightGradient(at: position, tiles: count, plan: plan, transformed: transformed, upstream: upstream, into: total,
+                                         accumulating: chunkFirst > 0)
             }
             first += count
         }
-        return weightFromTransformed(total, plan: plan)
+        return weightFromTransformed([total], plan: plan)
     }
 }

@@ -186,4 +186,45 @@ final class GradientAccumulationTests: XCTestCase {
         XCTAssertEqual(clipGradientNorm([a, b], maximumNorm: 10), 1, accuracy: 1e-5)
         XCTAssertEqual(a.grad!.toArray()[0], 0.6, accuracy: 1e-6, "below the maximum nothing changes")
     }
+
+    /// `step()` runs all parameters as one job cut into pieces of `pieceElements`: parameters longer
+    /// than a piece, shorter ones and lengths that are not whole SIMD groups must each get
+    /// PyTorch's AdamW update, here written out per element in Double.
+    func testAdamWOverPiecesMatchesThePerElementRule() {
+        var generator = RandomGenerator(seed: 23)
+        let shapes = [[40_003], [7], [16_384 + 3], [128, 130]]
+        let parameters = shapes.map { shape -> Tensor in
+            let tensor = Tensor.randn(shape, generator: &generator).contiguousCopy()
+            tensor.requiresGrad = true
+            return tensor
+        }
+        var values = parameters.map { $0.toArray().map(Double.init) }
+        var first = values.map { [Double](repeating: 0, count: $0.count) }
+        var second = first
+        let (learningRate, beta1, beta2, epsilon, decay) = (0.01, 0.9, 0.999, 1e-8, 0.1)
+        let optimizer = Adam.adamW(parameters: parameters, learningRate: Float(learningRate), weightDecay: Float(decay))
+        for step in 1...3 {
+            var gradients: [[Float]] = []
+            for parameter in parameters {
+                let gradient = Tensor.randn(parameter.shape, generator: &generator)
+                parameter.grad = gradient
+                gradients.append(gradient.toArray())
+            }
+            optimizer.step()
+            let correction1 = 1 - Foundation.pow(beta1, Double(step)), correction2 = 1 - Foundation.pow(beta2, Double(step))
+            for index in parameters.indices {
+                for element in values[index].indices {
+                    let g = Double(gradients[index][element])
+                    values[index][element] *= 1 - learningRate * decay
+                    first[index][element] = beta1 * first[index][element] + (1 - beta1) * g
+                    second[index][element] = beta2 * second[index][element] + (1 - beta2) * g * g
+                    let denominator = second[index][element].squareRoot() / correction2.squareRoot() + epsilon
+                    values[index][element] -= learningRate / correction1 * first[index][element] / denominator
+                }
+                let result = parameters[index].toArray()
+                let worst = zip(result, values[index]).map { abs(Double($0) - $1) }.enumerated().max { $0.element < $1.element }!
+                XCTAssertLessThan(worst.element, 1e-5, "step \(step), parameter \(shapes[index]): element \(worst.offset) is \(result[worst.offset]), expected \(values[index][worst.offset])")
+            }
+        }
+    }
 }

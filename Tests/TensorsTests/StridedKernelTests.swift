@@ -1,4 +1,4 @@
-import Tensors
+@testable import Tensors
 import TestSupport
 import XCTest
 
@@ -47,6 +47,43 @@ final class StridedKernelTests: XCTestCase {
                     }
                 }
             }
+        }
+    }
+
+    /// Operands dense in one layout merge into a single run, and a few long runs cannot be shared
+    /// out; `forEachRunInParallel` cuts such runs into pieces. Every piece must start at its own
+    /// place in each operand (a broadcast one included, whose inner stride is 0).
+    func testLongRunsCutIntoPiecesMatchThePerElementLoop() {
+        XCTAssertEqual(StridedLoop.piecesPerRun(runCount: 1, runLength: 131_072, threads: 2), 8)
+        XCTAssertEqual(StridedLoop.piecesPerRun(runCount: 3, runLength: 20_000, threads: 2), 3)
+        XCTAssertEqual(StridedLoop.piecesPerRun(runCount: 8, runLength: 20_000, threads: 2), 1)
+        var generator = RandomGenerator(seed: 17)
+        let image = Tensor.randn([4, 64, 12, 11], generator: &generator).withLayout(.channelsLast)
+        let wide = Tensor.randn([3, 20_011], generator: &generator)
+        let cases: [(Tensor, Tensor)] = [
+            (image, Tensor.randn([4, 64, 12, 11], generator: &generator).withLayout(.channelsLast)),
+            (Tensor.randn([33_331], generator: &generator), Tensor.randn([33_331], generator: &generator)),
+            (wide, Tensor.randn([3, 1], generator: &generator)),
+            (Tensor.randn([3, 1], generator: &generator), wide),
+            (Tensor.randn([3, 20_050], generator: &generator).narrowed(axis: 1, start: 39, length: 20_011), wide),
+        ]
+        for (lhs, rhs) in cases {
+            let result = lhs - rhs
+            let values = result.toArray()
+            for index in 0..<result.count {
+                let expected = element(lhs, broadcastTo: result.shape, flatIndex: index) - element(rhs, broadcastTo: result.shape, flatIndex: index)
+                if values[index] != expected {
+                    XCTFail("\(lhs.shape)/\(lhs.strides) − \(rhs.shape)/\(rhs.strides): element \(index) is \(values[index]), expected \(expected)")
+                    break
+                }
+            }
+        }
+        // A copy of a view with three long runs takes the same cut.
+        let view = Tensor.randn([3, 20_050], generator: &generator).narrowed(axis: 1, start: 39, length: 20_011)
+        let copy = view.contiguous().toArray()
+        for index in 0..<copy.count where copy[index] != element(view, broadcastTo: view.shape, flatIndex: index) {
+            XCTFail("copy: element \(index) is \(copy[index])")
+            break
         }
     }
 
