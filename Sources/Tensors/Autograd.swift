@@ -3,24 +3,24 @@ import Foundation
 /// Whether ops record the graph for backward. Thread-local, so a worker
 /// thread's kernels never see another thread's scope.
 public enum GradientMode {
-    private static let key = "diffuse.gradient-mode.disabled-depth"
+    /// How many `noGrad { }` scopes this thread is inside.
+    private static let disabledDepth = ThreadLocalCount()
 
     /// True unless inside `noGrad { }`.
     public static var isEnabled: Bool {
-        (Thread.current.threadDictionary[key] as? Int ?? 0) == 0
+        disabledDepth.value == 0
     }
 
     static func adjust(_ delta: Int) {
-        let depth = (Thread.current.threadDictionary[key] as? Int ?? 0) + delta
-        Thread.current.threadDictionary[key] = depth
+        disabledDepth.value += delta
     }
 
     /// Runs `body` with recording on, even inside `noGrad { }` or a backward pass
     /// (a checkpoint's recomputation records its sub-graph there).
     static func recording<Result>(_ body: () throws -> Result) rethrows -> Result {
-        let depth = Thread.current.threadDictionary[key] as? Int ?? 0
-        Thread.current.threadDictionary[key] = 0
-        defer { Thread.current.threadDictionary[key] = depth }
+        let depth = disabledDepth.value
+        disabledDepth.value = 0
+        defer { disabledDepth.value = depth }
         return try body()
     }
 }

@@ -96,7 +96,8 @@ final class WorkerPool: @unchecked Sendable {
     /// How long an idle worker spins before it sleeps.
     private let spinNanoseconds: UInt64 = 5_000_000
 
-    private static let insideKey = "diffuse.worker-pool.inside"
+    /// Non-zero on a worker thread and on a caller while it takes part in its job.
+    private static let inside = ThreadLocalCount()
 
     init(workerCount: Int) {
         self.workerCount = Swift.max(0, workerCount)
@@ -109,7 +110,7 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private static var isInsideJob: Bool {
-        Thread.current.threadDictionary[insideKey] != nil
+        inside.value != 0
     }
 
     func run(chunks: Int, _ body: (Int) -> Void) {
@@ -129,9 +130,9 @@ final class WorkerPool: @unchecked Sendable {
             if sleepingWorkers > 0 { sleepCondition.broadcast() }
             sleepCondition.unlock()
 
-            Thread.current.threadDictionary[WorkerPool.insideKey] = true
+            WorkerPool.inside.value = 1
             job.participate()
-            Thread.current.threadDictionary.removeObject(forKey: WorkerPool.insideKey)
+            WorkerPool.inside.value = 0
             while job.finishedChunks.load(ordering: .acquiring) < chunks {}
 
             jobLock.lock()
@@ -142,7 +143,7 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private func workerLoop() {
-        Thread.current.threadDictionary[WorkerPool.insideKey] = true
+        WorkerPool.inside.value = 1
         var seen = 0
         while true {
             // Spin for a while: the next kernel usually follows within microseconds.
