@@ -32,10 +32,7 @@ extension CLIPTrainer {
             try TrainingCheckpoint.writeJSON(state, to: file(TrainingCheckpoint.stateFile))
         }
         lastCheckpoint = (step, path)
-        var removed: [String] = []
-        if let limit = options.checkpointsTotalLimit { removed = TrainingCheckpoint.prune(in: outputDir, keeping: limit) }
-        log?.event("checkpoint", step: step, fields: [("path", .string(path))],
-                   text: "checkpoint \(path)" + (removed.isEmpty ? "" : " (removed \(removed.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))"))
+        TrainingCheckpoint.pruneAndLog(path, step: step, in: outputDir, keeping: options.checkpointsTotalLimit, log: log)
     }
 
     /// Restores model, optimizer, counters, data position and generator from a checkpoint folder.
@@ -50,9 +47,7 @@ extension CLIPTrainer {
         } catch let error as OptimizerStateError {
             throw TrainingError.corruptCheckpoint("\(path): \(error)")
         }
-        guard state.dataLoader.offset <= dataset.count else {
-            throw TrainingError.corruptCheckpoint("its data position \(state.dataLoader) is beyond a dataset of \(dataset.count) examples")
-        }
+        try TrainingCheckpoint.checkDataPosition(state, datasetCount: dataset.count)
         step = state.step
         loader.restore(state.dataLoader)
         generator = try TrainerState.generator(state.generator)

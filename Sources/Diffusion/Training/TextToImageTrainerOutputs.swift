@@ -47,10 +47,7 @@ extension TextToImageTrainer {
             try TrainingCheckpoint.writeJSON(state, to: file(TrainingCheckpoint.stateFile))
         }
         lastCheckpoint = (step, path)
-        var removed: [String] = []
-        if let limit = options.checkpointsTotalLimit { removed = TrainingCheckpoint.prune(in: outputDir, keeping: limit) }
-        log?.event("checkpoint", step: step, fields: [("path", .string(path))],
-                   text: "checkpoint \(path)" + (removed.isEmpty ? "" : " (removed \(removed.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))"))
+        TrainingCheckpoint.pruneAndLog(path, step: step, in: outputDir, keeping: options.checkpointsTotalLimit, log: log)
     }
 
     /// Restores weights, AdamW, EMA, counters, data position and generator from a checkpoint folder.
@@ -71,17 +68,8 @@ extension TextToImageTrainer {
         } catch let error as OptimizerStateError {
             throw TrainingError.corruptCheckpoint("\(path): \(error) (was it written with another --rank or model?)")
         }
-        if let ema {
-            if FileManager.default.fileExists(atPath: file(TrainingCheckpoint.emaFile)) {
-                try ema.load(state: Safetensors.load(path: file(TrainingCheckpoint.emaFile)))
-            } else {
-                message("warning: \(path) has no EMA weights; the average starts from the checkpoint's weights")
-                for (shadow, parameter) in zip(ema.shadowParameters, unet.parameters()) { shadow.copyValues(from: parameter) }
-            }
-        }
-        guard state.dataLoader.offset <= dataset.count else {
-            throw TrainingError.corruptCheckpoint("its data position \(state.dataLoader) is beyond a dataset of \(dataset.count) examples")
-        }
+        try ema?.restore(fromCheckpoint: path, parameters: unet.parameters(), message: message)
+        try TrainingCheckpoint.checkDataPosition(state, datasetCount: dataset.count)
         step = state.step
         loader.restore(state.dataLoader)
         generator = try TrainerState.generator(state.generator)
@@ -90,12 +78,7 @@ extension TextToImageTrainer {
 
     /// Runs `body` with the EMA weights in the UNet (the trained ones are put back after).
     func withAveragedWeights<Result>(_ body: () throws -> Result) rethrows -> Result {
-        guard let ema else { return try body() }
-        let parameters = unet.parameters()
-        let saved = ema.store(parameters)
-        ema.copy(to: parameters)
-        defer { for (parameter, copy) in zip(parameters, saved) { parameter.copyValues(from: copy) } }
-        return try body()
+        try ExponentialMovingAverage.withAveragedWeights(ema, in: unet.parameters(), body)
     }
 
     /// Generates ``TextToImageTrainingOptions/numValidationImages`` images of every validation prompt

@@ -52,12 +52,7 @@ extension Trainer {
             try TrainingCheckpoint.writeJSON(state, to: file(TrainingCheckpoint.stateFile))
         }
         lastCheckpoint = (step, path)
-        var removed: [String] = []
-        if let limit = configuration.checkpointsTotalLimit {
-            removed = TrainingCheckpoint.prune(in: outputDir, keeping: limit)
-        }
-        log?.event("checkpoint", step: step, fields: [("path", .string(path))],
-                   text: "checkpoint \(path)" + (removed.isEmpty ? "" : " (removed \(removed.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))"))
+        TrainingCheckpoint.pruneAndLog(path, step: step, in: outputDir, keeping: configuration.checkpointsTotalLimit, log: log)
     }
 
     /// Restores model, optimizer, EMA, counters, data position and generators from a checkpoint folder.
@@ -72,17 +67,8 @@ extension Trainer {
         } catch let error as OptimizerStateError {
             throw TrainingError.corruptCheckpoint("\(path): \(error) (was it written with other freeze patterns?)")
         }
-        if let ema {
-            if FileManager.default.fileExists(atPath: file(TrainingCheckpoint.emaFile)) {
-                try ema.load(state: Safetensors.load(path: file(TrainingCheckpoint.emaFile)))
-            } else {
-                message("warning: \(path) has no EMA weights; the average starts from the checkpoint's weights")
-                for (shadow, parameter) in zip(ema.shadowParameters, unet.parameters()) { shadow.copyValues(from: parameter) }
-            }
-        }
-        guard state.dataLoader.offset <= dataset.count else {
-            throw TrainingError.corruptCheckpoint("its data position \(state.dataLoader) is beyond a dataset of \(dataset.count) examples")
-        }
+        try ema?.restore(fromCheckpoint: path, parameters: unet.parameters(), message: message)
+        try TrainingCheckpoint.checkDataPosition(state, datasetCount: dataset.count)
         step = state.step
         loader.restore(state.dataLoader)
         generator = try TrainerState.generator(state.generator)
@@ -94,12 +80,7 @@ extension Trainer {
 
     /// Runs `body` with the EMA weights in the model (the trained ones are put back after).
     func withAveragedWeights<Result>(_ body: () throws -> Result) rethrows -> Result {
-        guard let ema else { return try body() }
-        let parameters = unet.parameters()
-        let saved = ema.store(parameters)
-        ema.copy(to: parameters)
-        defer { for (parameter, copy) in zip(parameters, saved) { parameter.copyValues(from: copy) } }
-        return try body()
+        try ExponentialMovingAverage.withAveragedWeights(ema, in: unet.parameters(), body)
     }
 
     /// Samples `eval_batch_size` images (whole rows of classes for a

@@ -35,10 +35,7 @@ extension VAETrainer {
                 try TrainingCheckpoint.writeJSON(state, to: file(TrainingCheckpoint.stateFile))
             }
             lastCheckpoint = (step, path)
-            var removed: [String] = []
-            if let limit = options.checkpointsTotalLimit { removed = TrainingCheckpoint.prune(in: outputDir, keeping: limit) }
-            log?.event("checkpoint", step: step, fields: [("path", .string(path))],
-                       text: "checkpoint \(path)" + (removed.isEmpty ? "" : " (removed \(removed.map { ($0 as NSString).lastPathComponent }.joined(separator: ", ")))"))
+            TrainingCheckpoint.pruneAndLog(path, step: step, in: outputDir, keeping: options.checkpointsTotalLimit, log: log)
         } else {
             lastCheckpoint = (step, (outputDir as NSString).appendingPathComponent("\(TrainingCheckpoint.prefix)\(step)"))
         }
@@ -57,17 +54,8 @@ extension VAETrainer {
         } catch let error as OptimizerStateError {
             throw TrainingError.corruptCheckpoint("\(path): \(error)")
         }
-        if let ema {
-            if FileManager.default.fileExists(atPath: file(TrainingCheckpoint.emaFile)) {
-                try ema.load(state: Safetensors.load(path: file(TrainingCheckpoint.emaFile)))
-            } else {
-                message("warning: \(path) has no EMA weights; the average starts from the checkpoint's weights")
-                for (shadow, parameter) in zip(ema.shadowParameters, parameters) { shadow.copyValues(from: parameter) }
-            }
-        }
-        guard state.dataLoader.offset <= dataset.count else {
-            throw TrainingError.corruptCheckpoint("its data position \(state.dataLoader) is beyond a dataset of \(dataset.count) images")
-        }
+        try ema?.restore(fromCheckpoint: path, parameters: parameters, message: message)
+        try TrainingCheckpoint.checkDataPosition(state, datasetCount: dataset.count, noun: "images")
         step = state.step
         loader.restore(state.dataLoader)
         generator = try TrainerState.generator(state.generator)
@@ -76,11 +64,7 @@ extension VAETrainer {
 
     /// Runs `body` with the EMA weights in the model (the trained ones are put back after).
     func withAveragedWeights<Result>(_ body: () throws -> Result) rethrows -> Result {
-        guard let ema else { return try body() }
-        let saved = ema.store(parameters)
-        ema.copy(to: parameters)
-        defer { for (parameter, copy) in zip(parameters, saved) { parameter.copyValues(from: copy) } }
-        return try body()
+        try ExponentialMovingAverage.withAveragedWeights(ema, in: parameters, body)
     }
 
     /// Images `[N, C, resolution, resolution]` of `dataset` at `indices`, resized
