@@ -323,15 +323,20 @@ enum Convolution {
         Tensor(uninitializedShape: shape, strides: Shape.channelsLastStrides(shape))
     }
 
-    /// `weight` `[O, C, kh, kw]` rearranged to `[O, kh, kw, C]` (the im2col column order).
-    static func weightMatrix(_ weight: Tensor, _ geometry: ConvolutionGeometry) -> [Float] {
+    /// The contiguous float32 `weight` `[O, C, kh, kw]` in the im2col column order `[O, kh, kw, C]`:
+    /// the weight itself for a 1×1 kernel (the same order), else a re-laid copy (pool memory, split
+    /// over the workers; it was a zeroed array filled on the calling thread).
+    static func weightMatrix(_ weight: Tensor, _ geometry: ConvolutionGeometry) -> Tensor {
         let (channels, taps) = (geometry.inChannels, geometry.kernelHeight * geometry.kernelWidth)
-        let source = weight.floatPointer
-        var result = [Float](repeating: 0, count: geometry.outChannels * taps * channels)
-        for out in 0..<geometry.outChannels {
-            for channel in 0..<channels {
-                for tap in 0..<taps {
-                    result[(out * taps + tap) * channels + channel] = source[(out * channels + channel) * taps + tap]
+        if taps == 1 { return weight }
+        let result = Tensor(uninitializedShape: [geometry.outChannels, taps * channels])
+        let source = UnsafePointer(weight.floatPointer), target = result.floatPointer
+        Parallel.forEach(geometry.outChannels, grain: Swift.max(1, 16_384 / Swift.max(taps * channels, 1))) { outs in
+            for out in outs {
+                for channel in 0..<channels {
+                    for tap in 0..<taps {
+                        target[(out * taps + tap) * channels + channel] = source[(out * channels + channel) * taps + tap]
+                    }
                 }
             }
         }

@@ -61,7 +61,10 @@ struct ConvolutionBackward: BackwardContext {
             case .smallImage:
                 inputGradient = Convolution.smallImageDataGradient(gradient: upstream.floatPointer, weight: weight.floatPointer, geometry: geometry)
             case .pointwise, .im2col:
-                inputGradient = Convolution.im2colDataGradient(gradient: upstream.floatPointer, weight: Convolution.weightMatrix(weight, geometry), geometry: geometry)
+                let matrix = Convolution.weightMatrix(weight, geometry)
+                inputGradient = withExtendedLifetime(matrix) {
+                    Convolution.im2colDataGradient(gradient: upstream.floatPointer, weight: matrix.floatPointer, geometry: geometry)
+                }
             }
             if inputLayout == .contiguous { inputGradient = Convolution.contiguous(fromChannelsLast: inputGradient) }
             result[0] = inputGradient

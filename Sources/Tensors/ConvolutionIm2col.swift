@@ -38,7 +38,10 @@ extension Convolution {
                               geometry: geometry, output: output.floatPointer)
         case .pointwise, .im2col:
             precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
-            im2colForward(input: input.floatPointer, weight: weightMatrix(weight, geometry), bias: biasPointer, geometry: geometry, output: output.floatPointer)
+            let matrix = weightMatrix(weight, geometry)
+            withExtendedLifetime(matrix) {
+                im2colForward(input: input.floatPointer, weight: matrix.floatPointer, bias: biasPointer, geometry: geometry, output: output.floatPointer)
+            }
         }
         return output
     }
@@ -114,33 +117,31 @@ extension Convolution {
         }
     }
 
-    static func im2colForward(input: UnsafePointer<Float>, weight: [Float], bias: UnsafePointer<Float>?, geometry: ConvolutionGeometry, output: UnsafeMutablePointer<Float>) {
+    static func im2colForward(input: UnsafePointer<Float>, weight weights: UnsafePointer<Float>, bias: UnsafePointer<Float>?, geometry: ConvolutionGeometry,
+                              output: UnsafeMutablePointer<Float>) {
         let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
         let pointwise = geometry.isPointwise
         let blockRows = blockRows(geometry)
         let blocks = (rows + blockRows - 1) / blockRows
-        weight.withUnsafeBufferPointer { weightBuffer in
-            let weights = weightBuffer.baseAddress!
-            forEachBlock(blocks) { next in
-                let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
-                defer { columns.map(ScratchMemory.release) }
-                while let block = next() {
-                    let first = block * blockRows, count = Swift.min(blockRows, rows - first)
-                    let target = output + first * outChannels
-                    if let bias {
-                        for row in 0..<count { (target + row * outChannels).update(from: bias, count: outChannels) }
-                    }
-                    let a: UnsafePointer<Float>
-                    if let columns {
-                        im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
-                        a = UnsafePointer(columns)
-                    } else {
-                        a = input + first * patch
-                    }
-                    Gemm.serial(GemmArguments(transposeB: true, m: count, n: outChannels, k: patch,
-                                              a: a, lda: patch, b: weights, ldb: patch,
-                                              beta: bias == nil ? 0 : 1, c: target, ldc: outChannels))
+        forEachBlock(blocks) { next in
+            let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
+            defer { columns.map(ScratchMemory.release) }
+            while let block = next() {
+                let first = block * blockRows, count = Swift.min(blockRows, rows - first)
+                let target = output + first * outChannels
+                if let bias {
+                    for row in 0..<count { (target + row * outChannels).update(from: bias, count: outChannels) }
                 }
+                let a: UnsafePointer<Float>
+                if let columns {
+                    im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
+                    a = UnsafePointer(columns)
+                } else {
+                    a = input + first * patch
+                }
+                Gemm.serial(GemmArguments(transposeB: true, m: count, n: outChannels, k: patch,
+                                          a: a, lda: patch, b: weights, ldb: patch,
+                                          beta: bias == nil ? 0 : 1, c: target, ldc: outChannels))
             }
         }
     }

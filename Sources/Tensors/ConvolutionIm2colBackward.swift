@@ -85,63 +85,60 @@ extension Convolution {
     }
 
     /// d loss / d input for the im2col and pointwise paths: dY · W, scattered back over the patches (col2im).
-    static func im2colDataGradient(gradient: UnsafePointer<Float>, weight: [Float], geometry: ConvolutionGeometry) -> Tensor {
+    static func im2colDataGradient(gradient: UnsafePointer<Float>, weight weights: UnsafePointer<Float>, geometry: ConvolutionGeometry) -> Tensor {
         let result = channelsLastTensor(geometry.inputShape)
         let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
         let output = result.floatPointer
-        weight.withUnsafeBufferPointer { weightBuffer in
-            let weights = weightBuffer.baseAddress!
-            if geometry.isPointwise {
-                // No overlap: each output pixel's gradient is one input pixel's.
-                let blockRows = blockRows(geometry), blocks = (rows + blockRows - 1) / blockRows
-                forEachBlock(blocks) { next in
-                    while let block = next() {
-                        let first = block * blockRows, count = Swift.min(blockRows, rows - first)
-                        Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
-                                                  a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
-                                                  c: output + first * patch, ldc: patch))
-                    }
+        if geometry.isPointwise {
+            // No overlap: each output pixel's gradient is one input pixel's.
+            let blockRows = blockRows(geometry), blocks = (rows + blockRows - 1) / blockRows
+            forEachBlock(blocks) { next in
+                while let block = next() {
+                    let first = block * blockRows, count = Swift.min(blockRows, rows - first)
+                    Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
+                                              a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
+                                              c: output + first * patch, ldc: patch))
                 }
-                return
             }
-            let pixelsPerImage = geometry.outHeight * geometry.outWidth
-            let blockRows = blockRows(geometry)
-            // Patches overlap, so a worker claims whole images; with fewer images than
-            // workers, it claims blocks of rows, scatters them into its own copy of the
-            // result, and the copies are summed.
-            let privateCopies = geometry.batch < Parallel.threadCount
-            let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
-            output.update(repeating: 0, count: result.count)
-            let lock = NSLock()
-            forEachBlock(units) { next in
-                let target: UnsafeMutablePointer<Float>
-                if privateCopies {
-                    target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)
-                    target.initialize(repeating: 0, count: result.count)
-                } else {
-                    target = output
+            return result
+        }
+        let pixelsPerImage = geometry.outHeight * geometry.outWidth
+        let blockRows = blockRows(geometry)
+        // Patches overlap, so a worker claims whole images; with fewer images than
+        // workers, it claims blocks of rows, scatters them into its own copy of the
+        // result, and the copies are summed.
+        let privateCopies = geometry.batch < Parallel.threadCount
+        let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
+        output.update(repeating: 0, count: result.count)
+        let lock = NSLock()
+        forEachBlock(units) { next in
+            let target: UnsafeMutablePointer<Float>
+            if privateCopies {
+                target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)
+                target.initialize(repeating: 0, count: result.count)
+            } else {
+                target = output
+            }
+            let columns = ScratchMemory.floats(blockRows * patch)
+            defer { ScratchMemory.release(columns) }
+            while let unit = next() {
+                let firstRow = privateCopies ? unit * blockRows : unit * pixelsPerImage
+                let endRow = privateCopies ? Swift.min(rows, firstRow + blockRows) : firstRow + pixelsPerImage
+                var first = firstRow
+                while first < endRow {
+                    let count = Swift.min(blockRows, endRow - first)
+                    Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
+                                              a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
+                                              c: columns, ldc: patch))
+                    col2im(columns, geometry: geometry, first: first, count: count, into: target)
+                    first += count
                 }
-                let columns = ScratchMemory.floats(blockRows * patch)
-                defer { ScratchMemory.release(columns) }
-                while let unit = next() {
-                    let firstRow = privateCopies ? unit * blockRows : unit * pixelsPerImage
-                    let endRow = privateCopies ? Swift.min(rows, firstRow + blockRows) : firstRow + pixelsPerImage
-                    var first = firstRow
-                    while first < endRow {
-                        let count = Swift.min(blockRows, endRow - first)
-                        Gemm.serial(GemmArguments(m: count, n: patch, k: outChannels,
-                                                  a: gradient + first * outChannels, lda: outChannels, b: weights, ldb: patch,
-                                                  c: columns, ldc: patch))
-                        col2im(columns, geometry: geometry, first: first, count: count, into: target)
-                        first += count
-                    }
-                }
-                if target != output {
-                    lock.lock()
-                    for index in 0..<result.count { output[index] += target[index] }
-                    lock.unlock()
-                    target.deallocate()
-                }
+            }
+            if target != output {
+                lock.lock()
+                for index in 0..<result.count { output[index] += target[index] }
+                lock.unlock()
+                target.deallocate()
             }
         }
         return result
