@@ -117,6 +117,15 @@ extension Convolution {
         }
     }
 
+    /// The patch rows `first ..< first + count` of `input`: its own rows for a 1×1 kernel
+    /// (`columns` nil), else copied into `columns` by `im2col`.
+    static func patchRows(_ input: UnsafePointer<Float>, geometry: ConvolutionGeometry, first: Int, count: Int,
+                          columns: UnsafeMutablePointer<Float>?) -> UnsafePointer<Float> {
+        guard let columns else { return input + first * geometry.patchSize }
+        im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
+        return UnsafePointer(columns)
+    }
+
     static func im2colForward(input: UnsafePointer<Float>, weight weights: UnsafePointer<Float>, bias: UnsafePointer<Float>?, geometry: ConvolutionGeometry,
                               output: UnsafeMutablePointer<Float>) {
         let rows = geometry.outputPixels, patch = geometry.patchSize, outChannels = geometry.outChannels
@@ -132,13 +141,7 @@ extension Convolution {
                 if let bias {
                     for row in 0..<count { (target + row * outChannels).update(from: bias, count: outChannels) }
                 }
-                let a: UnsafePointer<Float>
-                if let columns {
-                    im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
-                    a = UnsafePointer(columns)
-                } else {
-                    a = input + first * patch
-                }
+                let a = patchRows(input, geometry: geometry, first: first, count: count, columns: columns)
                 Gemm.serial(GemmArguments(transposeB: true, m: count, n: outChannels, k: patch,
                                           a: a, lda: patch, b: weights, ldb: patch,
                                           beta: bias == nil ? 0 : 1, c: target, ldc: outChannels))

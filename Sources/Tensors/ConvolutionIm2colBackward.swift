@@ -53,13 +53,7 @@ extension Convolution {
             var started = false
             while let block = next() {
                 let first = block * blockRows, count = Swift.min(blockRows, rows - first)
-                let b: UnsafePointer<Float>
-                if let columns {
-                    im2col(input: input, geometry: geometry, first: first, count: count, into: columns)
-                    b = UnsafePointer(columns)
-                } else {
-                    b = input + first * patch
-                }
+                let b = patchRows(input, geometry: geometry, first: first, count: count, columns: columns)
                 Gemm.serial(GemmArguments(transposeA: true, m: outChannels, n: patch, k: count,
                                           a: gradient + first * outChannels, lda: outChannels, b: b, ldb: patch,
                                           beta: started ? 1 : 0, c: partial, ldc: patch))
