@@ -136,18 +136,24 @@ public final class SGD: Optimizer {
     }
 
     public override func update(index: Int, parameter: Tensor, gradient: Tensor) {
-        let count = parameter.count
+        rangeUpdate(index: index, parameter: parameter, gradient: gradient)!(0..<parameter.count)
+    }
+
+    public override func rangeUpdate(index: Int, parameter: Tensor, gradient: Tensor) -> ((Range<Int>) -> Void)? {
         let (values, slope) = (parameter.floatPointer, gradient.floatPointer)
         let isFirst = momentumBuffers[index] == nil
         let buffer = momentum != 0 ? self.buffer(&momentumBuffers, index).floatPointer : nil
-        for element in 0..<count {
-            var g = slope[element]
-            if weightDecay != 0 { g += weightDecay * values[element] }
-            if let buffer {
-                buffer[element] = isFirst ? g : momentum * buffer[element] + (1 - dampening) * g
-                g = nesterov ? g + momentum * buffer[element] : buffer[element]
+        let (momentum, dampening, nesterov, weightDecay, learningRate) = (momentum, dampening, nesterov, weightDecay, learningRate)
+        return { range in
+            for element in range {
+                var g = slope[element]
+                if weightDecay != 0 { g += weightDecay * values[element] }
+                if let buffer {
+                    buffer[element] = isFirst ? g : momentum * buffer[element] + (1 - dampening) * g
+                    g = nesterov ? g + momentum * buffer[element] : buffer[element]
+                }
+                values[element] -= learningRate * g
             }
-            values[element] -= learningRate * g
         }
     }
 
