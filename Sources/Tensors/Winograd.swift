@@ -56,8 +56,14 @@ struct WinogradPlan {
     /// (at 32 channels the longer rows cost more than they saved: conv-fwd-32c28 12.0 → 13.0 ms).
     static func rowStride(_ count: Int) -> Int { count >= 64 && count % 32 == 0 ? count + 16 : count }
 
-    /// The floats of one position's `inPadded × outStride` weight matrix.
-    var weightPlane: Int { inPadded * outStride }
+    /// Distance between the positions' `inPadded × outStride` transformed weight matrices.
+    var weightPlane: Int { WinogradPlan.weightPlane(rows: inPadded, columnStride: outStride) }
+
+    /// Distance between the positions' transformed weight matrices of `rows` rows: one cache line
+    /// more than the matrix. The matrices are otherwise a multiple of 4 KB apart from 32 rows up,
+    /// and a weight transform's 36 stores per vector (and the weight gradient's 36 loads) then all
+    /// fell in one set of the 8-way L1: the stores were 45% of the transform's time (perf).
+    static func weightPlane(rows: Int, columnStride: Int) -> Int { rows * columnStride + 16 }
 }
 
 /// Winograd convolution F(m×m, 3×3) on channels-last memory:
@@ -96,7 +102,7 @@ enum Winograd {
         let columns = forDataGradient ? inChannels : outChannels
         let rowsPadded = (rows + 7) / 8 * 8
         let columnStride = WinogradPlan.rowStride((columns + 7) / 8 * 8)
-        let plane = rowsPadded * columnStride
+        let plane = WinogradPlan.weightPlane(rows: rowsPadded, columnStride: columnStride)
         let size = outputTile + 2
         // Every row below `rows` is written up to `columnsPadded` (zeros past `columns`);
         // the matrix products never read further.
@@ -111,12 +117,8 @@ enum Winograd {
                 for row in range {
                     var column = 0
                     while column < columns {
-                        for index in 0..<9 { g[index] = Vector() }
-                        for lane in 0..<Swift.min(8, columns - column) {
-                            let (out, channel) = forDataGradient ? (row, column + lane) : (column + lane, row)
-                            let kernel = weight + (out * inChannels + channel) * 9
-                            for index in 0..<9 { g[index][lane] = forDataGradient ? kernel[8 - index] : kernel[index] }
-                        }
+                        gatherTaps(weight, inChannels: inChannels, row: row, column: column, lanes: Swift.min(8, columns - column),
+                                   forDataGradient: forDataGradient, into: g)
                         // G g (size×3)
                         for i in 0..<size {
                             let (a, b, c) = matrix[i]
@@ -137,6 +139,35 @@ enum Winograd {
             }
         }
         return result
+    }
+
+    /// The 3×3 kernels of eight output channels (forward) or input channels (data gradient, taps
+    /// reversed) of `row`, one tap per vector, one kernel per lane (lanes past `lanes` zero).
+    /// Each kernel's nine taps lie together, so the first eight of each are loaded as a vector
+    /// and the 8×8 block transposed in registers; only the ninth tap is gathered lane by lane.
+    @inline(__always)
+    static func gatherTaps(_ weight: UnsafePointer<Float>, inChannels: Int, row: Int, column: Int, lanes: Int,
+                           forDataGradient: Bool, into g: UnsafeMutablePointer<Vector>) {
+        @inline(__always) func kernel(_ lane: Int) -> UnsafePointer<Float> {
+            let (out, channel) = forDataGradient ? (row, column + lane) : (column + lane, row)
+            return weight + (out * inChannels + channel) * 9
+        }
+        @inline(__always) func taps(_ lane: Int) -> Vector { lane < lanes ? MicroKernels.load(kernel(lane)) : Vector() }
+        var block = (taps(0), taps(1), taps(2), taps(3), taps(4), taps(5), taps(6), taps(7))
+        MicroKernels.transpose(&block)
+        var last = Vector()
+        if lanes == 8 {
+            last = Vector(kernel(0)[8], kernel(1)[8], kernel(2)[8], kernel(3)[8], kernel(4)[8], kernel(5)[8], kernel(6)[8], kernel(7)[8])
+        } else {
+            for lane in 0..<lanes { last[lane] = kernel(lane)[8] }
+        }
+        if forDataGradient {
+            g[0] = last; g[1] = block.7; g[2] = block.6; g[3] = block.5; g[4] = block.4
+            g[5] = block.3; g[6] = block.2; g[7] = block.1; g[8] = block.0
+        } else {
+            g[0] = block.0; g[1] = block.1; g[2] = block.2; g[3] = block.3; g[4] = block.4
+            g[5] = block.5; g[6] = block.6; g[7] = block.7; g[8] = last
+        }
     }
 
     /// The forward convolution (also used for the data gradient): channels-last `input`
