@@ -25,7 +25,10 @@ enum PackedGemm {
     }
 
     /// C(6×16) = α·Σ A-strip ⊗ B-strip (+ C when `accumulate`).
-    @inline(__always)
+    /// Never inlined: inlined into the one-thread path of `multiply`, the function grew past the
+    /// optimizer's budget and its vector loads stayed calls (one thread ran at 20 GFLOP/s, 1024³
+    /// 106 ms, against 139 GFLOP/s on two).
+    @inline(never)
     static func microKernel(_ depth: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                             _ c: UnsafeMutablePointer<Float>, _ ldc: Int, alpha: Float, accumulate: Bool) {
         var c00 = Vector(), c01 = Vector(), c10 = Vector(), c11 = Vector(), c20 = Vector(), c21 = Vector()
