@@ -234,6 +234,19 @@ final class SmallHeadAttentionTests: XCTestCase {
         }
     }
 
+    /// On one thread the forward pass runs its items through a call of its own (`forwardItemsAtDepth8`
+    /// and `…16`) rather than `Parallel.forEach`'s closure: the same results, for both depths.
+    func testOneThreadGivesTheSameResults() {
+        let saved = Parallel.threadCount
+        Parallel.threadCount = 1
+        defer { Parallel.threadCount = saved }
+        var generator = RandomGenerator(seed: 28)
+        for depth in [8, 16] {
+            compare([Tensor.randn([3, 2, 13, depth], generator: &generator), Tensor.randn([3, 2, 11, depth], generator: &generator),
+                     Tensor.randn([3, 2, 11, depth], generator: &generator)])
+        }
+    }
+
     /// Heads split from a `[B, L, heads · 8]` projection get the output in the same memory order, so
     /// merging the heads back (`transposed(1, 2).reshaped([B, L, 64])`) is a view, not a copy.
     func testOutputFollowsTheSplitLayout() {
