@@ -44,12 +44,41 @@ extension TiledAttention {
         let threads = Parallel.threadCount
         let splits = threads == 1 || problem.batch % threads == 0
             ? 1 : Swift.max(1, Swift.min(queryBlocks, (4 * threads + problem.batch - 1) / problem.batch))
-        if splits > 1 {
-            for tensor in [keyGradient, valueGradient] {
-                if let tensor { memset(tensor.storage.bytes, 0, tensor.count * MemoryLayout<Float>.stride) }
+        // With several tasks per item, each task keeps its dK and dV sums and they are added per item
+        // in split order after all tasks (added as tasks finished, their rounding followed the timing).
+        let tasks = problem.batch * splits
+        let keptKeySums = UnsafeMutablePointer<UnsafeMutablePointer<Float>?>.allocate(capacity: tasks)
+        let keptValueSums = UnsafeMutablePointer<UnsafeMutablePointer<Float>?>.allocate(capacity: tasks)
+        keptKeySums.initialize(repeating: nil, count: tasks)
+        keptValueSums.initialize(repeating: nil, count: tasks)
+        defer {
+            for task in 0..<tasks {
+                keptKeySums[task].map(ScratchMemory.release)
+                keptValueSums[task].map(ScratchMemory.release)
             }
+            keptKeySums.deallocate()
+            keptValueSums.deallocate()
         }
-        let reduction = NSLock()
+
+        /// dK (times scale) and dV of one item from its tasks' sums, added in split order.
+        func writeKeyAndValueGradients(_ itemIndex: Int, keyParts: UnsafePointer<UnsafeMutablePointer<Float>?>,
+                                       valueParts: UnsafePointer<UnsafeMutablePointer<Float>?>, count: Int) {
+            func write(_ target: UnsafeMutablePointer<Float>, rowStride: Int, parts: UnsafePointer<UnsafeMutablePointer<Float>?>,
+                       width: Int, depth: Int, factor: Float) {
+                for s in 0..<S {
+                    let row = target + s * rowStride
+                    guard let first = parts[0] else { continue }
+                    for e in 0..<depth { row[e] = first[s * width + e] }
+                    for part in 1..<count {
+                        guard let source = parts[part] else { continue }
+                        for e in 0..<depth { row[e] += source[s * width + e] }
+                    }
+                    if factor != 1 { for e in 0..<depth { row[e] *= factor } }
+                }
+            }
+            if let dK { write(dK + keyLayout.itemOffsets[itemIndex], rowStride: keyLayout.rowStride, parts: keyParts, width: width, depth: E, factor: scale) }
+            if let dV { write(dV + valueLayout.itemOffsets[itemIndex], rowStride: valueLayout.rowStride, parts: valueParts, width: valueWidth, depth: Ev, factor: 1) }
+        }
 
         Parallel.forEachTask(problem.batch * splits) { task in
             let itemIndex = task / splits
@@ -67,7 +96,13 @@ extension TiledAttention {
                 for buffer in [queries, queryRows, gradients, gradientRows, probabilities, scoreGradients, queryGradientBlock] {
                     ScratchMemory.release(buffer)
                 }
-                for buffer in [keySums, valueSums, keyCopy, valueCopy] { buffer.map(ScratchMemory.release) }
+                if splits > 1 {
+                    keptKeySums[task] = keySums
+                    keptValueSums[task] = valueSums
+                } else {
+                    for buffer in [keySums, valueSums] { buffer.map(ScratchMemory.release) }
+                }
+                for buffer in [keyCopy, valueCopy] { buffer.map(ScratchMemory.release) }
             }
             let keys = rowMajor(item.key, item.keyLayout, rows: S, depth: E, scratch: keyCopy ?? probabilities)
             let values = rowMajor(item.value, item.valueLayout, rows: S, depth: Ev, scratch: valueCopy ?? probabilities)
@@ -143,23 +178,19 @@ extension TiledAttention {
                 }
             }
 
-            // This task's dK (times scale) and dV, written (one task per item) or added.
-            if splits > 1 { reduction.lock() }
-            if let dK, let keySums {
-                let target = dK + keyLayout.itemOffsets[itemIndex]
-                for s in 0..<S {
-                    let row = target + s * keyLayout.rowStride, source = keySums + s * width
-                    if splits > 1 { for e in 0..<E { row[e] += source[e] * scale } } else { for e in 0..<E { row[e] = source[e] * scale } }
+            // This task's dK (times scale) and dV, written when it is the item's only task.
+            if splits == 1 {
+                var (keyPart, valuePart) = (keySums, valueSums)
+                writeKeyAndValueGradients(itemIndex, keyParts: &keyPart, valueParts: &valuePart, count: 1)
+            }
+        }
+        if splits > 1 {
+            Parallel.forEach(problem.batch) { items in
+                for itemIndex in items {
+                    writeKeyAndValueGradients(itemIndex, keyParts: keptKeySums + itemIndex * splits,
+                                              valueParts: keptValueSums + itemIndex * splits, count: splits)
                 }
             }
-            if let dV, let valueSums {
-                let target = dV + valueLayout.itemOffsets[itemIndex]
-                for s in 0..<S {
-                    let row = target + s * valueLayout.rowStride, source = valueSums + s * valueWidth
-                    if splits > 1 { for d in 0..<Ev { row[d] += source[d] } } else { for d in 0..<Ev { row[d] = source[d] } }
-                }
-            }
-            if splits > 1 { reduction.unlock() }
         }
         return (queryGradient, keyGradient, valueGradient)
     }

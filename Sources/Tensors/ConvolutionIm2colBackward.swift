@@ -7,11 +7,14 @@ extension Convolution {
     static func biasGradient(_ gradient: Tensor, channels: Int) -> Tensor {
         let pixels = gradient.count / Swift.max(channels, 1)
         let source = UnsafePointer(gradient.floatPointer)
-        let lock = NSLock()
-        var totals = [Double](repeating: 0, count: channels)
         let blockSize = Swift.max(64, 16_384 / Swift.max(channels, 1))
-        forEachBlock((pixels + blockSize - 1) / blockSize) { next in
-            var partial = [Double](repeating: 0, count: channels)
+        let blocks = (pixels + blockSize - 1) / blockSize
+        // One Double partial per share of the blocks, added in share order (`forEachBlockDealt`).
+        let partials = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(1, dealtChunks(blocks)) * channels)
+        partials.initialize(repeating: 0, count: Swift.max(1, dealtChunks(blocks)) * channels)
+        defer { partials.deallocate() }
+        forEachBlockDealt(blocks) { chunk, next in
+            let partial = partials + chunk * channels
             var rowSums = [Float](repeating: 0, count: channels)
             // Float sums over short runs of pixels, folded into Double.
             while let block = next() {
@@ -30,9 +33,10 @@ extension Convolution {
                     pixel = end
                 }
             }
-            lock.lock()
-            for index in 0..<channels { totals[index] += partial[index] }
-            lock.unlock()
+        }
+        var totals = [Double](repeating: 0, count: channels)
+        for chunk in 0..<dealtChunks(blocks) {
+            for index in 0..<channels { totals[index] += partials[chunk * channels + index] }
         }
         return Tensor(totals.map { Float($0) }, shape: [channels])
     }
@@ -43,13 +47,14 @@ extension Convolution {
         let pointwise = geometry.isPointwise
         let blockRows = blockRows(geometry)
         let blocks = (rows + blockRows - 1) / blockRows
-        let total = ScratchMemory.floats(outChannels * patch, zeroed: true)
-        defer { ScratchMemory.release(total) }
-        let lock = NSLock()
-        forEachBlock(blocks) { next in
+        // One partial sum per share of the blocks (`forEachBlockDealt`), added in share order below.
+        let shares = dealtChunks(blocks)
+        let partials = (0..<shares).map { _ in ScratchMemory.floats(outChannels * patch) }
+        defer { partials.forEach(ScratchMemory.release) }
+        forEachBlockDealt(blocks) { chunk, next in
             let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
-            let partial = ScratchMemory.floats(outChannels * patch)
-            defer { columns.map(ScratchMemory.release); ScratchMemory.release(partial) }
+            let partial = partials[chunk]
+            defer { columns.map(ScratchMemory.release) }
             var started = false
             while let block = next() {
                 let first = block * blockRows, count = Swift.min(blockRows, rows - first)
@@ -59,10 +64,11 @@ extension Convolution {
                                           beta: started ? 1 : 0, c: partial, ldc: patch))
                 started = true
             }
-            guard started else { return }
-            lock.lock()
+        }
+        let total = partials.first ?? ScratchMemory.floats(outChannels * patch, zeroed: true)
+        defer { if partials.isEmpty { ScratchMemory.release(total) } }
+        for partial in partials.dropFirst() {
             for index in 0..<(outChannels * patch) { total[index] += partial[index] }
-            lock.unlock()
         }
         // [O, kh, kw, C] → [O, C, kh, kw]
         let taps = geometry.kernelHeight * geometry.kernelWidth, channels = geometry.inChannels
@@ -104,12 +110,17 @@ extension Convolution {
         let privateCopies = geometry.batch < Parallel.threadCount
         let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
         output.update(repeating: 0, count: result.count)
-        let lock = NSLock()
-        forEachBlock(units) { next in
+        // The private copies by share of the units (`forEachBlockDealt`), added in share order below.
+        let shares = privateCopies ? dealtChunks(units) : 0
+        let copies = UnsafeMutablePointer<UnsafeMutablePointer<Float>?>.allocate(capacity: Swift.max(1, shares))
+        copies.initialize(repeating: nil, count: Swift.max(1, shares))
+        defer { copies.deallocate() }
+        forEachBlockDealt(units) { chunk, next in
             let target: UnsafeMutablePointer<Float>
             if privateCopies {
                 target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)
                 target.initialize(repeating: 0, count: result.count)
+                copies[chunk] = target
             } else {
                 target = output
             }
@@ -128,12 +139,15 @@ extension Convolution {
                     first += count
                 }
             }
-            if target != output {
-                lock.lock()
-                for index in 0..<result.count { output[index] += target[index] }
-                lock.unlock()
-                target.deallocate()
+        }
+        let filled = (0..<shares).compactMap { copies[$0] }
+        if !filled.isEmpty {
+            Parallel.forEach(result.count, grain: 16_384) { range in
+                for copy in filled {
+                    for index in range { output[index] += copy[index] }
+                }
             }
+            filled.forEach { $0.deallocate() }
         }
         return result
     }

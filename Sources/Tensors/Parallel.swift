@@ -80,7 +80,7 @@ final class WorkerPool: @unchecked Sendable {
             while true {
                 let chunk = nextChunk.add(1, ordering: .relaxed).oldValue
                 if chunk >= chunkCount { return }
-                body?(chunk)
+                body?(WorkerPool.testingReversesChunks ? chunkCount - 1 - chunk : chunk)
                 finishedChunks.add(1, ordering: .releasing)
             }
         }
@@ -95,6 +95,13 @@ final class WorkerPool: @unchecked Sendable {
     private let workerCount: Int
     /// How long an idle worker spins before it sleeps.
     private let spinNanoseconds: UInt64 = 5_000_000
+
+    /// For tests: how long a worker thread waits before it takes part in a job, so that the caller
+    /// claims most of the work (a worker descheduled by the system, made reproducible).
+    nonisolated(unsafe) static var testingWorkerDelayMicroseconds: UInt32 = 0
+
+    /// For tests: chunks handed out last first, so that work finishes in another order than usual.
+    nonisolated(unsafe) static var testingReversesChunks = false
 
     /// Non-zero on a worker thread and on a caller while it takes part in its job.
     private static let inside = ThreadLocalCount()
@@ -164,6 +171,7 @@ final class WorkerPool: @unchecked Sendable {
             let job = currentJob
             seen = generation.load(ordering: .acquiring)
             jobLock.unlock()
+            if WorkerPool.testingWorkerDelayMicroseconds > 0 { usleep(WorkerPool.testingWorkerDelayMicroseconds) }
             job?.participate()
         }
     }

@@ -89,8 +89,8 @@ enum SkinnyGemm {
     }
 
     /// C (small) (+)= Aᵀ · B with A `[k][m]` and B `[k][n]` row-major, k long. Over the workers,
-    /// the depth is cut into pieces claimed one at a time, each worker summing into a partial
-    /// C of its own.
+    /// the depth is cut into pieces dealt to fixed shares, each share summing into a partial C
+    /// of its own.
     static func summedOverDepth(_ arguments: GemmArguments, parallel: Bool) {
         let (m, n, k) = (arguments.m, arguments.n, arguments.k)
         @inline(__always) func piece(_ first: Int, into target: UnsafeMutablePointer<Float>, stride: Int) {
@@ -107,21 +107,21 @@ enum SkinnyGemm {
             for first in stride(from: 0, to: k, by: depthBlock) { piece(first, into: arguments.c, stride: arguments.ldc) }
             return
         }
-        // Per-worker partial sums added into one total, as the convolutions' weight gradients do.
-        let total = ScratchMemory.floats(m * n, zeroed: true)
-        defer { ScratchMemory.release(total) }
-        let lock = NSLock()
-        Convolution.forEachBlock((k + depthBlock - 1) / depthBlock) { next in
-            let partial = ScratchMemory.floats(m * n, zeroed: true)
-            defer { ScratchMemory.release(partial) }
-            while let claimed = next() { piece(claimed * depthBlock, into: partial, stride: n) }
-            lock.lock()
-            for index in 0..<(m * n) { total[index] += partial[index] }
-            lock.unlock()
+        // One partial sum per share of the depth pieces (`forEachBlockDealt`), added in share order:
+        // the same bits on every run.
+        let pieces = (k + depthBlock - 1) / depthBlock
+        let partials = (0..<Convolution.dealtChunks(pieces)).map { _ in ScratchMemory.floats(m * n, zeroed: true) }
+        defer { partials.forEach(ScratchMemory.release) }
+        Convolution.forEachBlockDealt(pieces) { chunk, next in
+            while let claimed = next() { piece(claimed * depthBlock, into: partials[chunk], stride: n) }
         }
         for row in 0..<m {
             let target = arguments.c + row * arguments.ldc
-            for column in 0..<n { target[column] = (arguments.beta == 1 ? target[column] : 0) + total[row * n + column] }
+            for column in 0..<n {
+                var sum = arguments.beta == 1 ? target[column] : 0
+                for partial in partials { sum += partial[row * n + column] }
+                target[column] = sum
+            }
         }
     }
 }

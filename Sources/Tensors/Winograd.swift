@@ -232,16 +232,16 @@ enum Winograd {
         let tileCount = plan.tileCount, blockTiles = plan.blockTiles, positions = plan.positions
         let blocks = (tileCount + blockTiles - 1) / blockTiles
         let weightPlane = plan.weightPlane
-        // Each worker's first block writes its sums, the later ones add to them; the partial sums
-        // are added up as the weight is transformed back (no zeroed total, no serial merge).
-        var partials: [UnsafeMutablePointer<Float>] = []
+        // Each share's first block writes its sums, the later ones add to them; the partial sums
+        // are added up in share order as the weight is transformed back (no zeroed total, no serial
+        // merge; the blocks dealt to fixed shares, `forEachBlockDealt`, so the same bits every run).
+        let partials = (0..<Convolution.dealtChunks(blocks)).map { _ in ScratchMemory.floats(positions * weightPlane) }
         defer { partials.forEach { ScratchMemory.release($0) } }
-        let lock = NSLock()
-        Convolution.forEachBlock(blocks) { next in
+        Convolution.forEachBlockDealt(blocks) { chunk, next in
             guard var block = next() else { return }
             let transformed = ScratchMemory.floats(positions * plan.inPlane, zeroed: true)
             let upstream = ScratchMemory.floats(positions * plan.outPlane, zeroed: true)
-            let partial = ScratchMemory.floats(positions * weightPlane)
+            let partial = partials[chunk]
             var reader = WinogradReader(input: input, channelsLast: inputIsChannelsLast, plan: plan)
             defer { ScratchMemory.release(transformed); ScratchMemory.release(upstream); reader.deallocate() }
             var accumulating = false
@@ -257,11 +257,12 @@ enum Winograd {
                 guard let claimed = next() else { break }
                 block = claimed
             }
-            lock.lock()
-            partials.append(partial)
-            lock.unlock()
         }
-        if partials.isEmpty { partials.append(ScratchMemory.floats(positions * weightPlane, zeroed: true)) }
+        if partials.isEmpty {
+            let zeros = ScratchMemory.floats(positions * weightPlane, zeroed: true)
+            defer { ScratchMemory.release(zeros) }
+            return weightFromTransformed([zeros], plan: plan)
+        }
         return weightFromTransformed(partials, plan: plan)
     }
 
