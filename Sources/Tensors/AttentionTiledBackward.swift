@@ -60,12 +60,12 @@ extension TiledAttention {
             keptValueSums.deallocate()
         }
 
-        /// dK (times scale) and dV of one item from its tasks' sums, added in split order.
+        /// Rows `keyRows` of one item's dK (times scale) and dV from its tasks' sums, added in split order.
         func writeKeyAndValueGradients(_ itemIndex: Int, keyParts: UnsafePointer<UnsafeMutablePointer<Float>?>,
-                                       valueParts: UnsafePointer<UnsafeMutablePointer<Float>?>, count: Int) {
+                                       valueParts: UnsafePointer<UnsafeMutablePointer<Float>?>, count: Int, keyRows: Range<Int>) {
             func write(_ target: UnsafeMutablePointer<Float>, rowStride: Int, parts: UnsafePointer<UnsafeMutablePointer<Float>?>,
                        width: Int, depth: Int, factor: Float) {
-                for s in 0..<S {
+                for s in keyRows {
                     let row = target + s * rowStride
                     guard let first = parts[0] else { continue }
                     for e in 0..<depth { row[e] = first[s * width + e] }
@@ -181,14 +181,18 @@ extension TiledAttention {
             // This task's dK (times scale) and dV, written when it is the item's only task.
             if splits == 1 {
                 var (keyPart, valuePart) = (keySums, valueSums)
-                writeKeyAndValueGradients(itemIndex, keyParts: &keyPart, valueParts: &valuePart, count: 1)
+                writeKeyAndValueGradients(itemIndex, keyParts: &keyPart, valueParts: &valuePart, count: 1, keyRows: 0..<S)
             }
         }
         if splits > 1 {
-            Parallel.forEach(problem.batch) { items in
-                for itemIndex in items {
-                    writeKeyAndValueGradients(itemIndex, keyParts: keptKeySums + itemIndex * splits,
-                                              valueParts: keptValueSums + itemIndex * splits, count: splits)
+            // Over the workers by rows of keys, whatever the number of items.
+            Parallel.forEach(problem.batch * S, grain: 64) { rows in
+                var row = rows.lowerBound
+                while row < rows.upperBound {
+                    let itemIndex = row / S, end = Swift.min(rows.upperBound, (itemIndex + 1) * S)
+                    writeKeyAndValueGradients(itemIndex, keyParts: keptKeySums + itemIndex * splits, valueParts: keptValueSums + itemIndex * splits,
+                                              count: splits, keyRows: (row - itemIndex * S)..<(end - itemIndex * S))
+                    row = end
                 }
             }
         }
