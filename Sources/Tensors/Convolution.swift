@@ -310,29 +310,30 @@ enum Convolution {
     }
 
     /// Like `forEachBlock`, for sums whose parts the workers add up: the blocks are dealt to
-    /// `chunks` = min(`Parallel.threadCount`, `blocks`) fixed shares (share c gets blocks c,
-    /// c + chunks, c + 2·chunks, … in that order, through `next()`), whichever thread runs a share.
-    /// A caller that keeps one partial sum per share (`chunk`) and adds the partials in share
-    /// order then gets the same bits on every run with the same thread count. (With blocks claimed
-    /// as they come, a worker that started late left the caller more blocks, and the sums' rounding
-    /// followed the timing: two identical training runs' losses differed from step 3.)
-    static func forEachBlockDealt(_ blocks: Int, _ worker: (_ chunk: Int, _ next: () -> Int?) -> Void) {
+    /// `shares` fixed shares (share c gets blocks c, c + shares, c + 2·shares, … in that order,
+    /// through `next()`), whichever thread runs a share. A caller that keeps one partial sum per
+    /// share (`chunk`) and adds the partials in share order then gets the same bits on every run
+    /// with the same thread count. (With blocks claimed as they came, a worker that started late
+    /// left the caller more blocks, and the sums' rounding followed the timing: two identical
+    /// training runs' losses differed from step 3.) `shares` comes from `dealtShares(blocks)`,
+    /// taken once by the caller, which sizes its partial sums by it.
+    static func forEachBlockDealt(_ blocks: Int, shares: Int, _ worker: (_ chunk: Int, _ next: () -> Int?) -> Void) {
         guard blocks > 0 else { return }
-        let chunks = Swift.min(Parallel.threadCount, blocks)
-        Parallel.forEach(chunks) { range in
+        precondition(shares >= 1 && shares <= blocks, "forEachBlockDealt: \(shares) shares for \(blocks) blocks")
+        Parallel.forEach(shares) { range in
             for chunk in range {
                 var block = chunk
                 worker(chunk) {
                     guard block < blocks else { return nil }
-                    defer { block += chunks }
+                    defer { block += shares }
                     return block
                 }
             }
         }
     }
 
-    /// The number of shares `forEachBlockDealt` deals `blocks` blocks to.
-    static func dealtChunks(_ blocks: Int) -> Int { Swift.min(Parallel.threadCount, blocks) }
+    /// How many shares `forEachBlockDealt` deals `blocks` blocks to: one per thread, at most one per block.
+    static func dealtShares(_ blocks: Int) -> Int { Swift.min(Parallel.threadCount, blocks) }
 
     /// Runs `body` on consecutive ranges of `0 ..< count` of `blockSize` indices, claimed by
     /// the workers as in `forEachBlock`.

@@ -10,10 +10,11 @@ extension Convolution {
         let blockSize = Swift.max(64, 16_384 / Swift.max(channels, 1))
         let blocks = (pixels + blockSize - 1) / blockSize
         // One Double partial per share of the blocks, added in share order (`forEachBlockDealt`).
-        let partials = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(1, dealtChunks(blocks)) * channels)
-        partials.initialize(repeating: 0, count: Swift.max(1, dealtChunks(blocks)) * channels)
+        let shares = dealtShares(blocks)
+        let partials = UnsafeMutablePointer<Double>.allocate(capacity: Swift.max(1, shares) * channels)
+        partials.initialize(repeating: 0, count: Swift.max(1, shares) * channels)
         defer { partials.deallocate() }
-        forEachBlockDealt(blocks) { chunk, next in
+        forEachBlockDealt(blocks, shares: shares) { chunk, next in
             let partial = partials + chunk * channels
             var rowSums = [Float](repeating: 0, count: channels)
             // Float sums over short runs of pixels, folded into Double.
@@ -35,7 +36,7 @@ extension Convolution {
             }
         }
         var totals = [Double](repeating: 0, count: channels)
-        for chunk in 0..<dealtChunks(blocks) {
+        for chunk in 0..<shares {
             for index in 0..<channels { totals[index] += partials[chunk * channels + index] }
         }
         return Tensor(totals.map { Float($0) }, shape: [channels])
@@ -48,10 +49,10 @@ extension Convolution {
         let blockRows = blockRows(geometry)
         let blocks = (rows + blockRows - 1) / blockRows
         // One partial sum per share of the blocks (`forEachBlockDealt`), added in share order below.
-        let shares = dealtChunks(blocks)
+        let shares = dealtShares(blocks)
         let partials = (0..<shares).map { _ in ScratchMemory.floats(outChannels * patch) }
         defer { partials.forEach(ScratchMemory.release) }
-        forEachBlockDealt(blocks) { chunk, next in
+        forEachBlockDealt(blocks, shares: shares) { chunk, next in
             let columns = pointwise ? nil : ScratchMemory.floats(blockRows * patch)
             let partial = partials[chunk]
             defer { columns.map(ScratchMemory.release) }
@@ -111,11 +112,11 @@ extension Convolution {
         let units = privateCopies ? (rows + blockRows - 1) / blockRows : geometry.batch
         output.update(repeating: 0, count: result.count)
         // The private copies by share of the units (`forEachBlockDealt`), added in share order below.
-        let shares = privateCopies ? dealtChunks(units) : 0
+        let shares = dealtShares(units)
         let copies = UnsafeMutablePointer<UnsafeMutablePointer<Float>?>.allocate(capacity: Swift.max(1, shares))
         copies.initialize(repeating: nil, count: Swift.max(1, shares))
         defer { copies.deallocate() }
-        forEachBlockDealt(units) { chunk, next in
+        forEachBlockDealt(units, shares: shares) { chunk, next in
             let target: UnsafeMutablePointer<Float>
             if privateCopies {
                 target = UnsafeMutablePointer<Float>.allocate(capacity: result.count)

@@ -110,9 +110,9 @@ enum SkinnyGemm {
         // One partial sum per share of the depth pieces (`forEachBlockDealt`), added in share order:
         // the same bits on every run.
         let pieces = (k + depthBlock - 1) / depthBlock
-        let partials = (0..<Convolution.dealtChunks(pieces)).map { _ in ScratchMemory.floats(m * n, zeroed: true) }
+        let partials = (0..<Convolution.dealtShares(pieces)).map { _ in ScratchMemory.floats(m * n, zeroed: true) }
         defer { partials.forEach(ScratchMemory.release) }
-        Convolution.forEachBlockDealt(pieces) { chunk, next in
+        Convolution.forEachBlockDealt(pieces, shares: partials.count) { chunk, next in
             while let claimed = next() { piece(claimed * depthBlock, into: partials[chunk], stride: n) }
         }
         for row in 0..<m {

@@ -235,9 +235,9 @@ enum Winograd {
         // Each share's first block writes its sums, the later ones add to them; the partial sums
         // are added up in share order as the weight is transformed back (no zeroed total, no serial
         // merge; the blocks dealt to fixed shares, `forEachBlockDealt`, so the same bits every run).
-        let partials = (0..<Convolution.dealtChunks(blocks)).map { _ in ScratchMemory.floats(positions * weightPlane) }
+        let partials = (0..<Convolution.dealtShares(blocks)).map { _ in ScratchMemory.floats(positions * weightPlane) }
         defer { partials.forEach { ScratchMemory.release($0) } }
-        Convolution.forEachBlockDealt(blocks) { chunk, next in
+        Convolution.forEachBlockDealt(blocks, shares: partials.count) { chunk, next in
             guard var block = next() else { return }
             let transformed = ScratchMemory.floats(positions * plan.inPlane, zeroed: true)
             let upstream = ScratchMemory.floats(positions * plan.outPlane, zeroed: true)
