@@ -4,8 +4,8 @@ extension Tensor {
     /// `self · weightᵀ + bias` over the last dimension (PyTorch's `F.linear`; `weight` is
     /// `[out, in]`). The bias is added inside the product (C starts as the bias rows and the
     /// product adds to it) rather than in a pass of its own over the result, and the backward
-    /// pass gives the three gradients from one saved input. Anything but float32 operands with
-    /// a bias takes `matmul` and `+`.
+    /// pass gives the gradients from one saved input. Anything but float32 operands (with a
+    /// float32 bias or none) takes `matmul` and `+`.
     public func linear(weight: Tensor, bias: Tensor?) -> Tensor {
         // 16-bit weights (held so, outside training) are widened here, one layer at a time;
         // the bfloat16 path keeps its own bfloat16 copy (none for bfloat16 weights).
@@ -19,25 +19,31 @@ extension Tensor {
            let product = BFloat16Linear.linear(self, weight: weight, bias: bias) {
             return product
         }
-        guard let bias, rank >= 2, weight.rank == 2, bias.rank == 1, shape.last == weight.shape[1], bias.count == weight.shape[0],
-              dataType == .float32, weight.dataType == .float32, bias.dataType == .float32, count > 0, weight.count > 0 else {
+        // With or without a bias: a bias-free layer (attention's to_q, to_k, to_v) records the same
+        // kernel, whose weight gradient dYᵀ·X comes out in the weight's own [out, in] layout (through
+        // `matmul(weight.transposed())` it came out transposed, and a serial strided copy laid it out).
+        guard rank >= 2, weight.rank == 2, shape.last == weight.shape[1], dataType == .float32, weight.dataType == .float32,
+              count > 0, weight.count > 0, bias.map({ $0.rank == 1 && $0.count == weight.shape[0] && $0.dataType == .float32 }) ?? true else {
             let product = matmul(weight.transposed())
             return bias.map { product + $0 } ?? product
         }
         let (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1])
         let rows = count / inFeatures
-        let input = contiguousData(), weightData = weight.contiguousData(), biasData = bias.contiguousData()
+        let input = contiguousData(), weightData = weight.contiguousData()
         let result = Tensor(uninitializedShape: Array(shape.dropLast()) + [outFeatures])
-        let target = result.floatPointer, biasPointer = UnsafePointer(biasData.floatPointer)
-        Parallel.forEach(rows, grain: 1024) { range in
-            for row in range { (target + row * outFeatures).update(from: biasPointer, count: outFeatures) }
+        let target = result.floatPointer
+        if let biasData = bias?.contiguousData() {
+            let biasPointer = UnsafePointer(biasData.floatPointer)
+            Parallel.forEach(rows, grain: 1024) { range in
+                for row in range { (target + row * outFeatures).update(from: biasPointer, count: outFeatures) }
+            }
         }
         Gemm.parallel(GemmArguments(transposeB: true, m: rows, n: outFeatures, k: inFeatures,
                                     a: input.floatPointer, lda: inFeatures, b: weightData.floatPointer, ldb: inFeatures,
-                                    beta: 1, c: target, ldc: outFeatures))
+                                    beta: bias == nil ? 0 : 1, c: target, ldc: outFeatures))
         return Tensor.record(result, .kernel(LinearBackward(input: weight.needsGradient ? input.detach() : nil,
                                                             weight: needsGradient ? weightData.detach() : nil, inputShape: shape)),
-                             inputs: [self, weight, bias])
+                             inputs: bias.map { [self, weight, $0] } ?? [self, weight])
     }
 }
 
