@@ -23,6 +23,32 @@ extension Tensor {
                              inputs: [hidden, gate])
     }
 
+    /// `gatedGELU` of the two halves of the last dimension of `halves` (`[…, 2·n]` → `[…, n]`: the
+    /// first n the hidden values, the last n the gate), as diffusers' `GEGLU` chunks its projection.
+    /// The projection stays one product (one weight-gradient and one input-gradient product in
+    /// backward, no sum of two input gradients), and its gradient comes back as one `[…, 2·n]`
+    /// tensor, written row by row with the halves side by side. Not float32: the halves as views
+    /// through `gatedGELU(hidden:gate:)`.
+    public static func gatedGELU(halves: Tensor) -> Tensor {
+        guard let width = halves.shape.last, width % 2 == 0 else {
+            fatalError("gatedGELU(halves:): the last dimension of \(halves.shape) is not two equal halves")
+        }
+        guard width > 0, halves.count > 0, halves.dataType == .float32 else {
+            let parts = halves.chunked(2, axis: -1)
+            return gatedGELU(hidden: parts[0], gate: parts[1])
+        }
+        let half = width / 2, rows = halves.count / width
+        let data = halves.contiguousData()
+        let result = Tensor(uninitializedShape: Array(halves.shape.dropLast()) + [half])
+        let source = UnsafePointer(data.floatPointer), out = result.floatPointer
+        Parallel.forEach(rows, grain: Swift.max(1, 8192 / half)) { range in
+            for row in range {
+                VectorMath.gatedGELU(source + row * width, source + row * width + half, out + row * half, half)
+            }
+        }
+        return Tensor.record(result, .kernel(GatedGELUHalvesBackward(halves: data.detach())), inputs: [halves])
+    }
+
     /// The composite `gatedGELU` is tested against.
     public static func gatedGELUReference(hidden: Tensor, gate: Tensor) -> Tensor {
         hidden * gate.gelu()
@@ -56,6 +82,33 @@ struct GatedGELUBackward: BackwardContext {
                                          dg.map { $0 + offset }, range.count)
         }
         return [hiddenGradient, gateGradient]
+    }
+}
+
+/// What `gatedGELU(halves:)` keeps for its backward pass: the projection `[…, 2·n]`, whose gradient
+/// it returns with d hidden and d gate side by side in each row.
+struct GatedGELUHalvesBackward: BackwardContext {
+    let halves: Tensor
+
+    var name: String { "gatedGELU" }
+
+    func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
+        GatedGELUHalvesBackward(halves: transform(halves))
+    }
+
+    func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?] {
+        guard inputs[0] != nil else { return [nil] }
+        let upstream = gradient.contiguousData(), data = halves.contiguousData()
+        let width = data.shape[data.rank - 1], half = width / 2, rows = data.count / width
+        let result = Tensor(uninitializedShape: data.shape)
+        let dy = UnsafePointer(upstream.floatPointer), source = UnsafePointer(data.floatPointer), target = result.floatPointer
+        Parallel.forEach(rows, grain: Swift.max(1, 8192 / half)) { range in
+            for row in range {
+                let h = source + row * width, d = target + row * width
+                VectorMath.gatedGELUBackward(dy + row * half, h + half, h, d, d + half, half)
+            }
+        }
+        return [result]
     }
 }
 

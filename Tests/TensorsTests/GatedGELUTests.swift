@@ -39,6 +39,27 @@ final class GatedGELUTests: XCTestCase {
         }
     }
 
+    /// On the two halves of one projection (`[…, 2·n]`, GEGLU's layout): the same bits as on the halves given
+    /// apart, values and both gradients, the gradient coming back as one tensor with the halves side by side.
+    func testHalvesOfOneProjectionMatchTheHalvesApart() {
+        for (shape, seed) in [([17, 118], UInt64(6)), ([2, 64, 512], 7), ([3, 10], 8)] {
+            var generator = RandomGenerator(seed: seed)
+            let projection = Tensor.randn(shape, generator: &generator) * 3
+            let upstream = Tensor.randn(Array(shape.dropLast()) + [shape.last! / 2], generator: &generator)
+            let fusedLeaf = projection.contiguousCopy(), apartLeaf = projection.contiguousCopy()
+            fusedLeaf.requiresGrad = true
+            apartLeaf.requiresGrad = true
+            let fused = Tensor.gatedGELU(halves: fusedLeaf)
+            fused.backward(upstream)
+            let parts = apartLeaf.chunked(2, axis: -1)
+            let apart = Tensor.gatedGELU(hidden: parts[0], gate: parts[1])
+            apart.backward(upstream)
+            XCTAssertEqual(fused.shape, apart.shape)
+            XCTAssertTrue(fused.toArray() == apart.toArray(), "values, shape \(shape)")
+            XCTAssertTrue(fusedLeaf.grad!.toArray() == apartLeaf.grad!.toArray(), "gradients, shape \(shape)")
+        }
+    }
+
     func testOnlyTheNeededGradients() {
         let (hidden, gate, upstream) = operands([3, 11], seed: 4)
         for needs in [(hidden: true, gate: false), (hidden: false, gate: true)] {

@@ -16,19 +16,9 @@ public final class GEGLU: Module, UnaryLayer {
         guard input.shape.last == proj.inFeatures else {
             fatalError("GEGLU: input shape \(input.shape) does not end in \(proj.inFeatures) features")
         }
-        // Two products with the halves of the weight (row blocks, so views) rather than
-        // one product split in two: the split of the activation would be strided, and its
-        // backward would write two activation-sized gradients.
-        if !proj.loraAdapters.isEmpty {
-            // A low-rank adapter on the projection: one product through the layer, then the halves.
-            let both = proj(input).chunked(2, axis: -1)
-            return Tensor.gatedGELU(hidden: both[0], gate: both[1])
-        }
-        let weights = proj.weight.chunked(2, axis: 0)
-        let biases = proj.bias?.chunked(2, axis: 0)
-        let hidden = input.linear(weight: weights[0], bias: biases?[0])
-        let gate = input.linear(weight: weights[1], bias: biases?[1])
-        return Tensor.gatedGELU(hidden: hidden, gate: gate)
+        // One product (LoRA adapters included), then the activation on its two halves: backward
+        // runs one input-gradient and one weight-gradient product, with no sum of two input gradients.
+        return Tensor.gatedGELU(halves: proj(input))
     }
 }
 
