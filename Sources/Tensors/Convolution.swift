@@ -28,13 +28,15 @@ extension Tensor {
         let input = readsRowMajor ? self : Convolution.channelsLast(self)
         let weightData = weight.layerWeightData()
         let biasData = bias?.contiguousData()
+        // The pixel map is laid out once for the forward pass and the data gradient.
+        let pixelMap = algorithm == .pixelMap && count > 0 ? Convolution.pixelMap(weight: weightData.floatPointer, geometry: geometry) : nil
         let result = Convolution.forward(input: input, inputIsChannelsLast: !readsRowMajor, weight: weightData, bias: biasData,
-                                         geometry: geometry, algorithm: algorithm)
+                                         geometry: geometry, algorithm: algorithm, pixelMap: pixelMap)
         let inputs = bias.map { [self, weight, $0] } ?? [self, weight]
         return Tensor.record(result, .kernel(ConvolutionBackward(
             geometry: geometry, algorithm: algorithm,
             input: weight.needsGradient ? input.detach() : nil, inputIsChannelsLast: !readsRowMajor,
-            weight: needsGradient ? weightData.detach() : nil,
+            weight: needsGradient ? weightData.detach() : nil, pixelMap: needsGradient ? pixelMap : nil,
             inputLayout: layout, hasBias: bias != nil)), inputs: inputs)
     }
 
@@ -128,17 +130,21 @@ enum ConvolutionAlgorithm: Equatable {
     /// Few output pixels: patches in the weight's order, products that read the weight in place
     /// (`ConvolutionSmallImage.swift`).
     case smallImage
+    /// Tiny images: one dense map from an image's input pixels to its output pixels, a product per
+    /// pass with the batch as rows (`ConvolutionPixelMap.swift`).
+    case pixelMap
 }
 
 /// The convolution kernels (forward and backward).
 enum Convolution {
     /// Forces an algorithm where it applies (for tests and measurements; `DIFFUSE_CONV_ALGORITHM=im2col`,
-    /// `winograd` or `small-image` sets it from the environment); nil chooses.
+    /// `winograd`, `small-image` or `pixel-map` sets it from the environment); nil chooses.
     nonisolated(unsafe) static var preferredAlgorithm: ConvolutionAlgorithm? = {
         switch ProcessInfo.processInfo.environment["DIFFUSE_CONV_ALGORITHM"] {
         case "im2col": return .im2col
         case "winograd": return .winograd
         case "small-image": return .smallImage
+        case "pixel-map": return .pixelMap
         default: return nil
         }
     }()
@@ -233,9 +239,11 @@ enum Convolution {
         case .winograd? where geometry.suitsWinograd: return .winograd
         case .pointwise? where geometry.isPointwise: return .pointwise
         case .smallImage?: return .smallImage
+        case .pixelMap? where admitsPixelMap(geometry): return .pixelMap
         default: break
         }
         if geometry.isPointwise { return .pointwise }
+        if suitsPixelMap(geometry) { return .pixelMap }
         if suitsSmallImage(geometry) { return .smallImage }
         // Few channels leave the Winograd GEMMs too small to pay for the transforms.
         if geometry.suitsWinograd && geometry.inChannels >= 8 && geometry.outChannels >= 8 { return .winograd }

@@ -28,6 +28,8 @@ struct ConvolutionBackward: BackwardContext {
     let inputIsChannelsLast: Bool
     /// The contiguous float32 weight, kept when the input needs a gradient.
     let weight: Tensor?
+    /// The weight's pixel map (`.pixelMap`), kept with the weight.
+    var pixelMap: Tensor? = nil
     /// The layout the input came in; its gradient is returned the same way.
     let inputLayout: TensorLayout
     let hasBias: Bool
@@ -35,7 +37,7 @@ struct ConvolutionBackward: BackwardContext {
     var name: String { "conv2d" }
 
     func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
-        ConvolutionBackward(geometry: geometry, algorithm: algorithm, input: input.map(transform), inputIsChannelsLast: inputIsChannelsLast, weight: weight,
+        ConvolutionBackward(geometry: geometry, algorithm: algorithm, input: input.map(transform), inputIsChannelsLast: inputIsChannelsLast, weight: weight, pixelMap: pixelMap,
                             inputLayout: inputLayout, hasBias: hasBias)
     }
 
@@ -60,6 +62,9 @@ struct ConvolutionBackward: BackwardContext {
                                   transformedWeight: transformed, bias: nil, output: inputGradient.floatPointer)
             case .smallImage:
                 inputGradient = Convolution.smallImageDataGradient(gradient: upstream.floatPointer, weight: weight.floatPointer, geometry: geometry)
+            case .pixelMap:
+                let map = pixelMap ?? Convolution.pixelMap(weight: weight.floatPointer, geometry: geometry)
+                inputGradient = Convolution.pixelMapDataGradient(gradient: upstream.floatPointer, map: map, geometry: geometry)
             case .pointwise, .im2col:
                 let matrix = Convolution.weightMatrix(weight, geometry)
                 inputGradient = withExtendedLifetime(matrix) {
@@ -81,6 +86,8 @@ struct ConvolutionBackward: BackwardContext {
             case .smallImage:
                 result[1] = Convolution.smallImageWeightGradient(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast,
                                                                  gradient: upstream.floatPointer, geometry: geometry)
+            case .pixelMap:
+                result[1] = Convolution.pixelMapWeightGradient(input: input.floatPointer, gradient: upstream.floatPointer, geometry: geometry)
             case .pointwise, .im2col:
                 result[1] = Convolution.im2colWeightGradient(input: input.floatPointer, gradient: upstream.floatPointer, geometry: geometry)
             }

@@ -4,8 +4,9 @@ extension Convolution {
     // MARK: Forward
 
     /// The convolution of `input` (channels-last, or row-major for the Winograd path).
+    /// `pixelMap`: the weight's map (`pixelMap(weight:geometry:)`) when the algorithm is `.pixelMap`, if already laid out.
     static func forward(input: Tensor, inputIsChannelsLast: Bool, weight: Tensor, bias: Tensor?,
-                        geometry: ConvolutionGeometry, algorithm: ConvolutionAlgorithm) -> Tensor {
+                        geometry: ConvolutionGeometry, algorithm: ConvolutionAlgorithm, pixelMap: Tensor? = nil) -> Tensor {
         let output = channelsLastTensor(geometry.outputShape)
         if output.count == 0 { return output }
         let biasPointer = bias.map { UnsafePointer($0.floatPointer) }
@@ -36,6 +37,10 @@ extension Convolution {
         case .smallImage:
             smallImageForward(input: input.floatPointer, inputIsChannelsLast: inputIsChannelsLast, weight: weight.floatPointer, bias: biasPointer,
                               geometry: geometry, output: output.floatPointer)
+        case .pixelMap:
+            precondition(inputIsChannelsLast, "conv2d: the pixel-map path reads channels-last input")
+            let map = pixelMap ?? Convolution.pixelMap(weight: weight.floatPointer, geometry: geometry)
+            pixelMapForward(input: input.floatPointer, map: map, bias: biasPointer, geometry: geometry, output: output.floatPointer)
         case .pointwise, .im2col:
             precondition(inputIsChannelsLast, "conv2d: the im2col path reads channels-last input")
             let matrix = weightMatrix(weight, geometry)

@@ -12,6 +12,7 @@ final class ConvolutionTests: XCTestCase {
         Convolution.im2colBlockBytes = 524_288
         Convolution.preferredWinogradSchedule = nil
         Convolution.positionChunkBytes = 8 << 20
+        Convolution.usesPixelMap = true
         super.tearDown()
     }
 
@@ -47,6 +48,7 @@ final class ConvolutionTests: XCTestCase {
         Path(algorithm: .im2col, tile: 4, smallBlocks: true),
         Path(algorithm: .pointwise, tile: 4, smallBlocks: true),
         Path(algorithm: .smallImage, tile: 4, smallBlocks: false),
+        Path(algorithm: .pixelMap, tile: 4, smallBlocks: false),
         Path(algorithm: .winograd, tile: 2, smallBlocks: false),
         Path(algorithm: .winograd, tile: 4, smallBlocks: false),
         Path(algorithm: .winograd, tile: 2, smallBlocks: true),
@@ -90,6 +92,10 @@ final class ConvolutionTests: XCTestCase {
         Case(batch: 2, channels: 16, size: (23, 30), outChannels: 16, kernel: 3, stride: 1, padding: 1),
         Case(batch: 1, channels: 1, size: (6, 5), outChannels: 1, kernel: 3, stride: 1, padding: 1),
         Case(batch: 2, channels: 64, size: (14, 14), outChannels: 64, kernel: 3, stride: 1, padding: 1),
+        // Tiny images at a training batch: the pixel map's own choice.
+        Case(batch: 9, channels: 12, size: (2, 2), outChannels: 10, kernel: 3, stride: 1, padding: 1),
+        Case(batch: 8, channels: 5, size: (1, 1), outChannels: 7, kernel: 3, stride: 1, padding: 1),
+        Case(batch: 8, channels: 9, size: (3, 2), outChannels: 6, kernel: 3, stride: 2, padding: 1),
     ]
 
     func testForwardMatchesReferenceOnEveryPath() {
@@ -146,7 +152,14 @@ final class ConvolutionTests: XCTestCase {
         }
         XCTAssertEqual(pixels(1, 1280, 4), .smallImage)
         XCTAssertEqual(pixels(1, 1280, 8), .smallImage)
+        // 2×2 images at a training batch: one dense map of the pixels (at batch 1 laying it out costs more than it saves).
+        XCTAssertEqual(pixels(32, 128, 2), .pixelMap)
+        XCTAssertEqual(pixels(8, 256, 1), .pixelMap)
+        XCTAssertEqual(pixels(1, 1280, 2), .smallImage)
+        XCTAssertEqual(pixels(4, 128, 2), .smallImage)
+        Convolution.usesPixelMap = false
         XCTAssertEqual(pixels(32, 128, 2), .smallImage)
+        Convolution.usesPixelMap = true
         XCTAssertEqual(pixels(32, 128, 4), .winograd)
         XCTAssertEqual(pixels(2, 320, 64), .winograd)
         Convolution.preferredAlgorithm = .winograd
@@ -215,6 +228,7 @@ final class ConvolutionTests: XCTestCase {
             Case(batch: 1, channels: 2, size: (6, 6), outChannels: 3, kernel: 5, stride: 1, padding: 2),
             Case(batch: 2, channels: 5, size: (3, 4), outChannels: 3, kernel: 1, stride: 1, padding: 0),
             Case(batch: 1, channels: 3, size: (5, 5), outChannels: 2, kernel: 1, stride: 2, padding: 1),
+            Case(batch: 8, channels: 3, size: (2, 2), outChannels: 4, kernel: 3, stride: 1, padding: 1),
         ]
         for (index, item) in gradientCases.enumerated() {
             let input = random([item.batch, item.channels, item.size.0, item.size.1], seed: 10 + UInt64(index))
