@@ -293,22 +293,39 @@ enum Winograd {
                                 let element = offset + (size * i + column) * weightPlane
                                 var value = MicroKernels.load(first + element)
                                 for partial in others { value += MicroKernels.load(partial + element) }
-                                sums.0 += matrix[i].0 * value; sums.1 += matrix[i].1 * value; sums.2 += matrix[i].2 * value
+                                sums.0 = sums.0.addingProduct(matrix[i].0, value)
+                                sums.1 = sums.1.addingProduct(matrix[i].1, value)
+                                sums.2 = sums.2.addingProduct(matrix[i].2, value)
                             }
                             t[column] = sums.0; t[size + column] = sums.1; t[2 * size + column] = sums.2
                         }
-                        // (Gᵀ m) · G (3×3), lane l to output channel outChannel + l.
-                        let lanes = Swift.min(8, plan.outChannels - outChannel)
-                        let target = out + (outChannel * inChannels + channel) * 9
+                        // (Gᵀ m) · G (3×3), lane l to output channel outChannel + l: the nine taps as vectors, the
+                        // first eight transposed in registers so that each channel's taps 0–7 are one store.
+                        var taps = (Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector(), Vector())
+                        var last = Vector()
                         for k in 0..<3 {
                             var sums = (Vector(), Vector(), Vector())
                             for j in 0..<size {
                                 let value = t[size * k + j]
-                                sums.0 += value * matrix[j].0; sums.1 += value * matrix[j].1; sums.2 += value * matrix[j].2
+                                sums.0 = sums.0.addingProduct(value, matrix[j].0)
+                                sums.1 = sums.1.addingProduct(value, matrix[j].1)
+                                sums.2 = sums.2.addingProduct(value, matrix[j].2)
                             }
+                            switch k {
+                            case 0: (taps.0, taps.1, taps.2) = sums
+                            case 1: (taps.3, taps.4, taps.5) = sums
+                            default: (taps.6, taps.7, last) = sums
+                            }
+                        }
+                        let lanes = Swift.min(8, plan.outChannels - outChannel)
+                        let target = out + (outChannel * inChannels + channel) * 9
+                        MicroKernels.transpose(&taps)
+                        withUnsafeBytes(of: &taps) { rows in
+                            let rows = rows.bindMemory(to: Vector.self)
                             for lane in 0..<lanes {
-                                let element = target + lane * inChannels * 9 + 3 * k
-                                element[0] = sums.0[lane]; element[1] = sums.1[lane]; element[2] = sums.2[lane]
+                                let element = target + lane * inChannels * 9
+                                MicroKernels.store(rows[lane], element)
+                                element[8] = last[lane]
                             }
                         }
                         outChannel += 8
