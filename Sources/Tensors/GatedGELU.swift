@@ -40,13 +40,18 @@ extension Tensor {
         let half = width / 2, rows = halves.count / width
         let data = halves.contiguousData()
         let result = Tensor(uninitializedShape: Array(halves.shape.dropLast()) + [half])
-        let source = UnsafePointer(data.floatPointer), out = result.floatPointer
+        // Recorded, Φ(gate) is kept for the backward pass, which then needs only the density's exponential.
+        let recording = GradientMode.isEnabled && halves.needsGradient
+        let distribution = recording ? Tensor(uninitializedShape: result.shape) : nil
+        let source = UnsafePointer(data.floatPointer), out = result.floatPointer, kept = distribution?.floatPointer
         Parallel.forEach(rows, grain: Swift.max(1, 8192 / half)) { range in
             for row in range {
-                VectorMath.gatedGELU(source + row * width, source + row * width + half, out + row * half, half)
+                VectorMath.gatedGELU(source + row * width, source + row * width + half, out + row * half, half,
+                                     distribution: kept.map { $0 + row * half })
             }
         }
-        return Tensor.record(result, .kernel(GatedGELUHalvesBackward(halves: data.detach())), inputs: [halves])
+        guard let distribution else { return result }
+        return Tensor.record(result, .kernel(GatedGELUHalvesBackward(halves: data.detach(), distribution: distribution)), inputs: [halves])
     }
 
     /// The composite `gatedGELU` is tested against.
@@ -86,26 +91,28 @@ struct GatedGELUBackward: BackwardContext {
 }
 
 /// What `gatedGELU(halves:)` keeps for its backward pass: the projection `[…, 2·n]`, whose gradient
-/// it returns with d hidden and d gate side by side in each row.
+/// it returns with d hidden and d gate side by side in each row, and Φ of the gate `[…, n]`.
 struct GatedGELUHalvesBackward: BackwardContext {
     let halves: Tensor
+    let distribution: Tensor
 
     var name: String { "gatedGELU" }
 
     func mappingSavedActivations(_ transform: (Tensor) -> Tensor) -> any BackwardContext {
-        GatedGELUHalvesBackward(halves: transform(halves))
+        GatedGELUHalvesBackward(halves: transform(halves), distribution: transform(distribution))
     }
 
     func backward(_ gradient: Tensor, inputs: [Tensor?]) -> [Tensor?] {
         guard inputs[0] != nil else { return [nil] }
-        let upstream = gradient.contiguousData(), data = halves.contiguousData()
+        let upstream = gradient.contiguousData(), data = halves.contiguousData(), kept = distribution.contiguousData()
         let width = data.shape[data.rank - 1], half = width / 2, rows = data.count / width
         let result = Tensor(uninitializedShape: data.shape)
         let dy = UnsafePointer(upstream.floatPointer), source = UnsafePointer(data.floatPointer), target = result.floatPointer
+        let phi = UnsafePointer(kept.floatPointer)
         Parallel.forEach(rows, grain: Swift.max(1, 8192 / half)) { range in
             for row in range {
                 let h = source + row * width, d = target + row * width
-                VectorMath.gatedGELUBackward(dy + row * half, h + half, h, d, d + half, half)
+                VectorMath.gatedGELUBackward(dy + row * half, h + half, h, d, d + half, half, distribution: phi + row * half)
             }
         }
         return [result]
@@ -114,28 +121,35 @@ struct GatedGELUHalvesBackward: BackwardContext {
 
 extension VectorMath {
     /// out = h · gelu(g) over `count` floats.
-    static func gatedGELU(_ h: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ count: Int) {
+    /// out = h · gelu(g) over `count` floats; Φ(g) into `distribution` when given (gelu(g) = g · Φ(g) either way).
+    static func gatedGELU(_ h: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ count: Int,
+                          distribution: UnsafeMutablePointer<Float>? = nil) {
         var index = 0
         while index + 8 <= count {
             let gate = UnsafeRawPointer(g + index).loadUnaligned(as: Vector.self)
             let hidden = UnsafeRawPointer(h + index).loadUnaligned(as: Vector.self)
-            UnsafeMutableRawPointer(out + index).storeBytes(of: hidden * geluExact(gate), as: Vector.self)
+            let phi = normalDistribution(gate)
+            UnsafeMutableRawPointer(out + index).storeBytes(of: hidden * (gate * phi), as: Vector.self)
+            if let distribution { UnsafeMutableRawPointer(distribution + index).storeBytes(of: phi, as: Vector.self) }
             index += 8
         }
         if index < count {
             var gate = Vector(repeating: 0), hidden = Vector(repeating: 0)
             for lane in 0..<(count - index) { gate[lane] = g[index + lane]; hidden[lane] = h[index + lane] }
-            let value = hidden * geluExact(gate)
-            for lane in 0..<(count - index) { out[index + lane] = value[lane] }
+            let phi = normalDistribution(gate)
+            let value = hidden * (gate * phi)
+            for lane in 0..<(count - index) { out[index + lane] = value[lane]; distribution?[index + lane] = phi[lane] }
         }
     }
 
     /// dh = dy · gelu(g) and dg = (dy · h) · gelu′(g) over `count` floats (either output may be absent;
     /// `h` is read only for `dg`). Φ(g) and φ(g) are evaluated once for both.
+    /// `distribution`: Φ(g) as the forward pass kept it, else computed here.
     static func gatedGELUBackward(_ dy: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>?,
-                                  _ dh: UnsafeMutablePointer<Float>?, _ dg: UnsafeMutablePointer<Float>?, _ count: Int) {
-        @inline(__always) func step(_ upstream: Vector, _ gate: Vector, _ hidden: Vector) -> (Vector, Vector) {
-            let gelu = geluExactAndDerivative(gate)
+                                  _ dh: UnsafeMutablePointer<Float>?, _ dg: UnsafeMutablePointer<Float>?, _ count: Int,
+                                  distribution: UnsafePointer<Float>? = nil) {
+        @inline(__always) func step(_ upstream: Vector, _ gate: Vector, _ hidden: Vector, _ phi: Vector?) -> (Vector, Vector) {
+            let gelu = phi.map { geluExactAndDerivative(gate, distribution: $0) } ?? geluExactAndDerivative(gate)
             return (upstream * gelu.value, (upstream * hidden) * gelu.derivative)
         }
         var index = 0
@@ -143,17 +157,19 @@ extension VectorMath {
             let upstream = UnsafeRawPointer(dy + index).loadUnaligned(as: Vector.self)
             let gate = UnsafeRawPointer(g + index).loadUnaligned(as: Vector.self)
             let hidden = h.map { UnsafeRawPointer($0 + index).loadUnaligned(as: Vector.self) } ?? Vector(repeating: 0)
-            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden)
+            let phi = distribution.map { UnsafeRawPointer($0 + index).loadUnaligned(as: Vector.self) }
+            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden, phi)
             if let dh { UnsafeMutableRawPointer(dh + index).storeBytes(of: hiddenGradient, as: Vector.self) }
             if let dg { UnsafeMutableRawPointer(dg + index).storeBytes(of: gateGradient, as: Vector.self) }
             index += 8
         }
         if index < count {
-            var upstream = Vector(repeating: 0), gate = Vector(repeating: 0), hidden = Vector(repeating: 0)
+            var upstream = Vector(repeating: 0), gate = Vector(repeating: 0), hidden = Vector(repeating: 0), phi = Vector(repeating: 0)
             for lane in 0..<(count - index) {
                 upstream[lane] = dy[index + lane]; gate[lane] = g[index + lane]; hidden[lane] = h?[index + lane] ?? 0
+                phi[lane] = distribution?[index + lane] ?? 0
             }
-            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden)
+            let (hiddenGradient, gateGradient) = step(upstream, gate, hidden, distribution == nil ? nil : phi)
             for lane in 0..<(count - index) {
                 dh?[index + lane] = hiddenGradient[lane]
                 dg?[index + lane] = gateGradient[lane]

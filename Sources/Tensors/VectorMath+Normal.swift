@@ -46,7 +46,12 @@ extension VectorMath {
     /// each exactly as `geluExact` and `geluExactDerivative` give it.
     @inline(__always)
     static func geluExactAndDerivative(_ x: Vector) -> (value: Vector, derivative: Vector) {
-        let distribution = normalDistribution(x)
+        geluExactAndDerivative(x, distribution: normalDistribution(x))
+    }
+
+    /// The same from Φ(x) already known (kept by the forward pass): only the density's exponential left.
+    @inline(__always)
+    static func geluExactAndDerivative(_ x: Vector, distribution: Vector) -> (value: Vector, derivative: Vector) {
         let density = exp(-0.5 * x * x) * 0.3989422804014327
         return (x * distribution, distribution.addingProduct(x, density))
     }
