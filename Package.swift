@@ -54,7 +54,7 @@ let package = Package(
         ),
         .target(
             name: "NN",
-            dependencies: ["Tensors"],
+            dependencies: ["Tensors", "CDiffuseSystem"],
             swiftSettings: kernelSettings
         ),
         .target(

@@ -1,3 +1,4 @@
+import CDiffuseSystem
 import Foundation
 import Tensors
 
@@ -238,7 +239,7 @@ public final class Adam: Optimizer {
                 if coupledDecay != 0 { g += coupledDecay * value }
                 first += (g - first) * (1 - beta1)
                 second = beta2 * second + (1 - beta2) * g * g
-                let denominator = second.squareRoot() / biasCorrection2Root + epsilon
+                let denominator = diffuse_square_root8(second) / biasCorrection2Root + epsilon
                 value -= stepSize * first / denominator
                 store(value, values); store(first, m); store(second, v)
                 element += lanes

@@ -274,7 +274,6 @@ enum Convolution {
 
     /// Transposes `batch` row-major `rows × columns` matrices, 8×8 blocks at a time.
     static func transpose(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<Float>, batch: Int, rows: Int, columns: Int) {
-        typealias Vector = SIMD8<Float>
         let matrix = rows * columns
         let rowBlocks = (rows + 7) / 8
         forEachRange(batch * rowBlocks, blockSize: Swift.max(1, 4096 / Swift.max(8 * columns, 1))) { range in
@@ -284,17 +283,8 @@ enum Convolution {
                 var column = 0
                 if row + 8 <= rows {
                     while column + 8 <= columns {
-                        let start = input + row * columns + column
-                        var v = (MicroKernels.load(start), MicroKernels.load(start + columns),
-                                 MicroKernels.load(start + 2 * columns), MicroKernels.load(start + 3 * columns),
-                                 MicroKernels.load(start + 4 * columns), MicroKernels.load(start + 5 * columns),
-                                 MicroKernels.load(start + 6 * columns), MicroKernels.load(start + 7 * columns))
-                        MicroKernels.transpose(&v)
-                        let target = output + column * rows + row
-                        MicroKernels.store(v.0, target); MicroKernels.store(v.1, target + rows)
-                        MicroKernels.store(v.2, target + 2 * rows); MicroKernels.store(v.3, target + 3 * rows)
-                        MicroKernels.store(v.4, target + 4 * rows); MicroKernels.store(v.5, target + 5 * rows)
-                        MicroKernels.store(v.6, target + 6 * rows); MicroKernels.store(v.7, target + 7 * rows)
+                        MicroKernels.transposeBlock(from: input + row * columns + column, stride: columns,
+                                                    to: output + column * rows + row, stride: rows)
                         column += 8
                     }
                 }

@@ -81,16 +81,7 @@ extension Convolution {
         while channel + 8 <= channels {
             var tap = 0
             while tap + 8 <= taps {
-                let start = kernel + channel * taps + tap
-                var block = (MicroKernels.load(start), MicroKernels.load(start + taps), MicroKernels.load(start + 2 * taps),
-                             MicroKernels.load(start + 3 * taps), MicroKernels.load(start + 4 * taps), MicroKernels.load(start + 5 * taps),
-                             MicroKernels.load(start + 6 * taps), MicroKernels.load(start + 7 * taps))
-                MicroKernels.transpose(&block)
-                let row = target + tap * channels + channel
-                MicroKernels.store(block.0, row); MicroKernels.store(block.1, row + channels)
-                MicroKernels.store(block.2, row + 2 * channels); MicroKernels.store(block.3, row + 3 * channels)
-                MicroKernels.store(block.4, row + 4 * channels); MicroKernels.store(block.5, row + 5 * channels)
-                MicroKernels.store(block.6, row + 6 * channels); MicroKernels.store(block.7, row + 7 * channels)
+                MicroKernels.transposeBlock(from: kernel + channel * taps + tap, stride: taps, to: target + tap * channels + channel, stride: channels)
                 tap += 8
             }
             for rest in tap..<taps {

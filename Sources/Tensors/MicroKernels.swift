@@ -40,6 +40,21 @@ enum MicroKernels {
         for lane in 0..<count { pointer[lane] = value[lane] }
     }
 
+    /// The 8×8 block whose rows start at `source`, `source + sourceStride`, … written transposed: its
+    /// columns to `target`, `target + targetStride`, ….
+    @inline(__always)
+    static func transposeBlock(from source: UnsafePointer<Float>, stride sourceStride: Int,
+                               to target: UnsafeMutablePointer<Float>, stride targetStride: Int) {
+        var block = (load(source), load(source + sourceStride), load(source + 2 * sourceStride), load(source + 3 * sourceStride),
+                     load(source + 4 * sourceStride), load(source + 5 * sourceStride), load(source + 6 * sourceStride),
+                     load(source + 7 * sourceStride))
+        transpose(&block)
+        store(block.0, target); store(block.1, target + targetStride)
+        store(block.2, target + 2 * targetStride); store(block.3, target + 3 * targetStride)
+        store(block.4, target + 4 * targetStride); store(block.5, target + 5 * targetStride)
+        store(block.6, target + 6 * targetStride); store(block.7, target + 7 * targetStride)
+    }
+
     /// Transposes the 8×8 block whose rows are `block`: three rounds of "even lanes,
     /// then odd lanes" of each row pair.
     @inline(__always)

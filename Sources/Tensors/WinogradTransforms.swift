@@ -55,17 +55,7 @@ extension Winograd {
                     if lanes == 8 {
                         let step = height * width
                         while x + 8 <= width {
-                            let start = source + x
-                            var block = (MicroKernels.load(start), MicroKernels.load(start + step),
-                                         MicroKernels.load(start + 2 * step), MicroKernels.load(start + 3 * step),
-                                         MicroKernels.load(start + 4 * step), MicroKernels.load(start + 5 * step),
-                                         MicroKernels.load(start + 6 * step), MicroKernels.load(start + 7 * step))
-                            MicroKernels.transpose(&block)
-                            let out = target + x * padded + channel
-                            MicroKernels.store(block.0, out); MicroKernels.store(block.1, out + padded)
-                            MicroKernels.store(block.2, out + 2 * padded); MicroKernels.store(block.3, out + 3 * padded)
-                            MicroKernels.store(block.4, out + 4 * padded); MicroKernels.store(block.5, out + 5 * padded)
-                            MicroKernels.store(block.6, out + 6 * padded); MicroKernels.store(block.7, out + 7 * padded)
+                            MicroKernels.transposeBlock(from: source + x, stride: step, to: target + x * padded + channel, stride: padded)
                             x += 8
                         }
                     }
