@@ -9,10 +9,10 @@ extension Tensor {
     /// float32 errors about 1e-6 of the output's scale, a few times the direct
     /// sum's), 1×1 stride-1 unpadded ones are one matrix product, few output
     /// pixels against the weight read the weight in place (small-image path),
-    /// images of at most 9 pixels at batches of 8 or more are one dense map of
-    /// the pixels (pixel-map path), and every other shape uses im2col and a
-    /// matrix product. The input's gradient comes back in the input's layout
-    /// (channels-last or row-major).
+    /// images of no more pixels than the kernel has taps, at batches of 8 or
+    /// more, are one dense map of the pixels (pixel-map path), and every other
+    /// shape uses im2col and a matrix product. The input's gradient comes back
+    /// in the input's layout (channels-last or row-major).
     ///
     /// - Parameters:
     ///   - weight: `[outChannels, inChannels, kernelHeight, kernelWidth]`.
