@@ -120,7 +120,6 @@ struct GatedGELUHalvesBackward: BackwardContext {
 }
 
 extension VectorMath {
-    /// out = h · gelu(g) over `count` floats.
     /// out = h · gelu(g) over `count` floats; Φ(g) into `distribution` when given (gelu(g) = g · Φ(g) either way).
     static func gatedGELU(_ h: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ count: Int,
                           distribution: UnsafeMutablePointer<Float>? = nil) {
