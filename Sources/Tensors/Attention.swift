@@ -234,7 +234,7 @@ struct AttentionProblem {
 
     /// Output `[…, L, Ev]` and, when asked, the probabilities `[…, L, S]`.
     func forward(keepProbabilities: Bool) -> (Tensor, Tensor?) {
-        let (L, S, E, Ev) = (queryLength, keyLength, depth, valueDepth)
+        let (L, S, Ev) = (queryLength, keyLength, valueDepth)
         let output = Tensor(uninitializedShape: batchShape + [L, Ev])
         let probabilities = keepProbabilities ? Tensor(uninitializedShape: batchShape + [L, S]) : nil
         if output.count == 0 { return (output, probabilities) }

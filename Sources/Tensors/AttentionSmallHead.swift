@@ -211,13 +211,6 @@ enum SmallHeadAttention {
         MicroKernels.store(MicroKernels.load(target) + ((a + b) + (c + d)), target)
     }
 
-    /// `depth` elements from `source` (zeros when `nil`) to `target`, a vector at a time (`update(from:)` is a
-    /// call per row).
-    @inline(__always)
-    static func copyRow(_ source: UnsafePointer<Float>?, to target: UnsafeMutablePointer<Float>, depth: Int) {
-        for chunk in 0..<depth / 8 { MicroKernels.store(source.map { MicroKernels.load($0 + 8 * chunk) } ?? Vector(), target + 8 * chunk) }
-    }
-
     /// `products[s · 8 + r]` = row r of `block` (8 rows of `depth`, row-major) · row s of `rows`
     /// (`count` rows of `depth`): one vector of 8 lanes per row of `rows`, summed over the chunks.
     @inline(__always)
@@ -263,7 +256,7 @@ enum SmallHeadAttention {
     /// the log-sum-exp of every score row `[…, L]` in base 2 (log₂ Σₛ 2^(scores · log₂ e)),
     /// which is what `backward` takes.
     static func forward(_ problem: AttentionProblem, keepsLogSumExp: Bool) -> (output: Tensor, logSumExp: Tensor?) {
-        let (L, S, D) = (problem.queryLength, problem.keyLength, problem.depth)
+        let (L, D) = (problem.queryLength, problem.depth)
         let scale = problem.scale * log2e
         let layout = RowLayout(like: problem.query, batchShape: problem.batchShape, rows: L, depth: D)
         let output = layout.allocate()
@@ -396,8 +389,8 @@ enum SmallHeadAttention {
                     var shifts = Vector(repeating: .infinity)
                     for r in 0..<rows {
                         let gradientRow = gradientBlock + r * D
-                        guard r < count else { copyRow(nil, to: gradientRow, depth: D); continue }
-                        copyRow(dO + queryLayout.itemOffsets[itemIndex] + (first + r) * queryLayout.rowStride, to: gradientRow, depth: D)
+                        guard r < count else { gradientRow.update(repeating: 0, count: D); continue }
+                        MicroKernels.copyRow(dO + queryLayout.itemOffsets[itemIndex] + (first + r) * queryLayout.rowStride, into: gradientRow, count: D)
                         shifts[r] = lse[itemIndex * L + first + r]
                     }
                     // P, the forward pass's probabilities, recomputed.
@@ -439,7 +432,7 @@ enum SmallHeadAttention {
                 }
                 if let dV {
                     let target = dV + valueLayout.itemOffsets[itemIndex]
-                    for s in 0..<S { copyRow(valueSums + s * D, to: target + s * valueLayout.rowStride, depth: D) }
+                    for s in 0..<S { MicroKernels.copyRow(valueSums + s * D, into: target + s * valueLayout.rowStride, count: D) }
                 }
             }
         }

@@ -118,6 +118,9 @@ struct ConvolutionGeometry {
     var outputPixels: Int { batch * outHeight * outWidth }
     /// Columns of the im2col matrix.
     var patchSize: Int { kernelHeight * kernelWidth * inChannels }
+    /// Floats of one input image (`C·H·W`) and of one output image (`O·H'·W'`): the pixel map's columns and rows per image.
+    var inputImageFloats: Int { inChannels * height * width }
+    var outputImageFloats: Int { outChannels * outHeight * outWidth }
     var isPointwise: Bool { kernelHeight == 1 && kernelWidth == 1 && stride == 1 && padding == 0 }
     var suitsWinograd: Bool { kernelHeight == 3 && kernelWidth == 3 && stride == 1 }
 }

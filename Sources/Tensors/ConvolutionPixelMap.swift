@@ -49,7 +49,7 @@ extension Convolution {
     static func pixelMap(weight: UnsafePointer<Float>, geometry: ConvolutionGeometry) -> Tensor {
         let (outChannels, channels, taps) = (geometry.outChannels, geometry.inChannels, geometry.kernelHeight * geometry.kernelWidth)
         let (outputPixels, inputPixels) = (geometry.outHeight * geometry.outWidth, geometry.height * geometry.width)
-        let width = inputPixels * channels
+        let width = geometry.inputImageFloats
         let map = Tensor(uninitializedShape: [outputPixels * outChannels, width])
         let target = UnsafeMutableRawPointer(map.floatPointer)
         Parallel.forEach(outChannels, grain: Swift.max(1, 16_384 / Swift.max(outputPixels * width, 1))) { outs in
@@ -57,12 +57,12 @@ extension Convolution {
             let byTap = UnsafeMutablePointer<Float>.allocate(capacity: taps * channels)
             defer { byTap.deallocate() }
             for out in outs {
-                transposeKernel(weight + out * channels * taps, channels: channels, taps: taps, into: byTap)
+                MicroKernels.transpose(weight + out * channels * taps, rows: channels, columns: taps, into: byTap)
                 for output in 0..<outputPixels {
                     let row = map + (output * outChannels + out) * width
                     for input in 0..<inputPixels {
                         if let tap = pixelMapTap(geometry, output: output, input: input) {
-                            copyRow(byTap + tap * channels, into: row + input * channels, count: channels)
+                            MicroKernels.copyRow(byTap + tap * channels, into: row + input * channels, count: channels)
                         } else {
                             (row + input * channels).update(repeating: 0, count: channels)
                         }
@@ -73,31 +73,10 @@ extension Convolution {
         return map
     }
 
-    /// One output channel's kernel `[C][taps]` as `[taps][C]`: eight channels at a time through an 8×8
-    /// transpose in registers (taps 0–7, and 8–15 for larger kernels), the rest one by one.
-    @inline(__always)
-    static func transposeKernel(_ kernel: UnsafePointer<Float>, channels: Int, taps: Int, into target: UnsafeMutablePointer<Float>) {
-        var channel = 0
-        while channel + 8 <= channels {
-            var tap = 0
-            while tap + 8 <= taps {
-                MicroKernels.transposeBlock(from: kernel + channel * taps + tap, stride: taps, to: target + tap * channels + channel, stride: channels)
-                tap += 8
-            }
-            for rest in tap..<taps {
-                for lane in 0..<8 { target[rest * channels + channel + lane] = kernel[(channel + lane) * taps + rest] }
-            }
-            channel += 8
-        }
-        for rest in channel..<channels {
-            for tap in 0..<taps { target[tap * channels + rest] = kernel[rest * taps + tap] }
-        }
-    }
-
     /// The forward convolution of a channels-last input into `output` (channels-last), through `map` (`pixelMap`).
     static func pixelMapForward(input: UnsafePointer<Float>, map: Tensor, bias: UnsafePointer<Float>?,
                                 geometry: ConvolutionGeometry, output: UnsafeMutablePointer<Float>) {
-        let (outputWidth, inputWidth) = (geometry.outHeight * geometry.outWidth * geometry.outChannels, geometry.height * geometry.width * geometry.inChannels)
+        let (outputWidth, inputWidth) = (geometry.outputImageFloats, geometry.inputImageFloats)
         if let bias {
             for pixel in 0..<geometry.outputPixels { (output + pixel * geometry.outChannels).update(from: bias, count: geometry.outChannels) }
         }
@@ -107,7 +86,7 @@ extension Convolution {
 
     /// The input's gradient (channels-last) from the output's (channels-last): `dY · M`.
     static func pixelMapDataGradient(gradient: UnsafePointer<Float>, map: Tensor, geometry: ConvolutionGeometry) -> Tensor {
-        let (outputWidth, inputWidth) = (geometry.outHeight * geometry.outWidth * geometry.outChannels, geometry.height * geometry.width * geometry.inChannels)
+        let (outputWidth, inputWidth) = (geometry.outputImageFloats, geometry.inputImageFloats)
         let result = channelsLastTensor(geometry.inputShape)
         Gemm.parallel(GemmArguments(m: geometry.batch, n: inputWidth, k: outputWidth, a: gradient, lda: outputWidth,
                                     b: map.floatPointer, ldb: inputWidth, c: result.floatPointer, ldc: inputWidth))
@@ -119,7 +98,7 @@ extension Convolution {
     static func pixelMapWeightGradient(input: UnsafePointer<Float>, gradient: UnsafePointer<Float>, geometry: ConvolutionGeometry) -> Tensor {
         let (outChannels, channels, taps) = (geometry.outChannels, geometry.inChannels, geometry.kernelHeight * geometry.kernelWidth)
         let (outputPixels, inputPixels) = (geometry.outHeight * geometry.outWidth, geometry.height * geometry.width)
-        let (outputWidth, inputWidth) = (outputPixels * outChannels, inputPixels * channels)
+        let (outputWidth, inputWidth) = (geometry.outputImageFloats, geometry.inputImageFloats)
         let mapGradient = ScratchMemory.floats(outputWidth * inputWidth)
         defer { ScratchMemory.release(mapGradient) }
         Gemm.parallel(GemmArguments(transposeA: true, m: outputWidth, n: inputWidth, k: geometry.batch, a: gradient, lda: outputWidth,
@@ -137,37 +116,12 @@ extension Convolution {
                     let row = source + (output * outChannels + out) * inputWidth
                     for input in 0..<inputPixels {
                         guard let tap = pixelMapTap(geometry, output: output, input: input) else { continue }
-                        addRow(row + input * channels, into: sums + tap * channels, count: channels)
+                        MicroKernels.addRow(row + input * channels, into: sums + tap * channels, count: channels)
                     }
                 }
-                let kernel = weightGradient + out * channels * taps
-                for channel in 0..<channels {
-                    for tap in 0..<taps { kernel[channel * taps + tap] = sums[tap * channels + channel] }
-                }
+                MicroKernels.transpose(sums, rows: taps, columns: channels, into: weightGradient + out * channels * taps)
             }
         }
         return result
-    }
-
-    /// `target[0..<count] = source[0..<count]`, a vector at a time (`update(from:)` is a call per row).
-    @inline(__always)
-    static func copyRow(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
-        var index = 0
-        while index + 8 <= count {
-            MicroKernels.store(MicroKernels.load(source + index), target + index)
-            index += 8
-        }
-        while index < count { target[index] = source[index]; index += 1 }
-    }
-
-    /// `target[0..<count] += source[0..<count]`, a vector at a time.
-    @inline(__always)
-    static func addRow(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
-        var index = 0
-        while index + 8 <= count {
-            MicroKernels.store(MicroKernels.load(target + index) + MicroKernels.load(source + index), target + index)
-            index += 8
-        }
-        while index < count { target[index] += source[index]; index += 1 }
     }
 }

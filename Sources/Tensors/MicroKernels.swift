@@ -55,6 +55,49 @@ enum MicroKernels {
         store(block.6, target + 6 * targetStride); store(block.7, target + 7 * targetStride)
     }
 
+    /// The row-major `rows × columns` matrix at `source` written transposed (`columns × rows`) to
+    /// `target`: 8×8 blocks through registers, the edges one by one. For small matrices in cache
+    /// (a kernel's `[C][taps]` and back).
+    static func transpose(_ source: UnsafePointer<Float>, rows: Int, columns: Int, into target: UnsafeMutablePointer<Float>) {
+        var row = 0
+        while row + 8 <= rows {
+            var column = 0
+            while column + 8 <= columns {
+                transposeBlock(from: source + row * columns + column, stride: columns, to: target + column * rows + row, stride: rows)
+                column += 8
+            }
+            for rest in column..<columns {
+                for lane in 0..<8 { target[rest * rows + row + lane] = source[(row + lane) * columns + rest] }
+            }
+            row += 8
+        }
+        for rest in row..<rows {
+            for column in 0..<columns { target[column * rows + rest] = source[rest * columns + column] }
+        }
+    }
+
+    /// `target[0..<count] = source[0..<count]`, a vector at a time (`update(from:)` is a call per row).
+    @inline(__always)
+    static func copyRow(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
+        var index = 0
+        while index + 8 <= count {
+            store(load(source + index), target + index)
+            index += 8
+        }
+        while index < count { target[index] = source[index]; index += 1 }
+    }
+
+    /// `target[0..<count] += source[0..<count]`, a vector at a time.
+    @inline(__always)
+    static func addRow(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
+        var index = 0
+        while index + 8 <= count {
+            store(load(target + index) + load(source + index), target + index)
+            index += 8
+        }
+        while index < count { target[index] += source[index]; index += 1 }
+    }
+
     /// Transposes the 8×8 block whose rows are `block`: three rounds of "even lanes,
     /// then odd lanes" of each row pair.
     @inline(__always)

@@ -51,4 +51,33 @@ final class MicroKernelTests: XCTestCase {
             }
         }
     }
+
+    /// The small transpose (8×8 register blocks, edges one by one) and the row helpers against plain loops,
+    /// at sizes with and without edges on either side (a 3×3 kernel's 9 taps, channel counts not a multiple of 8).
+    func testSmallTransposeAndRowHelpers() {
+        for (rows, columns) in [(1, 1), (3, 9), (8, 9), (9, 8), (16, 16), (17, 9), (9, 17), (64, 9), (9, 130)] {
+            let source = (0..<(rows * columns)).map { Float($0) * 0.5 - 3 }
+            var target = [Float](repeating: .nan, count: rows * columns)
+            source.withUnsafeBufferPointer { source in
+                target.withUnsafeMutableBufferPointer { target in
+                    MicroKernels.transpose(source.baseAddress!, rows: rows, columns: columns, into: target.baseAddress!)
+                }
+            }
+            for row in 0..<rows {
+                for column in 0..<columns {
+                    XCTAssertEqual(target[column * rows + row], source[row * columns + column], "\(rows)×\(columns) at (\(row), \(column))")
+                }
+            }
+        }
+        for count in [1, 7, 8, 9, 16, 23] {
+            let source = (0..<count).map { Float($0) + 0.25 }
+            var copied = [Float](repeating: .nan, count: count), summed = (0..<count).map { Float($0) * 2 }
+            source.withUnsafeBufferPointer { source in
+                copied.withUnsafeMutableBufferPointer { MicroKernels.copyRow(source.baseAddress!, into: $0.baseAddress!, count: count) }
+                summed.withUnsafeMutableBufferPointer { MicroKernels.addRow(source.baseAddress!, into: $0.baseAddress!, count: count) }
+            }
+            XCTAssertEqual(copied, source, "copyRow of \(count)")
+            XCTAssertEqual(summed, (0..<count).map { Float($0) * 3 + 0.25 }, "addRow of \(count)")
+        }
+    }
 }
